@@ -1,0 +1,20 @@
+//! herd-server: the queue server.
+//!
+//! # Layout
+//! - [`queue`]: the scheduling state in memory and its transitions, made durable through a
+//!   group-committing journal before any acknowledgement (no tonic, no SQL).
+//! - [`store`]: the durable mirror of that state in SQLite or PostgreSQL (sqlx), and the one
+//!   mapping of database errors.
+//! - [`logs`]: task output, in files under the data directory.
+//! - [`service`]: the gRPC services, thin: convert, call the queue, convert back.
+//! - [`run`]: wires them together and serves until shutdown.
+
+pub mod logs;
+pub mod queue;
+pub mod service;
+pub mod store;
+mod stored_spec;
+
+mod server;
+
+pub use server::{Config, run};

@@ -1,0 +1,128 @@
+//! Task logs: what each attempt printed, kept in files under the server's data directory.
+//!
+//! Layout: `<data-dir>/logs/<task id>/<attempt>.stdout` and `.stderr`. Logs stay out of the
+//! database on purpose: they are large, append-only and read sequentially.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use herd_proto::TaskId;
+
+/// Which stream of a task's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+impl LogStream {
+    fn extension(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Appends and reads task logs.
+pub struct LogStore {
+    root: PathBuf,
+    open: Mutex<HashMap<(TaskId, u32, LogStream), File>>,
+}
+
+impl LogStore {
+    /// Keeps logs under `root` (created when needed).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LogStore {
+            root: root.into(),
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The folder of one task's logs.
+    pub fn task_dir(&self, task: TaskId) -> PathBuf {
+        self.root.join(task.0.to_string())
+    }
+
+    /// The file of one stream of one attempt.
+    pub fn path(&self, task: TaskId, attempt: u32, stream: LogStream) -> PathBuf {
+        self.task_dir(task).join(format!("{attempt}.{}", stream.extension()))
+    }
+
+    /// Appends a chunk.
+    pub fn append(&self, task: TaskId, attempt: u32, stream: LogStream, data: &[u8]) -> io::Result<()> {
+        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let key = (task, attempt, stream);
+        if !open.contains_key(&key) {
+            let path = self.path(task, attempt, stream);
+            create_parent(&path)?;
+            let file = OpenOptions::new().create(true).append(true).open(&path)?;
+            open.insert(key, file);
+        }
+        open.get_mut(&key).expect("inserted above").write_all(data)
+    }
+
+    /// Closes the files of an attempt that ended.
+    pub fn close(&self, task: TaskId, attempt: u32) {
+        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        open.remove(&(task, attempt, LogStream::Stdout));
+        open.remove(&(task, attempt, LogStream::Stderr));
+    }
+
+    /// Reads what follows `offset`, at most `limit` bytes; empty when nothing was written yet.
+    pub fn read_from(&self, task: TaskId, attempt: u32, stream: LogStream, offset: u64, limit: usize) -> io::Result<Vec<u8>> {
+        let mut file = match File::open(self.path(task, attempt, stream)) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(error),
+        };
+        file.seek(SeekFrom::Start(offset))?;
+        let mut buffer = Vec::new();
+        file.take(limit as u64).read_to_end(&mut buffer)?;
+        Ok(buffer)
+    }
+
+    /// Deletes every log of a task.
+    pub fn remove(&self, task: TaskId) {
+        {
+            let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            open.retain(|(id, _, _), _| *id != task);
+        }
+        match fs::remove_dir_all(self.task_dir(task)) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => tracing::warn!(task_id = %task, %error, "cannot remove task logs"),
+        }
+    }
+}
+
+fn create_parent(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(parent) => fs::create_dir_all(parent),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_reads_and_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = LogStore::new(dir.path());
+        logs.append(TaskId(7), 1, LogStream::Stdout, b"hello ").unwrap();
+        logs.append(TaskId(7), 1, LogStream::Stdout, b"world\n").unwrap();
+        logs.append(TaskId(7), 1, LogStream::Stderr, b"oops\n").unwrap();
+        assert_eq!(logs.read_from(TaskId(7), 1, LogStream::Stdout, 0, 1024).unwrap(), b"hello world\n");
+        assert_eq!(logs.read_from(TaskId(7), 1, LogStream::Stdout, 6, 3).unwrap(), b"wor");
+        assert_eq!(logs.read_from(TaskId(7), 2, LogStream::Stdout, 0, 1024).unwrap(), b"");
+        logs.remove(TaskId(7));
+        assert!(!logs.task_dir(TaskId(7)).exists());
+    }
+}

@@ -1,0 +1,229 @@
+//! Group commit: every change is durable before anything depends on it.
+//!
+//! A mutation of the queue state records which rows it touched (a [`Dirty`] set) and what
+//! must happen only once those rows are durable (its [`Effect`]s: messages to workers, events
+//! for watchers). It pushes both to the journal while it still holds the state lock, so
+//! journal order is mutation order. The writer task takes every entry waiting, builds one
+//! [`WriteSet`] from the *current* state of the touched rows (so ten changes to one task cost
+//! one row), commits it in one transaction, publishes the committed sequence number, then runs
+//! the effects in order. Callers that must not answer before durability wait for their
+//! sequence number.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use herd_proto::{BatchName, TaskId, WorkerId};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, warn};
+
+use super::{Event, Shared, ToWorker};
+use crate::store::{Store, WriteSet};
+
+/// Keys of rows a change touched.
+#[derive(Debug, Default)]
+pub(crate) struct Dirty {
+    pub tasks: Vec<TaskId>,
+    pub attempts: Vec<(TaskId, u32)>,
+    pub batches: Vec<BatchName>,
+    pub workers: Vec<WorkerId>,
+    pub counters: bool,
+}
+
+impl Dirty {
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+            && self.attempts.is_empty()
+            && self.batches.is_empty()
+            && self.workers.is_empty()
+            && !self.counters
+    }
+}
+
+/// Something to do once a change is durable.
+#[derive(Debug)]
+pub(crate) enum Effect {
+    /// A message to a worker, through the connection that was current at the change.
+    Send(mpsc::UnboundedSender<ToWorker>, ToWorker),
+    /// Tell watchers.
+    Notify(Event),
+    /// Remove a task's log directory.
+    RemoveLogs(TaskId),
+}
+
+/// A change: the rows it touched and what follows from it.
+#[derive(Debug, Default)]
+pub(crate) struct Change {
+    pub dirty: Dirty,
+    pub effects: Vec<Effect>,
+}
+
+impl Change {
+    pub fn task(&mut self, id: TaskId) {
+        self.dirty.tasks.push(id);
+    }
+
+    pub fn attempt(&mut self, id: TaskId, number: u32) {
+        self.dirty.attempts.push((id, number));
+    }
+
+    pub fn batch(&mut self, name: &BatchName) {
+        self.dirty.batches.push(name.clone());
+    }
+
+    pub fn worker(&mut self, id: WorkerId) {
+        self.dirty.workers.push(id);
+    }
+
+    pub fn counters(&mut self) {
+        self.dirty.counters = true;
+    }
+
+    pub fn send(&mut self, sender: &mpsc::UnboundedSender<ToWorker>, message: ToWorker) {
+        self.effects.push(Effect::Send(sender.clone(), message));
+    }
+
+    pub fn notify(&mut self, event: Event) {
+        self.effects.push(Effect::Notify(event));
+    }
+
+    pub fn remove_logs(&mut self, id: TaskId) {
+        self.effects.push(Effect::RemoveLogs(id));
+    }
+}
+
+struct Entry {
+    sequence: u64,
+    change: Change,
+}
+
+/// The sending half, owned by the queue.
+pub(crate) struct Journal {
+    sender: mpsc::UnboundedSender<Entry>,
+    next_sequence: u64,
+    committed: watch::Receiver<u64>,
+}
+
+/// The longest pause between two attempts at a failed commit.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+impl Journal {
+    /// Starts the writer task; it ends when the journal is dropped and every entry is written.
+    ///
+    /// The writer holds the queue weakly: dropping the queue drops the journal's sender, and
+    /// the writer finishes what it has and stops.
+    pub fn start(store: Arc<dyn Store>, shared: Weak<Shared>) -> (Journal, tokio::task::JoinHandle<()>) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let (committed_sender, committed) = watch::channel(0);
+        let writer = tokio::spawn(write_loop(store, shared, receiver, committed_sender));
+        let journal = Journal {
+            sender,
+            next_sequence: 1,
+            committed,
+        };
+        (journal, writer)
+    }
+
+    /// Queues a change; returns its sequence number, or `None` when it has nothing to write
+    /// and no effect (nothing to wait for).
+    pub fn push(&mut self, change: Change) -> Option<u64> {
+        if change.dirty.is_empty() && change.effects.is_empty() {
+            return None;
+        }
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        if self.sender.send(Entry { sequence, change }).is_err() {
+            warn!("journal writer has stopped; change not persisted");
+        }
+        Some(sequence)
+    }
+
+    /// A receiver of the last committed sequence number.
+    pub fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
+}
+
+/// Waits until `sequence` is durable. Returns false if the writer stopped first.
+pub(crate) async fn wait_durable(mut committed: watch::Receiver<u64>, sequence: u64) -> bool {
+    committed.wait_for(|done| *done >= sequence).await.is_ok()
+}
+
+async fn write_loop(
+    store: Arc<dyn Store>,
+    shared: Weak<Shared>,
+    mut receiver: mpsc::UnboundedReceiver<Entry>,
+    committed: watch::Sender<u64>,
+) {
+    let mut entries = Vec::new();
+    while receiver.recv_many(&mut entries, 65_536).await > 0 {
+        let last_sequence = entries.last().map_or(0, |entry| entry.sequence);
+        let Some(queue) = shared.upgrade() else {
+            break;
+        };
+        let writes = collect_writes(&queue, &entries);
+        drop(queue);
+        if !writes.is_empty() {
+            let mut backoff = Duration::from_millis(50);
+            while let Err(commit_error) = store.commit(&writes).await {
+                error!(error = %commit_error, retry_in_ms = backoff.as_millis() as u64, "commit failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        committed.send_replace(last_sequence);
+        let queue = shared.upgrade();
+        for entry in entries.drain(..) {
+            for effect in entry.change.effects {
+                if let Some(queue) = &queue {
+                    queue.run_effect(effect);
+                }
+            }
+        }
+    }
+}
+
+fn collect_writes(shared: &Shared, entries: &[Entry]) -> WriteSet {
+    let mut tasks = BTreeSet::new();
+    let mut attempts = BTreeSet::new();
+    let mut batches = BTreeSet::new();
+    let mut workers = BTreeSet::new();
+    let mut counters = false;
+    for entry in entries {
+        let dirty = &entry.change.dirty;
+        tasks.extend(dirty.tasks.iter().copied());
+        attempts.extend(dirty.attempts.iter().copied());
+        batches.extend(dirty.batches.iter().cloned());
+        workers.extend(dirty.workers.iter().copied());
+        counters |= dirty.counters;
+    }
+    let state = shared.lock();
+    let mut writes = WriteSet::default();
+    for id in tasks {
+        match state.task_row(id) {
+            Some(row) => writes.tasks.push(row),
+            None => writes.deleted_tasks.push(id.0 as i64),
+        }
+    }
+    for (id, number) in attempts {
+        if let Some(row) = state.attempt_row(id, number) {
+            writes.attempts.push(row);
+        }
+    }
+    for name in batches {
+        match state.batch_row(&name) {
+            Some(row) => writes.batches.push(row),
+            None => writes.deleted_batches.push(name.to_string()),
+        }
+    }
+    for id in workers {
+        match state.worker_row(id) {
+            Some(row) => writes.workers.push(row),
+            None => writes.deleted_workers.push(id.0 as i64),
+        }
+    }
+    if counters {
+        writes.counters = state.counter_rows();
+    }
+    writes
+}

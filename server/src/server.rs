@@ -1,0 +1,98 @@
+//! Wiring: open the store, load the queue, serve both gRPC services until shutdown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use herd_proto::pb;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tracing::info;
+
+use crate::logs::LogStore;
+use crate::queue::{Queue, QueueConfig, QueueError};
+use crate::service::{QueueService, WorkersService};
+use crate::store::{SqlStore, Store, StoreError};
+
+/// The largest message accepted: a `herd launch --file` of a million short commands fits.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+
+/// Everything the server needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Database URL: `sqlite://PATH` or `postgres://...`. `None`: SQLite in the data directory.
+    pub database: Option<String>,
+    /// Where the SQLite database (by default) and the task logs live.
+    pub data_dir: PathBuf,
+    /// Worker liveness settings.
+    pub queue: QueueConfig,
+}
+
+impl Config {
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        match &self.database {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("herd.db").display()),
+        }
+    }
+}
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory cannot be used.
+    #[error("cannot use the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The queue could not load.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// Serving failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Opens the store, loads the queue and serves on `listener` until `shutdown` fires.
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServerError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let store: Arc<dyn Store> = Arc::new(SqlStore::open(&config.database_url()).await?);
+    let logs = LogStore::new(config.data_dir.join("logs"));
+    let queue = Queue::open(store, logs, config.queue.clone()).await?;
+    serve(queue, listener, shutdown).await
+}
+
+/// Serves an opened queue on `listener` until `shutdown` fires.
+pub async fn serve(queue: Arc<Queue>, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServerError> {
+    let address = listener.local_addr().ok();
+    let reaper = queue.spawn_reaper(shutdown.clone());
+    let queue_service = pb::queue_server::QueueServer::new(QueueService::new(queue.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let workers_service = pb::workers_server::WorkersServer::new(WorkersService::new(queue.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    if let Some(address) = address {
+        info!(%address, "herd server listening");
+    }
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .add_service(queue_service)
+        .add_service(workers_service)
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await?;
+    reaper.abort();
+    info!("herd server stopped");
+    Ok(())
+}

@@ -1,0 +1,398 @@
+//! The gRPC services, kept thin: convert the request, call the [`Queue`], convert back.
+//! Queue errors become gRPC statuses in exactly one place ([`status_of`]).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use herd_proto::pb::{self, server_message, worker_message};
+use herd_proto::{BatchName, TaskId, TaskReport, TaskSpec, TaskState, WorkerId};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, warn};
+
+use crate::logs::LogStream;
+use crate::queue::{Event, Queue, QueueError, ToWorker, WorkerHello};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The one mapping from queue errors to gRPC statuses.
+pub fn status_of(error: QueueError) -> Status {
+    let message = error.to_string();
+    match error {
+        QueueError::TaskNotFound(_) | QueueError::BatchNotFound(_) | QueueError::WorkerNotFound(_) => {
+            Status::not_found(message)
+        }
+        QueueError::InvalidState(_) => Status::failed_precondition(message),
+        QueueError::Invalid(_) => Status::invalid_argument(message),
+        QueueError::Store(_) | QueueError::ShuttingDown => Status::unavailable(message),
+    }
+}
+
+fn invalid(error: herd_proto::Error) -> Status {
+    Status::invalid_argument(error.to_string())
+}
+
+fn batch_name(text: &str) -> Result<BatchName, Status> {
+    BatchName::new(text).map_err(invalid)
+}
+
+/// The `Queue` service: what users and tools call.
+pub struct QueueService {
+    queue: Arc<Queue>,
+}
+
+impl QueueService {
+    /// Serves `queue`.
+    pub fn new(queue: Arc<Queue>) -> Self {
+        QueueService { queue }
+    }
+}
+
+/// How much of a log one message carries at most.
+const LOG_CHUNK: usize = 64 * 1024;
+
+#[tonic::async_trait]
+impl pb::queue_server::Queue for QueueService {
+    async fn submit(&self, request: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
+        let tasks = request.into_inner().tasks;
+        if tasks.is_empty() {
+            return Err(Status::invalid_argument("no task to queue"));
+        }
+        let count = tasks.len();
+        let specs = tasks
+            .into_iter()
+            .enumerate()
+            .map(|(index, spec)| {
+                TaskSpec::try_from(spec).map_err(|error| {
+                    let position = if count > 1 { format!("task {} of {count}: ", index + 1) } else { String::new() };
+                    Status::invalid_argument(format!("{position}{error}; nothing was queued"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids = self.queue.submit(specs).await.map_err(status_of)?;
+        Ok(Response::new(pb::SubmitResponse {
+            ids: ids.into_iter().map(|id| id.0).collect(),
+        }))
+    }
+
+    async fn list_tasks(&self, request: Request<pb::ListTasksRequest>) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let request = request.into_inner();
+        let batch = request.batch.as_deref().map(batch_name).transpose()?;
+        let state = request.state.map(herd_proto::convert::state_from_i32).transpose().map_err(invalid)?;
+        let tasks = self.queue.tasks(batch.as_ref(), state, request.limit as usize);
+        Ok(Response::new(pb::ListTasksResponse {
+            tasks: tasks.iter().map(pb::Task::from).collect(),
+        }))
+    }
+
+    async fn get_task(&self, request: Request<pb::TaskRef>) -> Result<Response<pb::Task>, Status> {
+        let task = self.queue.task(TaskId(request.into_inner().id)).map_err(status_of)?;
+        Ok(Response::new(pb::Task::from(&task)))
+    }
+
+    async fn kill_task(&self, request: Request<pb::TaskRef>) -> Result<Response<pb::Task>, Status> {
+        let task = self.queue.kill(TaskId(request.into_inner().id)).await.map_err(status_of)?;
+        Ok(Response::new(pb::Task::from(&task)))
+    }
+
+    async fn retry_task(&self, request: Request<pb::TaskRef>) -> Result<Response<pb::Task>, Status> {
+        let task = self.queue.retry(TaskId(request.into_inner().id)).await.map_err(status_of)?;
+        Ok(Response::new(pb::Task::from(&task)))
+    }
+
+    async fn delete_task(&self, request: Request<pb::TaskRef>) -> Result<Response<pb::Empty>, Status> {
+        self.queue.delete_task(TaskId(request.into_inner().id)).await.map_err(status_of)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    type TaskLogsStream = BoxStream<pb::LogChunk>;
+
+    async fn task_logs(&self, request: Request<pb::TaskLogsRequest>) -> Result<Response<Self::TaskLogsStream>, Status> {
+        let request = request.into_inner();
+        let task_id = TaskId(request.id);
+        // Subscribe before the first read, so nothing written in between is missed.
+        let events = self.queue.subscribe();
+        let task = self.queue.task(task_id).map_err(status_of)?;
+        let attempt = match request.attempt {
+            0 => task.attempts.last().map_or(task.attempt, |attempt| attempt.number),
+            wanted if wanted <= task.attempt => wanted,
+            wanted => {
+                return Err(Status::not_found(format!(
+                    "task {task_id} has no attempt {wanted}; its latest is {}",
+                    task.attempt
+                )));
+            }
+        };
+        let stream = if request.stderr { LogStream::Stderr } else { LogStream::Stdout };
+        let (sender, receiver) = mpsc::channel(16);
+        tokio::spawn(follow_log(self.queue.clone(), events, task_id, attempt, stream, request.follow, sender));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn list_batches(&self, _request: Request<pb::Empty>) -> Result<Response<pb::ListBatchesResponse>, Status> {
+        Ok(Response::new(pb::ListBatchesResponse {
+            batches: self.queue.batches().iter().map(pb::BatchSummary::from).collect(),
+        }))
+    }
+
+    async fn control_batch(&self, request: Request<pb::BatchRequest>) -> Result<Response<pb::BatchSummary>, Status> {
+        let request = request.into_inner();
+        let name = batch_name(&request.name)?;
+        let action = pb::BatchAction::try_from(request.action).unwrap_or(pb::BatchAction::Unspecified);
+        let summary = match action {
+            pb::BatchAction::Pause => self.queue.set_paused(&name, true).await,
+            pb::BatchAction::Resume => self.queue.set_paused(&name, false).await,
+            pb::BatchAction::Stop => self.queue.stop_batch(&name).await,
+            pb::BatchAction::Delete => {
+                let before = self.queue.batch(&name).map_err(status_of)?;
+                self.queue.delete_batch(&name).await.map(|()| before)
+            }
+            pb::BatchAction::Unspecified => return Err(Status::invalid_argument("no batch action given")),
+        }
+        .map_err(status_of)?;
+        Ok(Response::new(pb::BatchSummary::from(&summary)))
+    }
+
+    type WatchBatchStream = BoxStream<pb::BatchSummary>;
+
+    async fn watch_batch(&self, request: Request<pb::BatchRef>) -> Result<Response<Self::WatchBatchStream>, Status> {
+        let name = batch_name(&request.into_inner().name)?;
+        let mut events = self.queue.subscribe();
+        let first = self.queue.batch(&name).map_err(status_of)?;
+        let (sender, receiver) = mpsc::channel(4);
+        let queue = self.queue.clone();
+        tokio::spawn(async move {
+            let mut last = first;
+            if sender.send(Ok(pb::BatchSummary::from(&last))).await.is_err() {
+                return;
+            }
+            loop {
+                match events.recv().await {
+                    Ok(Event::Batch(changed)) if changed == name => {}
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+                // Let a burst of changes settle into one summary.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while events.try_recv().is_ok() {}
+                let Ok(summary) = queue.batch(&name) else {
+                    let _ = sender.send(Err(Status::not_found(format!("batch `{name}` was deleted")))).await;
+                    return;
+                };
+                if summary != last {
+                    last = summary;
+                    if sender.send(Ok(pb::BatchSummary::from(&last))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn list_workers(&self, _request: Request<pb::Empty>) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        Ok(Response::new(pb::ListWorkersResponse {
+            workers: self.queue.workers().iter().map(pb::Worker::from).collect(),
+        }))
+    }
+
+    async fn delete_worker(&self, request: Request<pb::WorkerRef>) -> Result<Response<pb::Empty>, Status> {
+        self.queue.delete_worker(WorkerId(request.into_inner().id)).await.map_err(status_of)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+}
+
+/// Whether an attempt can print nothing more: it ended, or the task moved on or is gone.
+fn attempt_finished(queue: &Queue, task_id: TaskId, attempt: u32) -> bool {
+    match queue.task(task_id) {
+        Err(_) => true,
+        Ok(task) => match task.attempts.iter().find(|known| known.number == attempt) {
+            Some(known) => known.ended_at.is_some() || known.state.is_terminal(),
+            None => task.state.is_terminal() || task.attempt > attempt,
+        },
+    }
+}
+
+async fn follow_log(
+    queue: Arc<Queue>,
+    mut events: broadcast::Receiver<Event>,
+    task_id: TaskId,
+    attempt: u32,
+    stream: LogStream,
+    follow: bool,
+    sender: mpsc::Sender<Result<pb::LogChunk, Status>>,
+) {
+    let mut offset = 0u64;
+    let pb_stream = match stream {
+        LogStream::Stdout => pb::LogStream::Stdout,
+        LogStream::Stderr => pb::LogStream::Stderr,
+    };
+    loop {
+        // Decide before reading: if it was finished before this read, the read sees everything.
+        let finished = !follow || attempt_finished(&queue, task_id, attempt);
+        loop {
+            let data = match queue.logs().read_from(task_id, attempt, stream, offset, LOG_CHUNK) {
+                Ok(data) => data,
+                Err(error) => {
+                    let _ = sender.send(Err(Status::internal(format!("cannot read the log: {error}")))).await;
+                    return;
+                }
+            };
+            if data.is_empty() {
+                break;
+            }
+            offset += data.len() as u64;
+            let chunk = pb::LogChunk {
+                task_id: task_id.0,
+                attempt,
+                stream: pb_stream.into(),
+                data,
+            };
+            if sender.send(Ok(chunk)).await.is_err() {
+                return;
+            }
+        }
+        if finished {
+            return;
+        }
+        loop {
+            let wake = tokio::time::timeout(Duration::from_secs(1), events.recv()).await;
+            match wake {
+                Ok(Ok(Event::Log(id) | Event::Task(id))) if id == task_id => break,
+                Ok(Ok(_)) => continue,
+                Ok(Err(broadcast::error::RecvError::Closed)) => return,
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) | Err(_) => break,
+            }
+        }
+    }
+}
+
+/// The `Workers` service: one bidirectional stream per connected worker.
+pub struct WorkersService {
+    queue: Arc<Queue>,
+}
+
+impl WorkersService {
+    /// Serves `queue`.
+    pub fn new(queue: Arc<Queue>) -> Self {
+        WorkersService { queue }
+    }
+}
+
+fn hello_from(hello: pb::Hello) -> Result<WorkerHello, Status> {
+    let batch = if hello.batch.is_empty() { BatchName::default_batch() } else { batch_name(&hello.batch)? };
+    let tasks = hello
+        .tasks
+        .into_iter()
+        .map(TaskReport::try_from)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(invalid)?;
+    Ok(WorkerHello {
+        worker_id: hello.worker_id.map(WorkerId),
+        name: hello.name,
+        batch,
+        concurrency: hello.concurrency,
+        prefetch: hello.prefetch,
+        docker: hello.docker,
+        allow_privileged: hello.allow_privileged,
+        cores: hello.cores,
+        memory_bytes: hello.memory_bytes,
+        version: hello.version,
+        tasks,
+    })
+}
+
+fn to_pb(message: ToWorker) -> pb::ServerMessage {
+    let kind = match message {
+        ToWorker::Welcome {
+            worker_id,
+            heartbeat_interval,
+        } => server_message::Kind::Welcome(pb::Welcome {
+            worker_id: worker_id.0,
+            heartbeat_interval_ms: heartbeat_interval.as_millis() as u64,
+        }),
+        ToWorker::Assign { task_id, attempt, spec } => server_message::Kind::Assign(pb::Assign {
+            task_id: task_id.0,
+            attempt,
+            spec: Some(pb::TaskSpec::from(spec.as_ref())),
+        }),
+        ToWorker::Cancel { task_id, attempt, reason } => server_message::Kind::Cancel(pb::Cancel {
+            task_id: task_id.0,
+            attempt,
+            reason,
+        }),
+        ToWorker::Ack { task_id, attempt } => server_message::Kind::Ack(pb::Ack {
+            task_id: task_id.0,
+            attempt,
+        }),
+        ToWorker::Shutdown { reason } => server_message::Kind::Shutdown(pb::Shutdown { reason }),
+    };
+    pb::ServerMessage { kind: Some(kind) }
+}
+
+#[tonic::async_trait]
+impl pb::workers_server::Workers for WorkersService {
+    type SessionStream = BoxStream<pb::ServerMessage>;
+
+    async fn session(&self, request: Request<Streaming<pb::WorkerMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the stream closed before the worker said hello"))?;
+        let hello = match first.kind {
+            Some(worker_message::Kind::Hello(hello)) => hello_from(hello)?,
+            _ => return Err(Status::invalid_argument("the first message of a worker session must be a hello")),
+        };
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let (worker_id, serial) = self.queue.connect(hello, sender).map_err(status_of)?;
+        let queue = self.queue.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = match inbound.message().await {
+                    Ok(Some(message)) => message,
+                    Ok(None) => break,
+                    Err(status) => {
+                        debug!(%worker_id, %status, "worker stream error");
+                        break;
+                    }
+                };
+                match message.kind {
+                    Some(worker_message::Kind::Update(update)) => match TaskReport::try_from(update) {
+                        Ok(report) => queue.report(worker_id, serial, report),
+                        Err(error) => warn!(%worker_id, %error, "invalid task update ignored"),
+                    },
+                    Some(worker_message::Kind::Log(chunk)) => {
+                        let stream = if chunk.stream == i32::from(pb::LogStream::Stderr) {
+                            LogStream::Stderr
+                        } else {
+                            LogStream::Stdout
+                        };
+                        queue.append_log(worker_id, serial, TaskId(chunk.task_id), chunk.attempt, stream, &chunk.data);
+                    }
+                    Some(worker_message::Kind::Heartbeat(_)) => {
+                        if !queue.heartbeat(worker_id, serial) {
+                            break;
+                        }
+                    }
+                    Some(worker_message::Kind::Hello(_)) | None => {
+                        warn!(%worker_id, "unexpected message on a worker session ignored");
+                    }
+                }
+            }
+            queue.disconnect(worker_id, serial);
+        });
+        let outbound = UnboundedReceiverStream::new(receiver).map(|message| Ok(to_pb(message)));
+        Ok(Response::new(Box::pin(outbound)))
+    }
+}
+
+/// Parses the `state` filter of a task listing.
+pub fn parse_state(text: &str) -> Result<TaskState, herd_proto::Error> {
+    text.parse()
+}

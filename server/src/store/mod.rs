@@ -1,0 +1,204 @@
+//! Durable state: the server's in-memory queue is mirrored here, row by row.
+//!
+//! The queue never reads the database while it runs: it loads a [`Snapshot`] at start-up and
+//! from then on only writes. Every change is a row image (insert-or-replace) or a deletion,
+//! gathered into a [`WriteSet`] that one transaction applies. The journal coalesces many
+//! changes into one write set, so durability costs one commit per group, not one per change.
+//!
+//! Rows are plain data in database types (`i64` ids, `String` states); the queue converts them
+//! to domain types. Database errors become [`StoreError`] in exactly one place
+//! ([`StoreError::from_sqlx`]).
+
+use futures::future::BoxFuture;
+
+mod sql;
+
+pub use sql::SqlStore;
+
+/// One task, as stored in table `tasks`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRow {
+    /// Task id (never reused).
+    pub id: i64,
+    /// Batch name.
+    pub batch: String,
+    /// Optional task name.
+    pub name: Option<String>,
+    /// The task specification, JSON (`herd_proto::pb::TaskSpec` fields), immutable.
+    pub spec: String,
+    /// Lowercase task state.
+    pub state: String,
+    /// Current (or next) attempt number, from 1.
+    pub attempt: i64,
+    /// Exit code of the last attempt that exited.
+    pub exit_code: Option<i64>,
+    /// Failure or cancellation reason (snake_case).
+    pub reason: Option<String>,
+    /// Details for humans.
+    pub message: Option<String>,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    /// Milliseconds since the epoch.
+    pub updated_at: i64,
+}
+
+/// One attempt of a task, as stored in table `attempts` (key: `task_id`, `number`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRow {
+    /// The task.
+    pub task_id: i64,
+    /// Attempt number, from 1.
+    pub number: i64,
+    /// The worker that ran it.
+    pub worker_id: i64,
+    /// That worker's name.
+    pub worker_name: String,
+    /// Lowercase state of this attempt.
+    pub state: String,
+    /// Exit code, when the command exited.
+    pub exit_code: Option<i64>,
+    /// Failure or cancellation reason.
+    pub reason: Option<String>,
+    /// Details for humans.
+    pub message: Option<String>,
+    /// Milliseconds since the epoch.
+    pub assigned_at: i64,
+    /// Milliseconds since the epoch.
+    pub download_started_at: Option<i64>,
+    /// Milliseconds since the epoch.
+    pub run_started_at: Option<i64>,
+    /// Milliseconds since the epoch.
+    pub upload_started_at: Option<i64>,
+    /// Milliseconds since the epoch.
+    pub ended_at: Option<i64>,
+    /// JSON array of transfers (direction, uri, bytes, files).
+    pub transfers: String,
+}
+
+/// A batch's own settings (its tasks are in `tasks`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRow {
+    /// Batch name (key).
+    pub name: String,
+    /// Paused batches hand out no task.
+    pub paused: bool,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+}
+
+/// A registered worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerRow {
+    /// Worker id (never reused).
+    pub id: i64,
+    /// Name (host name unless given).
+    pub name: String,
+    /// Batch it serves.
+    pub batch: String,
+    /// Slots.
+    pub concurrency: i64,
+    /// Extra tasks staged ahead.
+    pub prefetch: i64,
+    /// Runs Docker tasks.
+    pub docker: bool,
+    /// Runs privileged Docker tasks.
+    pub allow_privileged: bool,
+    /// CPU cores of its host.
+    pub cores: i64,
+    /// Memory of its host, bytes.
+    pub memory_bytes: i64,
+    /// herd version.
+    pub version: String,
+    /// Milliseconds since the epoch.
+    pub registered_at: i64,
+    /// Milliseconds since the epoch.
+    pub last_seen: i64,
+    /// Declared lost (silent too long); kept for history.
+    pub lost: bool,
+}
+
+/// Everything the store holds, read once at start-up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Every task.
+    pub tasks: Vec<TaskRow>,
+    /// Every attempt of every task.
+    pub attempts: Vec<AttemptRow>,
+    /// Every batch row.
+    pub batches: Vec<BatchRow>,
+    /// Every worker.
+    pub workers: Vec<WorkerRow>,
+    /// Named counters (`next_task_id`, `next_worker_id`).
+    pub counters: Vec<(String, i64)>,
+}
+
+/// Changes applied in one transaction. Within one write set a key appears at most once per
+/// list (the journal coalesces); the store applies upserts first, then deletions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteSet {
+    /// Tasks to insert or replace.
+    pub tasks: Vec<TaskRow>,
+    /// Attempts to insert or replace.
+    pub attempts: Vec<AttemptRow>,
+    /// Tasks to delete, with their attempts.
+    pub deleted_tasks: Vec<i64>,
+    /// Batches to insert or replace.
+    pub batches: Vec<BatchRow>,
+    /// Batches to delete (their tasks are listed in `deleted_tasks`).
+    pub deleted_batches: Vec<String>,
+    /// Workers to insert or replace.
+    pub workers: Vec<WorkerRow>,
+    /// Workers to delete.
+    pub deleted_workers: Vec<i64>,
+    /// Counters to set.
+    pub counters: Vec<(String, i64)>,
+}
+
+impl WriteSet {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+            && self.attempts.is_empty()
+            && self.deleted_tasks.is_empty()
+            && self.batches.is_empty()
+            && self.deleted_batches.is_empty()
+            && self.workers.is_empty()
+            && self.deleted_workers.is_empty()
+            && self.counters.is_empty()
+    }
+}
+
+/// What went wrong with the database.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database URL is not one herd can use.
+    #[error("invalid database URL `{url}`: {message}")]
+    InvalidUrl {
+        /// The URL with any password removed.
+        url: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// The database cannot be reached (connection refused, pool closed, I/O error).
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// Migrating the schema failed.
+    #[error("database migration failed: {0}")]
+    Migration(#[source] sqlx::migrate::MigrateError),
+    /// A stored value could not be decoded.
+    #[error("corrupt row in the database: {0}")]
+    Corrupt(String),
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+}
+
+/// The durable side of the queue. Implemented by [`SqlStore`] (SQLite and PostgreSQL).
+pub trait Store: Send + Sync + 'static {
+    /// Reads everything, once, at start-up.
+    fn load(&self) -> BoxFuture<'_, Result<Snapshot, StoreError>>;
+    /// Applies a write set in one transaction: all of it or nothing.
+    fn commit<'a>(&'a self, writes: &'a WriteSet) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// The database, for logs (no password).
+    fn describe(&self) -> String;
+}

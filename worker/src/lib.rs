@@ -1,0 +1,144 @@
+//! herd-worker: takes the tasks of one batch from a herd server and runs them.
+//!
+//! # Layout
+//! - [`run`] / [`run_with`]: connect, run tasks, reconnect after any break, until shutdown
+//!   (or until the server deletes the worker).
+//! - `session`: the one long-lived bidirectional gRPC stream: hello (with every task the
+//!   worker holds), assignments and cancellations in, state reports, logs and heartbeats out.
+//!   Terminal reports stay in an outbox until the server acknowledges them.
+//! - `runner`: one attempt from assignment to final report: staging (`/input`, `/resource`),
+//!   a run slot, the executor, the upload of `/output`, cleanup.
+//! - [`executor`]: how a command runs: Docker (bollard) or a bare process group.
+//! - `staging`: inputs, resources and outputs through herd-fetch.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use herd_proto::BatchName;
+use tokio_util::sync::CancellationToken;
+
+pub mod executor;
+mod runner;
+mod session;
+mod staging;
+
+use executor::Executor;
+
+/// Which executors a worker offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutorKind {
+    /// Docker for tasks with an image, bare processes for the others. Fails at start if no
+    /// Docker engine answers.
+    Docker,
+    /// Bare processes only; tasks that need Docker go to other workers.
+    Bare,
+    /// Docker if an engine answers, bare otherwise (what `herd up` uses).
+    Auto,
+}
+
+/// Everything a worker needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The server's URL, e.g. `http://127.0.0.1:4373`.
+    pub server: String,
+    /// The worker's name (the host name by default).
+    pub name: String,
+    /// The batch it serves.
+    pub batch: BatchName,
+    /// Tasks run at once (at least 1).
+    pub concurrency: u32,
+    /// Extra tasks staged ahead of a free slot.
+    pub prefetch: u32,
+    /// Executors offered.
+    pub executor: ExecutorKind,
+    /// Run `--privileged` Docker tasks.
+    pub allow_privileged: bool,
+    /// Scratch space: one folder per attempt, and the resource cache.
+    pub work_dir: PathBuf,
+    /// CPU cores given to tasks (`CPU` = cores / concurrency).
+    pub cores: u32,
+    /// Memory given to tasks, bytes (`MEM` = memory / concurrency, in GB).
+    pub memory_bytes: u64,
+}
+
+/// The executors a worker runs tasks with.
+#[derive(Clone)]
+pub struct Executors {
+    /// For tasks without a Docker image.
+    pub bare: Arc<dyn Executor>,
+    /// For tasks with a Docker image; `None` on workers without Docker.
+    pub docker: Option<Arc<dyn Executor>>,
+}
+
+/// Why a worker stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A setting is wrong.
+    #[error("{0}")]
+    Config(String),
+    /// The Docker executor was asked for and cannot start.
+    #[error(transparent)]
+    Executor(#[from] executor::ExecError),
+    /// The scratch folder cannot be used.
+    #[error("cannot use the work directory {path}: {source}")]
+    WorkDir {
+        /// The folder.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Host facts used for defaults: cores and memory.
+pub fn host_resources() -> (u32, u64) {
+    let cores = std::thread::available_parallelism().map_or(1, |count| count.get() as u32);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("MemTotal:"))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024);
+    (cores, memory)
+}
+
+/// Builds the executors `config` asks for.
+pub async fn executors(config: &Config) -> Result<Executors, WorkerError> {
+    let bare: Arc<dyn Executor> = Arc::new(executor::bare::BareExecutor::new());
+    let docker: Option<Arc<dyn Executor>> = match config.executor {
+        ExecutorKind::Bare => None,
+        ExecutorKind::Docker => Some(Arc::new(
+            executor::docker::DockerExecutor::connect().await?.allow_privileged(config.allow_privileged),
+        )),
+        ExecutorKind::Auto => match executor::docker::DockerExecutor::connect().await {
+            Ok(docker) => Some(Arc::new(docker.allow_privileged(config.allow_privileged))),
+            Err(error) => {
+                tracing::info!(%error, "no Docker engine: running bare tasks only");
+                None
+            }
+        },
+    };
+    Ok(Executors { bare, docker })
+}
+
+/// Runs a worker until `shutdown` fires or the server deletes it.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    let executors = executors(&config).await?;
+    run_with(config, executors, shutdown).await
+}
+
+/// Runs a worker with the given executors (tests and benchmarks pass their own).
+pub async fn run_with(config: Config, executors: Executors, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    if config.concurrency == 0 {
+        return Err(WorkerError::Config("--concurrency must be at least 1".to_owned()));
+    }
+    std::fs::create_dir_all(&config.work_dir).map_err(|source| WorkerError::WorkDir {
+        path: config.work_dir.clone(),
+        source,
+    })?;
+    session::run(Arc::new(config), executors, shutdown).await;
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! One attempt, from assignment to final report.
+//!
+//! ```text
+//! assigned → [downloading: stage /input and /resource] → wait for a run slot → running
+//!          → [uploading: /output to its URI] → succeeded | failed | canceled
+//! ```
+//! Phases without work (no inputs, no output URI) are skipped. Every log chunk reaches the
+//! server before the final report, so `herd task logs` after the end shows everything.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herd_proto::{Reason, TaskId, TaskReport, TaskSpec, TaskState};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::executor::{Exit, Job, LogSink, TaskDirs};
+use crate::session::Shared;
+use crate::staging;
+
+/// Runs one attempt; always ends with a final report (unless the server forgot the attempt).
+pub(crate) async fn run(shared: Arc<Shared>, task_id: TaskId, attempt: u32, spec: Arc<TaskSpec>, cancel: CancellationToken) {
+    let dirs = task_dirs(&shared.config.work_dir, task_id, attempt);
+    let report = match attempt_phases(&shared, task_id, attempt, &spec, &dirs, &cancel).await {
+        Ok(report) => report,
+        Err(report) => *report,
+    };
+    let succeeded = report.state == TaskState::Succeeded;
+    debug!(%task_id, attempt, state = %report.state, "attempt ended");
+    shared.report(report).await;
+    shared.finished(task_id, attempt);
+    cleanup(&dirs, succeeded).await;
+}
+
+fn task_dirs(work_dir: &Path, task_id: TaskId, attempt: u32) -> TaskDirs {
+    let root = work_dir.join("tasks").join(format!("{task_id}-{attempt}"));
+    TaskDirs {
+        input: root.join("input"),
+        output: root.join("output"),
+        resource: root.join("resource"),
+        tmp: root.join("tmp"),
+        root,
+    }
+}
+
+fn final_report(task_id: TaskId, attempt: u32, state: TaskState, reason: Option<Reason>, message: Option<String>) -> TaskReport {
+    let mut report = TaskReport::new(task_id, attempt, state);
+    report.reason = reason;
+    report.message = message;
+    report
+}
+
+type Phase<T> = Result<T, Box<TaskReport>>;
+
+async fn attempt_phases(
+    shared: &Arc<Shared>,
+    task_id: TaskId,
+    attempt: u32,
+    spec: &Arc<TaskSpec>,
+    dirs: &TaskDirs,
+    cancel: &CancellationToken,
+) -> Phase<TaskReport> {
+    let fail = |state: TaskState, reason: Reason, message: String| {
+        Box::new(final_report(task_id, attempt, state, Some(reason), Some(message)))
+    };
+    let canceled = || fail(TaskState::Canceled, Reason::Killed, "canceled by the server".to_owned());
+    staging::create_dirs(dirs)
+        .await
+        .map_err(|error| fail(TaskState::Failed, Reason::Executor, format!("cannot create the task's folders: {error}")))?;
+
+    // Downloading.
+    let mut input_transfers = Vec::new();
+    if !spec.inputs.is_empty() || !spec.resources.is_empty() {
+        shared.report(TaskReport::new(task_id, attempt, TaskState::Downloading)).await;
+        let staging = staging::stage_in(&shared.resolver, &shared.resources, spec, dirs);
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return Err(canceled()),
+            result = with_timeout(spec.download_timeout, staging) => result,
+        };
+        match result {
+            Some(Ok(transfers)) => input_transfers = transfers,
+            Some(Err(message)) => return Err(fail(TaskState::Failed, Reason::Input, message)),
+            None => {
+                let limit = spec.download_timeout.map_or(0, |timeout| timeout.as_secs());
+                return Err(fail(TaskState::Failed, Reason::Input, format!("staging took longer than --download-timeout {limit}s")));
+            }
+        }
+    }
+
+    // Wait for a run slot (prefetched attempts wait here, staged).
+    let permit = tokio::select! {
+        _ = cancel.cancelled() => return Err(canceled()),
+        permit = shared.slots.acquire() => match permit {
+            Ok(permit) => permit,
+            Err(_) => return Err(canceled()),
+        },
+    };
+    let executor = match &spec.docker {
+        Some(_) => match &shared.executors.docker {
+            Some(docker) => docker.clone(),
+            None => {
+                return Err(fail(
+                    TaskState::Failed,
+                    Reason::Executor,
+                    "this task needs Docker and this worker has no Docker executor".to_owned(),
+                ));
+            }
+        },
+        None => shared.executors.bare.clone(),
+    };
+    let mut running = TaskReport::new(task_id, attempt, TaskState::Running);
+    running.transfers = input_transfers;
+    shared.report(running).await;
+
+    // Running.
+    let job = Job {
+        task_id,
+        attempt,
+        spec: spec.clone(),
+        dirs: dirs.clone(),
+        env: task_env(&shared.config),
+        name: format!("herd-w{}-t{task_id}-a{attempt}", shared.worker_id().map_or(0, |id| id.0)),
+    };
+    let (sink, mut receiver) = LogSink::channel(64);
+    let forwarder = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while let Some((stream, data)) = receiver.recv().await {
+                shared.log(task_id, attempt, stream, data).await;
+            }
+        })
+    };
+    let execution_cancel = cancel.child_token();
+    let run_timeout = spec.run_timeout;
+    let timed_out = {
+        let deadline_cancel = execution_cancel.clone();
+        let deadline = async move {
+            match run_timeout {
+                Some(limit) => {
+                    tokio::time::sleep(limit).await;
+                    deadline_cancel.cancel();
+                    true
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        let execution = executor.run(&job, sink, execution_cancel.clone());
+        tokio::pin!(execution);
+        let mut timed_out = false;
+        let result = loop {
+            tokio::select! {
+                result = &mut execution => break result,
+                fired = &mut deadline, if !timed_out => timed_out = fired,
+            }
+        };
+        (result, timed_out)
+    };
+    let (result, timed_out) = timed_out;
+    // Every chunk reaches the server before the final report.
+    let _ = forwarder.await;
+    drop(permit);
+
+    let mut outcome = match result {
+        Ok(Exit::Code(0)) => final_report(task_id, attempt, TaskState::Succeeded, None, None),
+        Ok(Exit::Code(code)) => {
+            let mut report =
+                final_report(task_id, attempt, TaskState::Failed, Some(Reason::ExitCode), Some(format!("exited with code {code}")));
+            report.exit_code = Some(code);
+            report
+        }
+        Ok(Exit::Killed) if timed_out => {
+            let limit = run_timeout.map_or(0, |timeout| timeout.as_secs());
+            final_report(task_id, attempt, TaskState::Failed, Some(Reason::Timeout), Some(format!("killed after --run-timeout {limit}s")))
+        }
+        Ok(Exit::Killed) => return Err(canceled()),
+        Err(error) => final_report(task_id, attempt, TaskState::Failed, Some(Reason::Executor), Some(error.to_string())),
+    };
+
+    // Uploading, whether the command succeeded or not.
+    if let Some(output) = &spec.output {
+        if shared.is_forgotten(task_id, attempt) {
+            return Err(canceled());
+        }
+        shared.report(TaskReport::new(task_id, attempt, TaskState::Uploading)).await;
+        match staging::upload_output(&shared.resolver, &dirs.output, output).await {
+            Ok(transfer) => outcome.transfers.push(transfer),
+            Err(message) => {
+                let earlier = outcome.message.take();
+                outcome.state = TaskState::Failed;
+                if outcome.reason.is_none() {
+                    outcome.reason = Some(Reason::Output);
+                }
+                outcome.message = Some(match earlier {
+                    Some(earlier) => format!("{earlier}; and the upload of /output failed: {message}"),
+                    None => format!("the upload of /output failed: {message}"),
+                });
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+async fn with_timeout<T>(limit: Option<Duration>, work: impl Future<Output = T>) -> Option<T> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, work).await.ok(),
+        None => Some(work.await),
+    }
+}
+
+/// `CPU`, `THREADS` (cores per slot) and `MEM` (GB per slot), for every executor.
+fn task_env(config: &crate::Config) -> Vec<(String, String)> {
+    let cpu = (config.cores / config.concurrency).max(1);
+    let memory_gb = config.memory_bytes as f64 / f64::from(config.concurrency) / 1e9;
+    vec![
+        ("CPU".to_owned(), cpu.to_string()),
+        ("THREADS".to_owned(), cpu.to_string()),
+        ("MEM".to_owned(), format!("{}", memory_gb.floor().max(1.0) as u64)),
+    ]
+}
+
+async fn cleanup(dirs: &TaskDirs, succeeded: bool) {
+    // A failed attempt keeps /tmp and /output for inspection; copies of inputs and resources go.
+    let targets: Vec<&Path> = if succeeded {
+        vec![dirs.root.as_path()]
+    } else {
+        vec![dirs.input.as_path(), dirs.resource.as_path()]
+    };
+    for target in targets {
+        if let Err(error) = tokio::fs::remove_dir_all(target).await
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(path = %target.display(), %error, "cannot clean up");
+        }
+    }
+}

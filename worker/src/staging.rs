@@ -1,0 +1,167 @@
+//! Staging through herd-fetch: inputs into `/input`, resources through a per-worker cache
+//! into `/resource`, and `/output` to its URI.
+//!
+//! Resources are fetched once per worker (actions applied) into
+//! `<work-dir>/resources/<key>/`, keyed by the URI with its actions. A marker file written
+//! last makes the cache survive a worker restart; concurrent first requests for the same
+//! resource wait for one download. Each attempt gets the cached tree as hard links (a copy
+//! across file systems), mounted read-only.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use herd_fetch::{Resolver, TransferStats, Uri};
+use herd_proto::TaskSpec;
+use herd_proto::view::Transfer;
+use tokio::sync::OnceCell;
+
+use crate::executor::TaskDirs;
+
+/// Marker written once a cached resource is complete; holds the URI.
+const COMPLETE_MARKER: &str = ".herd-resource-complete";
+
+/// Creates an attempt's folders, writable by any user (tasks may run with `-u`).
+pub(crate) async fn create_dirs(dirs: &TaskDirs) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [&dirs.root, &dirs.input, &dirs.output, &dirs.resource, &dirs.tmp] {
+        tokio::fs::create_dir_all(dir).await?;
+        tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).await?;
+    }
+    Ok(())
+}
+
+fn transfer(direction: &str, uri: &Uri, stats: &TransferStats) -> Transfer {
+    Transfer {
+        direction: direction.to_owned(),
+        uri: uri.redacted().to_string(),
+        bytes: stats.bytes,
+        files: u32::try_from(stats.files).unwrap_or(u32::MAX),
+    }
+}
+
+fn parse(text: &str) -> Result<Uri, String> {
+    Uri::parse(text).map_err(|error| error.to_string())
+}
+
+/// The worker's resource cache.
+pub(crate) struct ResourceCache {
+    root: PathBuf,
+    resolver: Arc<Resolver>,
+    downloads: Mutex<HashMap<String, Arc<OnceCell<PathBuf>>>>,
+}
+
+impl ResourceCache {
+    pub fn new(work_dir: &Path, resolver: Arc<Resolver>) -> Self {
+        ResourceCache {
+            root: work_dir.join("resources"),
+            resolver,
+            downloads: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The cached copy of `uri` (with its actions applied), downloading it if needed.
+    async fn get(&self, uri: &Uri) -> Result<(PathBuf, bool), String> {
+        let key = uri.to_string();
+        let folder = self.root.join(format!("{:016x}", herd_fetch::checksum::crc64nvme(key.as_bytes()).as_u64()));
+        let cell = {
+            let mut downloads = self.downloads.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            downloads.entry(key.clone()).or_default().clone()
+        };
+        let mut fetched = false;
+        let path = cell
+            .get_or_try_init(|| async {
+                let marker = folder.join(COMPLETE_MARKER);
+                if tokio::fs::read_to_string(&marker).await.is_ok_and(|text| text == key) {
+                    return Ok(folder.clone());
+                }
+                // An incomplete earlier download: start over.
+                let _ = tokio::fs::remove_dir_all(&folder).await;
+                tokio::fs::create_dir_all(&folder)
+                    .await
+                    .map_err(|error| format!("cannot create the resource cache {}: {error}", folder.display()))?;
+                self.resolver
+                    .fetch(uri, &folder)
+                    .await
+                    .map_err(|error| format!("resource {}: {error}", uri.redacted()))?;
+                tokio::fs::write(&marker, &key)
+                    .await
+                    .map_err(|error| format!("cannot write {}: {error}", marker.display()))?;
+                fetched = true;
+                Ok::<PathBuf, String>(folder.clone())
+            })
+            .await?;
+        Ok((path.clone(), fetched))
+    }
+}
+
+/// Stages inputs and resources of `spec` into `dirs`; returns what was moved.
+pub(crate) async fn stage_in(
+    resolver: &Resolver,
+    cache: &ResourceCache,
+    spec: &TaskSpec,
+    dirs: &TaskDirs,
+) -> Result<Vec<Transfer>, String> {
+    let inputs: Vec<Uri> = spec.inputs.iter().map(|text| parse(text)).collect::<Result<_, _>>()?;
+    let resources: Vec<Uri> = spec.resources.iter().map(|text| parse(text)).collect::<Result<_, _>>()?;
+    let downloads = inputs.iter().map(|uri| async move {
+        resolver
+            .fetch(uri, &dirs.input)
+            .await
+            .map(|fetched| transfer("input", uri, &fetched.stats))
+            .map_err(|error| format!("input {}: {error}", uri.redacted()))
+    });
+    let mut transfers = futures::future::try_join_all(downloads).await?;
+    for uri in &resources {
+        let (cached, fetched) = cache.get(uri).await?;
+        let destination = dirs.resource.clone();
+        let linked = tokio::task::spawn_blocking(move || link_tree(&cached, &destination))
+            .await
+            .map_err(|error| format!("resource linking stopped: {error}"))?
+            .map_err(|error| format!("cannot link resource {}: {error}", uri.redacted()))?;
+        if fetched {
+            transfers.push(transfer("resource", uri, &linked));
+        }
+    }
+    Ok(transfers)
+}
+
+/// Hard-links (or copies) every file under `source` into `destination`, skipping the marker.
+fn link_tree(source: &Path, destination: &Path) -> std::io::Result<TransferStats> {
+    let mut stats = TransferStats::default();
+    let mut pending = vec![(source.to_path_buf(), destination.to_path_buf())];
+    while let Some((from, to)) = pending.pop() {
+        std::fs::create_dir_all(&to)?;
+        for entry in std::fs::read_dir(&from)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name == COMPLETE_MARKER {
+                continue;
+            }
+            let kind = entry.file_type()?;
+            let target = to.join(&name);
+            if kind.is_dir() {
+                pending.push((entry.path(), target));
+            } else if kind.is_symlink() {
+                let link = std::fs::read_link(entry.path())?;
+                let _ = std::fs::remove_file(&target);
+                std::os::unix::fs::symlink(link, &target)?;
+            } else {
+                let _ = std::fs::remove_file(&target);
+                if std::fs::hard_link(entry.path(), &target).is_err() {
+                    std::fs::copy(entry.path(), &target)?;
+                }
+                stats.files += 1;
+                stats.bytes += entry.metadata()?.len();
+            }
+        }
+    }
+    Ok(stats)
+}
+
+/// Uploads the content of `/output` to `uri`.
+pub(crate) async fn upload_output(resolver: &Resolver, source: &Path, uri: &str) -> Result<Transfer, String> {
+    let uri = parse(uri)?;
+    let stats = resolver.put(source, &uri).await.map_err(|error| error.to_string())?;
+    Ok(transfer("output", &uri, &stats))
+}
