@@ -17,4 +17,4 @@ mod stored_spec;
 
 mod server;
 
-pub use server::{Config, run};
+pub use server::{Config, MAX_MESSAGE_BYTES, ServerError, run, serve};

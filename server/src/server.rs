@@ -77,6 +77,16 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
 pub async fn serve(queue: Arc<Queue>, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServerError> {
     let address = listener.local_addr().ok();
     let reaper = queue.spawn_reaper(shutdown.clone());
+    // Long-lived streams (worker sessions, log follows, batch watches) end when shutdown
+    // begins; otherwise the graceful shutdown would wait for them forever.
+    let closer = tokio::spawn({
+        let queue = queue.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            queue.close();
+        }
+    });
     let queue_service = pb::queue_server::QueueServer::new(QueueService::new(queue.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -93,6 +103,7 @@ pub async fn serve(queue: Arc<Queue>, listener: TcpListener, shutdown: Cancellat
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     reaper.abort();
+    closer.abort();
     info!("herd server stopped");
     Ok(())
 }

@@ -165,13 +165,18 @@ impl pb::queue_server::Queue for QueueService {
         let first = self.queue.batch(&name).map_err(status_of)?;
         let (sender, receiver) = mpsc::channel(4);
         let queue = self.queue.clone();
+        let closing = self.queue.closing();
         tokio::spawn(async move {
             let mut last = first;
             if sender.send(Ok(pb::BatchSummary::from(&last))).await.is_err() {
                 return;
             }
             loop {
-                match events.recv().await {
+                let event = tokio::select! {
+                    _ = closing.cancelled() => return,
+                    event = events.recv() => event,
+                };
+                match event {
                     Ok(Event::Batch(changed)) if changed == name => {}
                     Ok(_) => continue,
                     Err(broadcast::error::RecvError::Lagged(_)) => {}
@@ -257,7 +262,7 @@ async fn follow_log(
                 return;
             }
         }
-        if finished {
+        if finished || queue.closing().is_cancelled() {
             return;
         }
         loop {

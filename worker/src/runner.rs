@@ -163,7 +163,11 @@ async fn attempt_phases(
     drop(permit);
 
     let mut outcome = match result {
-        Ok(Exit::Code(0)) => final_report(task_id, attempt, TaskState::Succeeded, None, None),
+        Ok(Exit::Code(0)) => {
+            let mut report = final_report(task_id, attempt, TaskState::Succeeded, None, None);
+            report.exit_code = Some(0);
+            report
+        }
         Ok(Exit::Code(code)) => {
             let mut report =
                 final_report(task_id, attempt, TaskState::Failed, Some(Reason::ExitCode), Some(format!("exited with code {code}")));

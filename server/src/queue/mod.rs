@@ -181,6 +181,7 @@ pub struct Queue {
     shared: Arc<Shared>,
     committed: tokio::sync::watch::Receiver<u64>,
     config: QueueConfig,
+    closing: CancellationToken,
 }
 
 impl Queue {
@@ -220,7 +221,20 @@ impl Queue {
             shared,
             committed: committed.expect("set by new_cyclic"),
             config,
+            closing: CancellationToken::new(),
         }))
+    }
+
+    /// Ends every worker session and every watch stream, so that a graceful shutdown of the
+    /// gRPC server does not wait for streams that would never end. Workers reconnect.
+    pub fn close(&self) {
+        self.closing.cancel();
+        self.shared.lock().close_sessions();
+    }
+
+    /// Fires when the queue is closing: long-lived streams end then.
+    pub fn closing(&self) -> CancellationToken {
+        self.closing.clone()
     }
 
     /// The queue's timing settings.

@@ -986,7 +986,14 @@ impl State {
         Ok(())
     }
 
-    /// The sender of a worker's current connection, if `serial` is still it.
+    /// Ends every worker session (the server is stopping); workers will reconnect.
+    pub fn close_sessions(&mut self) {
+        for worker in self.workers.values_mut() {
+            worker.connection = None;
+        }
+    }
+
+    /// Whether logs of this attempt are expected.
     pub fn log_allowed(&self, task_id: TaskId, attempt: u32) -> bool {
         self.tasks
             .get(&task_id)
