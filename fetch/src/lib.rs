@@ -1,0 +1,75 @@
+//! herd-fetch moves files between URI schemes: herd's worker stages task inputs, resources and
+//! outputs with it, and `herd fetch` exposes it on the command line. It knows nothing about
+//! tasks.
+//!
+//! A URI is `scheme[@option...]://path[|action...]` or a plain local path; a path ending in `/`
+//! is a directory, transferred recursively. [`Uri::parse`] checks the grammar once; a
+//! [`Resolver`] picks the [`Backend`] for the scheme, and [`Resolver::fetch`] downloads into a
+//! directory and applies the actions (`|gunzip`, `|untar`, `|unzip`, `|mv:DIR`). Every file is
+//! checksummed (CRC64NVME, as S3 does) while it is copied. Errors carry an [`ErrorKind`] to
+//! branch on.
+//!
+//! ```no_run
+//! # async fn example() -> herd_fetch::Result<()> {
+//! use herd_fetch::{Resolver, Uri};
+//!
+//! let resolver = Resolver::default();
+//! let uri = Uri::parse("/data/refs/genome.tar.gz|untar|mv:genome")?;
+//! let fetched = resolver.fetch(&uri, std::path::Path::new("/scratch/resource")).await?;
+//! for file in &fetched.stats.checksums {
+//!     println!("{} {} {}", file.path, file.size, file.crc64nvme);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`uri`]: the grammar: [`Uri`], [`Scheme`], [`SchemeOption`], [`Action`].
+//! - [`error`]: [`Error`] and [`ErrorKind`], the crate's one error type.
+//! - [`backend`]: the object-safe [`Backend`] trait (get, put, list, delete) and what it
+//!   returns ([`TransferStats`], [`FileChecksum`], [`Entry`]).
+//! - [`resolver`]: [`Resolver`], scheme → backend, and whole fetches staged in a hidden
+//!   directory so that a failure leaves nothing behind.
+//! - [`file`](mod@file): [`FileBackend`], the local filesystem (`file://` and plain paths).
+//! - [`memory`]: [`MemoryBackend`], an in-memory object store for tests of code that transfers.
+//! - [`actions`]: the actions, with tar and zip extraction (`actions/archive.rs`) that refuses
+//!   entries escaping the target directory.
+//! - [`checksum`]: CRC64NVME: [`crc64nvme_file`], streaming hashers and readers/writers.
+//! - [`local`]: [`AtomicFile`] (temporary name, then rename) and the other local helpers that
+//!   every backend shares.
+//!
+//! # Invariants
+//!
+//! - No partial file is ever visible under its final name: files are written under a
+//!   `.herd-partial-*` name in their destination directory and renamed when complete; the
+//!   temporary file is removed on failure or cancellation. (Durability across a power loss is not
+//!   promised: files are not fsynced.)
+//! - Extraction writes nothing outside its target directory and leaves no link pointing out of it.
+//! - Backends never see actions; only [`Resolver::fetch`] applies them, and uploads, listings and
+//!   deletions refuse URIs that carry them.
+//! - `Display` of a [`Uri`] is the URI as written, secrets included; logs and error messages use
+//!   [`Uri::redacted`] (and `Debug`, which is redacted).
+//! - Adding a scheme means adding a backend and registering it in `Resolver::default`: callers do
+//!   not change.
+
+pub mod actions;
+pub mod backend;
+pub mod checksum;
+pub mod error;
+pub mod file;
+pub mod local;
+pub mod memory;
+pub mod resolver;
+pub mod uri;
+
+pub use backend::{Backend, BoxFuture, Entry, FileChecksum, TransferStats};
+pub use checksum::{
+    Crc64Nvme, Crc64NvmeHasher, crc64nvme, crc64nvme_file, crc64nvme_reader, verify_crc64nvme_file,
+};
+pub use error::{Error, ErrorKind, Result};
+pub use file::FileBackend;
+pub use local::AtomicFile;
+pub use memory::MemoryBackend;
+pub use resolver::{Fetched, Resolver};
+pub use uri::{Action, Scheme, SchemeOption, SubDir, Uri};
