@@ -57,14 +57,15 @@ impl LogStore {
     /// Appends a chunk.
     pub fn append(&self, task: TaskId, attempt: u32, stream: LogStream, data: &[u8]) -> io::Result<()> {
         let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let key = (task, attempt, stream);
-        if !open.contains_key(&key) {
-            let path = self.path(task, attempt, stream);
-            create_parent(&path)?;
-            let file = OpenOptions::new().create(true).append(true).open(&path)?;
-            open.insert(key, file);
-        }
-        open.get_mut(&key).expect("inserted above").write_all(data)
+        let file = match open.entry((task, attempt, stream)) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let path = self.path(task, attempt, stream);
+                create_parent(&path)?;
+                entry.insert(OpenOptions::new().create(true).append(true).open(&path)?)
+            }
+        };
+        file.write_all(data)
     }
 
     /// Closes the files of an attempt that ended.
