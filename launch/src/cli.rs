@@ -1,0 +1,552 @@
+//! The command line, declared with clap's derive API. Nothing here talks to a server: the
+//! structs only describe flags, their defaults and their environment variables, and the
+//! value parsers refuse malformed values before any command runs (exit code 2).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use herd_proto::{BatchName, TaskId, TaskState, WorkerId};
+
+/// The server address clients use when neither `--server` nor `HERD_SERVER` is given.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:4373";
+
+/// The address `herd server` and `herd up` listen on by default: loopback only, so that a
+/// server is never exposed to other hosts by accident.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4373";
+
+/// herd: a distributed task queue for scientific batch computing.
+///
+/// Queue commands with `herd launch`, run them on workers started with `herd worker`, and
+/// follow them with `herd task` and `herd batch`. `herd up` starts a server and a local worker
+/// in one process.
+#[derive(Debug, Parser)]
+#[command(name = "herd", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// The herd server to talk to: a URL such as http://host:4373, or host:port.
+    #[arg(short = 's', long = "server", env = "HERD_SERVER", default_value = DEFAULT_SERVER, global = true, display_order = 900)]
+    pub server: String,
+
+    /// Log more on stderr (-v: debug, -vv: trace). RUST_LOG, when set, takes precedence.
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true, display_order = 901)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Queue a command (or one command per line of a file) for the workers of a batch.
+    Launch(LaunchArgs),
+    /// List, show, kill, retry or delete tasks, and print their output.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// List batches, pause, resume, stop or delete one, or wait until one is done.
+    #[command(subcommand)]
+    Batch(BatchCommand),
+    /// Run a worker (`herd worker --batch NAME`), or list and delete workers.
+    Worker(WorkerCommand),
+    /// Run a herd server until Ctrl-C or SIGTERM.
+    Server(ServerArgs),
+    /// Run a server on the embedded SQLite database plus one local worker, until Ctrl-C.
+    Up(UpArgs),
+}
+
+impl Command {
+    /// Whether the command runs until stopped (a server, a worker): those log at `info` by
+    /// default, while one-shot client commands only show warnings unless `-v` is given.
+    pub fn is_long_running(&self) -> bool {
+        match self {
+            Command::Server(_) | Command::Up(_) => true,
+            Command::Worker(worker) => worker.action.is_none(),
+            Command::Launch(_) | Command::Task(_) | Command::Batch(_) => false,
+        }
+    }
+}
+
+/// `herd launch`: the options of scitq-launch, with the same letters.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  herd launch -b mybatch -d ubuntu:24.04 sh -c 'echo $CPU'\n  \
+                  herd launch -b mybatch -i s3://bucket/sample.fq.gz -o s3://bucket/results/ -- mytool --threads 4\n  \
+                  herd launch -b mybatch --file commands.txt"
+)]
+pub struct LaunchArgs {
+    /// The batch the task belongs to; only workers of this batch take it.
+    #[arg(
+        short = 'b',
+        long = "batch",
+        default_value = "default",
+        value_name = "NAME"
+    )]
+    pub batch: BatchName,
+
+    /// Run the command in this Docker image; without it the command runs on the worker's host.
+    #[arg(short = 'd', long = "docker", value_name = "IMAGE")]
+    pub docker: Option<String>,
+
+    /// More `docker run` options, in one string (e.g. -O '--gpus all'); needs -d.
+    #[arg(
+        short = 'O',
+        long = "option",
+        value_name = "DOCKER OPTIONS",
+        allow_hyphen_values = true
+    )]
+    pub docker_options: Option<String>,
+
+    /// Run the command as this user id.
+    #[arg(short = 'u', long = "uid", value_name = "UID")]
+    pub uid: Option<u32>,
+
+    /// Run the command as this group id.
+    #[arg(short = 'g', long = "gid", value_name = "GID")]
+    pub gid: Option<u32>,
+
+    /// A name for the task, to find it again.
+    #[arg(short = 'n', long = "name", value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// A file copied into /input ($INPUT without Docker) before the command runs; repeatable.
+    #[arg(short = 'i', long = "input", value_name = "URI")]
+    pub inputs: Vec<String>,
+
+    /// A shared file fetched once per worker into /resource ($RESOURCE), optionally with
+    /// |gunzip, |untar, |unzip or |mv:DIR; repeatable.
+    #[arg(short = 'r', long = "resource", value_name = "URI")]
+    pub resources: Vec<String>,
+
+    /// Where the content of /output ($OUTPUT) is copied when the command ends.
+    #[arg(short = 'o', long = "output", value_name = "URI")]
+    pub output: Option<String>,
+
+    /// Print what would be queued and queue nothing.
+    #[arg(short = 't', long = "test")]
+    pub test: bool,
+
+    /// Retry a failed attempt up to N times.
+    #[arg(long = "retry", value_name = "N", default_value_t = 0)]
+    pub retry: u32,
+
+    /// Kill the command after this long: seconds, or a duration such as 90m or 2h.
+    #[arg(long = "run-timeout", value_name = "SECONDS", value_parser = parse_duration)]
+    pub run_timeout: Option<Duration>,
+
+    /// Fail the attempt if fetching inputs and resources takes longer: seconds, or 30m, 1h...
+    #[arg(long = "download-timeout", value_name = "SECONDS", value_parser = parse_duration)]
+    pub download_timeout: Option<Duration>,
+
+    /// Queue one task per line of FILE (`-` reads stdin), all at once or none at all. Lines are
+    /// split like a shell would; blank lines and lines starting with # are skipped.
+    #[arg(long = "file", value_name = "FILE", conflicts_with = "command")]
+    pub file: Option<PathBuf>,
+
+    /// Print JSON on stdout instead of plain ids.
+    #[arg(long = "json")]
+    pub json: bool,
+
+    /// The command and its arguments; options after the command belong to the command. Use
+    /// `--` before a command that starts with a dash.
+    // No `allow_hyphen_values`: a misspelt herd option before the command must be an error,
+    // not the command. Once the command has started, `trailing_var_arg` keeps every later word.
+    #[arg(value_name = "COMMAND", trailing_var_arg = true, num_args = 0..)]
+    pub command: Vec<String>,
+}
+
+/// `herd task ...`
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// List tasks, oldest first.
+    List(TaskListArgs),
+    /// Show one task with its attempts.
+    Show(TaskShowArgs),
+    /// Kill a task: a pending one is canceled, a running one is stopped on its worker.
+    Kill(TaskRefArgs),
+    /// Queue a finished task again, as a new attempt.
+    Retry(TaskRefArgs),
+    /// Forget a finished task and its logs.
+    Delete(TaskRefArgs),
+    /// Print a task's output (stdout by default) as it comes.
+    Logs(TaskLogsArgs),
+}
+
+/// `herd task list`
+#[derive(Debug, Args)]
+pub struct TaskListArgs {
+    /// Only the tasks of this batch.
+    #[arg(short = 'b', long = "batch", value_name = "NAME")]
+    pub batch: Option<BatchName>,
+
+    /// Only the tasks in this state: pending, assigned, downloading, running, uploading,
+    /// succeeded, failed or canceled.
+    #[arg(short = 'S', long = "state", value_name = "STATE")]
+    pub state: Option<TaskState>,
+
+    /// At most N tasks (0: all).
+    #[arg(long = "limit", value_name = "N", default_value_t = 0)]
+    pub limit: u32,
+
+    /// Print a JSON array on stdout instead of a table.
+    #[arg(long = "json")]
+    pub json: bool,
+}
+
+/// `herd task show`
+#[derive(Debug, Args)]
+pub struct TaskShowArgs {
+    /// The task's id.
+    #[arg(value_name = "ID")]
+    pub id: TaskId,
+
+    /// Print the task as JSON on stdout.
+    #[arg(long = "json")]
+    pub json: bool,
+}
+
+/// A command that names one task.
+#[derive(Debug, Args)]
+pub struct TaskRefArgs {
+    /// The task's id.
+    #[arg(value_name = "ID")]
+    pub id: TaskId,
+}
+
+/// `herd task logs`
+#[derive(Debug, Args)]
+pub struct TaskLogsArgs {
+    /// The task's id.
+    #[arg(value_name = "ID")]
+    pub id: TaskId,
+
+    /// Keep printing until the attempt ends.
+    #[arg(short = 'f', long = "follow")]
+    pub follow: bool,
+
+    /// Print the command's stderr instead of its stdout.
+    #[arg(long = "stderr")]
+    pub stderr: bool,
+
+    /// Print this attempt (1 is the first) instead of the latest.
+    #[arg(long = "attempt", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub attempt: Option<u32>,
+}
+
+/// `herd batch ...`
+#[derive(Debug, Subcommand)]
+pub enum BatchCommand {
+    /// List batches with their task counts.
+    List(JsonArgs),
+    /// Stop giving the batch's tasks to workers; running tasks go on.
+    Pause(BatchRefArgs),
+    /// Give the batch's tasks to workers again.
+    Resume(BatchRefArgs),
+    /// Cancel every pending and running task of the batch.
+    Stop(BatchRefArgs),
+    /// Forget the batch and its finished tasks.
+    Delete(BatchRefArgs),
+    /// Wait until nothing is pending or running; exit 1 if a task failed or was canceled.
+    Wait(BatchWaitArgs),
+}
+
+/// A command whose only option is `--json`.
+#[derive(Debug, Args)]
+pub struct JsonArgs {
+    /// Print a JSON array on stdout instead of a table.
+    #[arg(long = "json")]
+    pub json: bool,
+}
+
+/// A command that names one batch.
+#[derive(Debug, Args)]
+pub struct BatchRefArgs {
+    /// The batch's name.
+    #[arg(value_name = "NAME")]
+    pub name: BatchName,
+}
+
+/// `herd batch wait`
+#[derive(Debug, Args)]
+pub struct BatchWaitArgs {
+    /// The batch's name.
+    #[arg(value_name = "NAME")]
+    pub name: BatchName,
+
+    /// Print the final counts as JSON on stdout.
+    #[arg(long = "json")]
+    pub json: bool,
+}
+
+/// `herd worker`: runs a worker, unless a subcommand is given.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct WorkerCommand {
+    /// `list` or `delete`; without one, run a worker.
+    #[command(subcommand)]
+    pub action: Option<WorkerAction>,
+
+    /// How to run a worker.
+    #[command(flatten)]
+    pub run: WorkerRunArgs,
+}
+
+/// `herd worker list|delete`
+#[derive(Debug, Subcommand)]
+pub enum WorkerAction {
+    /// List the workers the server knows.
+    List(JsonArgs),
+    /// Forget a worker; a connected one is told to stop.
+    Delete(WorkerRefArgs),
+}
+
+/// A command that names one worker.
+#[derive(Debug, Args)]
+pub struct WorkerRefArgs {
+    /// The worker's id (see `herd worker list`).
+    #[arg(value_name = "ID")]
+    pub id: WorkerId,
+}
+
+/// Which executors a worker offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExecutorChoice {
+    /// Docker for tasks with an image, host processes for the others; fails without Docker.
+    Docker,
+    /// Host processes only; tasks that need Docker are left to other workers.
+    Bare,
+    /// Docker when an engine answers, host processes otherwise.
+    Auto,
+}
+
+/// `herd worker` (running one).
+#[derive(Debug, Args)]
+pub struct WorkerRunArgs {
+    /// The batch whose tasks this worker takes.
+    #[arg(
+        short = 'b',
+        long = "batch",
+        value_name = "NAME",
+        default_value = "default"
+    )]
+    pub batch: BatchName,
+
+    /// Tasks run at once (default: the number of cores).
+    #[arg(short = 'c', long = "concurrency", value_name = "N", value_parser = parse_concurrency, allow_negative_numbers = true)]
+    pub concurrency: Option<u32>,
+
+    /// Extra tasks whose inputs are fetched ahead of a free slot.
+    #[arg(long = "prefetch", value_name = "N", default_value_t = 0)]
+    pub prefetch: u32,
+
+    /// How commands run: docker, bare (host processes only) or auto.
+    #[arg(long = "executor", value_enum, default_value_t = ExecutorChoice::Docker)]
+    pub executor: ExecutorChoice,
+
+    /// Scratch space for task folders and the resource cache (default: DATA_DIR/worker).
+    #[arg(long = "work-dir", value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+
+    /// The worker's name (default: the host name).
+    #[arg(long = "name", value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Run tasks that ask for `-O --privileged`.
+    #[arg(long = "allow-privileged")]
+    pub allow_privileged: bool,
+}
+
+/// `herd server`
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address to listen on; 0.0.0.0:4373 serves other hosts, port 0 picks a free port.
+    #[arg(long = "listen", value_name = "ADDR", env = "HERD_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB (default: SQLite in the data
+    /// directory).
+    #[arg(long = "db", value_name = "URL", env = "HERD_DB")]
+    pub database: Option<String>,
+
+    /// Where the database (by default) and the task logs live [default:
+    /// $XDG_DATA_HOME/herd or ~/.local/share/herd].
+    #[arg(long = "data-dir", value_name = "DIR", env = "HERD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Seconds without news after which a worker is lost and its tasks are queued again.
+    #[arg(long = "worker-timeout", value_name = "SECONDS", env = "HERD_WORKER_TIMEOUT", default_value = "20", value_parser = parse_seconds)]
+    pub worker_timeout: Duration,
+
+    /// Seconds between worker heartbeats; must be shorter than --worker-timeout.
+    #[arg(long = "heartbeat", value_name = "SECONDS", env = "HERD_HEARTBEAT", default_value = "5", value_parser = parse_seconds)]
+    pub heartbeat: Duration,
+
+    /// Once listening, write the bound address (e.g. 127.0.0.1:41234) to this file. Meant for
+    /// scripts and tests that start a server with --listen 127.0.0.1:0.
+    #[arg(long = "port-file", value_name = "PATH")]
+    pub port_file: Option<PathBuf>,
+}
+
+/// `herd up`
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Address to listen on; 0.0.0.0:4373 serves other hosts, port 0 picks a free port.
+    #[arg(long = "listen", value_name = "ADDR", env = "HERD_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+
+    /// Where the database, the task logs and the worker's scratch space live [default:
+    /// $XDG_DATA_HOME/herd or ~/.local/share/herd].
+    #[arg(long = "data-dir", value_name = "DIR", env = "HERD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Tasks the local worker runs at once (default: the number of cores).
+    #[arg(short = 'c', long = "concurrency", value_name = "N", value_parser = parse_concurrency, allow_negative_numbers = true)]
+    pub concurrency: Option<u32>,
+
+    /// The batch the local worker serves.
+    #[arg(
+        short = 'b',
+        long = "batch",
+        value_name = "NAME",
+        default_value = "default"
+    )]
+    pub batch: BatchName,
+
+    /// Once listening, write the bound address to this file (for scripts).
+    #[arg(long = "port-file", value_name = "PATH")]
+    pub port_file: Option<PathBuf>,
+}
+
+/// Parses a task count of at least 1 (`--concurrency`).
+fn parse_concurrency(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<i64>() {
+        Ok(count) if count >= 1 && count <= i64::from(u32::MAX) => Ok(count as u32),
+        Ok(_) => Err(format!("the concurrency must be at least 1 (got {text})")),
+        Err(_) => Err(format!(
+            "`{text}` is not a whole number; give the number of tasks run at once, e.g. 4"
+        )),
+    }
+}
+
+/// Parses a whole number of seconds, at least 1.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err("give at least 1 second".to_owned()),
+        Ok(seconds) => Ok(Duration::from_secs(seconds)),
+        Err(_) => Err(format!("`{text}` is not a whole number of seconds")),
+    }
+}
+
+/// Parses a timeout: plain seconds (`3600`) or a humantime duration (`90m`, `1h 30m`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    let duration = match trimmed.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(trimmed).map_err(|_| {
+            format!(
+                "`{text}` is not a duration; give seconds (3600) or a duration such as 90m or 2h"
+            )
+        })?,
+    };
+    if duration < Duration::from_secs(1) {
+        return Err(
+            "a timeout must be at least 1 second; leave the option out for none".to_owned(),
+        );
+    }
+    Ok(Duration::from_secs(duration.as_secs()))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn launch_keeps_options_after_the_command_for_the_command() {
+        let cli = Cli::try_parse_from([
+            "herd",
+            "launch",
+            "-b",
+            "b1",
+            "sh",
+            "-c",
+            "echo $CPU",
+            "-b",
+            "x",
+        ])
+        .unwrap();
+        let Command::Launch(launch) = cli.command else {
+            panic!("not launch")
+        };
+        assert_eq!(launch.batch.as_str(), "b1");
+        assert_eq!(launch.command, ["sh", "-c", "echo $CPU", "-b", "x"]);
+    }
+
+    #[test]
+    fn launch_accepts_a_dash_option_string_and_a_double_dash() {
+        let cli = Cli::try_parse_from([
+            "herd",
+            "launch",
+            "-d",
+            "img",
+            "-O",
+            "--gpus all",
+            "--",
+            "-x",
+        ])
+        .unwrap();
+        let Command::Launch(launch) = cli.command else {
+            panic!("not launch")
+        };
+        assert_eq!(launch.docker_options.as_deref(), Some("--gpus all"));
+        assert_eq!(launch.command, ["-x"]);
+    }
+
+    #[test]
+    fn an_unknown_option_before_the_command_is_an_error() {
+        let error = Cli::try_parse_from(["herd", "launch", "--bogus", "echo"]).unwrap_err();
+        assert_eq!(error.exit_code(), 2);
+        assert!(error.to_string().contains("--bogus"), "{error}");
+    }
+
+    #[test]
+    fn worker_runs_unless_a_subcommand_is_given() {
+        let cli = Cli::try_parse_from(["herd", "worker", "--concurrency", "3"]).unwrap();
+        let Command::Worker(worker) = cli.command else {
+            panic!("not worker")
+        };
+        assert!(worker.action.is_none());
+        assert_eq!(worker.run.concurrency, Some(3));
+
+        let cli = Cli::try_parse_from(["herd", "worker", "list", "--json"]).unwrap();
+        let Command::Worker(worker) = cli.command else {
+            panic!("not worker")
+        };
+        assert!(matches!(
+            worker.action,
+            Some(WorkerAction::List(JsonArgs { json: true }))
+        ));
+    }
+
+    #[test]
+    fn concurrency_must_be_positive() {
+        for bad in ["0", "-2", "many"] {
+            let error = Cli::try_parse_from(["herd", "worker", "--concurrency", bad]).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_accept_seconds_and_units() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,529 @@
+//! `herd launch`: build task specifications from the command line (or from a file of command
+//! lines), check everything the server would check, then queue them all in one request.
+//!
+//! Checks happen before anything is sent, so that a typo fails at once with the line at fault,
+//! and a file with one bad line queues nothing. The server checks again (any client may call
+//! it); both use [`TaskSpec::try_from`] on the protobuf message, so they agree.
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::Context;
+use herd_proto::{TaskSpec, pb};
+use serde::Serialize;
+
+use crate::cli::LaunchArgs;
+use crate::exit::{self, Outcome};
+use crate::{client, output};
+
+/// At most this many bad lines of a `--file` are listed; the rest are counted.
+const MAX_LISTED_PROBLEMS: usize = 20;
+
+/// One command to queue, with where it came from.
+struct Candidate {
+    /// The line of `--file` it was read from; `None` for a command given on the command line.
+    line: Option<usize>,
+    /// The message sent to the server.
+    message: pb::TaskSpec,
+    /// The same, checked.
+    spec: TaskSpec,
+}
+
+/// Runs `herd launch`.
+pub async fn run(server: &str, args: LaunchArgs) -> anyhow::Result<Outcome> {
+    let options = SharedOptions::from_args(&args)?;
+    let candidates = match &args.file {
+        Some(path) => candidates_from_file(&options, path)?,
+        None => vec![candidate_from_command_line(&options, args.command.clone())?],
+    };
+    let from_file = args.file.is_some();
+
+    if args.test {
+        print_test(&candidates, from_file, args.json)?;
+        note!(
+            "test mode (-t): {} nothing was queued",
+            match candidates.len() {
+                1 => "1 task checked,".to_owned(),
+                count => format!("{count} tasks checked,"),
+            }
+        );
+        return Ok(Outcome::Success);
+    }
+
+    let mut connection = client::connect(server).await?;
+    let request = pb::SubmitRequest {
+        tasks: candidates
+            .iter()
+            .map(|candidate| candidate.message.clone())
+            .collect(),
+    };
+    let response = connection
+        .queue
+        .submit(request)
+        .await
+        .map_err(|status| connection.error(status))?
+        .into_inner();
+    if response.ids.len() != candidates.len() {
+        anyhow::bail!(
+            "the server returned {} ids for {} tasks; check `herd task list` before launching again",
+            response.ids.len(),
+            candidates.len()
+        );
+    }
+    print_ids(&candidates, &response.ids, from_file, args.json)?;
+    if from_file {
+        note!(
+            "queued {} tasks in batch `{}`",
+            response.ids.len(),
+            args.batch
+        );
+    }
+    Ok(Outcome::Success)
+}
+
+/// The options shared by every task of one `herd launch`, already checked.
+struct SharedOptions {
+    /// Everything but the command.
+    template: pb::TaskSpec,
+}
+
+impl SharedOptions {
+    /// Checks the options that do not depend on the command: URIs, Docker options, name...
+    fn from_args(args: &LaunchArgs) -> Result<Self, exit::Error> {
+        let current_dir = std::env::current_dir().ok();
+        let inputs = args
+            .inputs
+            .iter()
+            .map(|uri| checked_uri(uri, "input (-i)", current_dir.as_deref(), true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let resources = args
+            .resources
+            .iter()
+            .map(|uri| checked_uri(uri, "resource (-r)", current_dir.as_deref(), true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let output = args
+            .output
+            .as_deref()
+            .map(|uri| checked_uri(uri, "output (-o)", current_dir.as_deref(), false))
+            .transpose()?;
+        let template = pb::TaskSpec {
+            batch: args.batch.to_string(),
+            name: args.name.clone(),
+            command: Vec::new(),
+            docker_image: args.docker.clone(),
+            docker_options: args.docker_options.clone().unwrap_or_default(),
+            uid: args.uid,
+            gid: args.gid,
+            inputs,
+            resources,
+            output,
+            retry: args.retry,
+            run_timeout_secs: args.run_timeout.map(|duration| duration.as_secs()),
+            download_timeout_secs: args.download_timeout.map(|duration| duration.as_secs()),
+        };
+        // Check the shared options once with a stand-in command, so that a bad -O is reported
+        // once rather than on every line of a file.
+        let probe = pb::TaskSpec {
+            command: vec!["true".to_owned()],
+            ..template.clone()
+        };
+        TaskSpec::try_from(probe)
+            .map_err(|error| exit::Error::usage(format!("{error}; nothing was queued")))?;
+        Ok(SharedOptions { template })
+    }
+
+    /// The task running `command` with these options.
+    fn task(&self, command: Vec<String>) -> Result<(pb::TaskSpec, TaskSpec), herd_proto::Error> {
+        let message = pb::TaskSpec {
+            command,
+            ..self.template.clone()
+        };
+        let spec = TaskSpec::try_from(message.clone())?;
+        Ok((message, spec))
+    }
+}
+
+/// Checks a URI with herd-fetch's grammar. A relative local path is made absolute against the
+/// current directory, since that is what the user meant when typing it; an output takes no
+/// `|action`.
+fn checked_uri(
+    text: &str,
+    what: &str,
+    current_dir: Option<&Path>,
+    actions_allowed: bool,
+) -> Result<String, exit::Error> {
+    let refuse = |problem: String| {
+        exit::Error::usage(format!(
+            "invalid {what} `{text}`: {problem}; nothing was queued"
+        ))
+    };
+    let uri = herd_fetch::Uri::parse(text).map_err(|error| refuse(error.to_string()))?;
+    if !actions_allowed && !uri.actions().is_empty() {
+        return Err(refuse(
+            "an output is a folder the results are copied to; remove the `|...` actions".to_owned(),
+        ));
+    }
+    let path = uri.path();
+    if !uri.is_plain_path() || path.starts_with('/') {
+        return Ok(uri.as_str().to_owned());
+    }
+    let Some(current_dir) = current_dir else {
+        return Err(refuse(
+            "a relative path needs a current directory; give an absolute path".to_owned(),
+        ));
+    };
+    let mut absolute = current_dir.join(path).to_string_lossy().into_owned();
+    if path.ends_with('/') && !absolute.ends_with('/') {
+        absolute.push('/');
+    }
+    let rest = &uri.as_str()[path.len()..];
+    let rewritten = format!("{absolute}{rest}");
+    herd_fetch::Uri::parse(&rewritten)
+        .map(|uri| uri.as_str().to_owned())
+        .map_err(|error| refuse(error.to_string()))
+}
+
+fn candidate_from_command_line(
+    options: &SharedOptions,
+    command: Vec<String>,
+) -> Result<Candidate, exit::Error> {
+    if command.is_empty() {
+        return Err(exit::Error::usage(
+            "no command given: put it after the options, e.g. `herd launch -b mybatch -- echo hello`, \
+             or give --file FILE with one command per line",
+        ));
+    }
+    let (message, spec) = options
+        .task(command)
+        .map_err(|error| exit::Error::usage(format!("{error}; nothing was queued")))?;
+    Ok(Candidate {
+        line: None,
+        message,
+        spec,
+    })
+}
+
+/// Reads a file of command lines (`-` is stdin) and checks every line; any problem queues
+/// nothing and every bad line is reported as `FILE:LINE: problem`.
+fn candidates_from_file(options: &SharedOptions, path: &Path) -> anyhow::Result<Vec<Candidate>> {
+    let (shown_name, text) = read_command_file(path)?;
+    let mut candidates = Vec::new();
+    let mut problems = Vec::new();
+    for (index, raw_line) in text.lines().enumerate() {
+        let line_number = index + 1;
+        let line = raw_line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some(command) = shlex::split(line) else {
+            problems.push(format!(
+                "{shown_name}:{line_number}: cannot split the line like a shell: a quote is not closed or it ends with `\\`"
+            ));
+            continue;
+        };
+        match options.task(command) {
+            Ok((message, spec)) => candidates.push(Candidate {
+                line: Some(line_number),
+                message,
+                spec,
+            }),
+            Err(error) => problems.push(format!("{shown_name}:{line_number}: {error}")),
+        }
+    }
+    if !problems.is_empty() {
+        let count = problems.len();
+        let mut message = problems
+            .iter()
+            .take(MAX_LISTED_PROBLEMS)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n");
+        if count > MAX_LISTED_PROBLEMS {
+            message.push_str(&format!("\n... and {} more", count - MAX_LISTED_PROBLEMS));
+        }
+        let plural = if count == 1 { "line is" } else { "lines are" };
+        message.push_str(&format!("\n{count} {plural} wrong in {shown_name}; fix them and launch again: nothing was queued"));
+        return Err(exit::Error::usage(message).into());
+    }
+    if candidates.is_empty() {
+        return Err(exit::Error::usage(format!(
+            "{shown_name} has no command line (blank lines and # comments are skipped); nothing was queued"
+        ))
+        .into());
+    }
+    Ok(candidates)
+}
+
+/// The text of `--file` and the name to show in messages.
+fn read_command_file(path: &Path) -> anyhow::Result<(String, String)> {
+    if path == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .lock()
+            .read_to_end(&mut bytes)
+            .context("cannot read the commands from stdin")?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            exit::Error::usage("the commands on stdin are not UTF-8 text; nothing was queued")
+        })?;
+        return Ok(("stdin".to_owned(), text));
+    }
+    let shown_name = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|error| {
+        exit::Error::usage(format!(
+            "cannot read {shown_name}: {error}; give an existing file, or - for stdin"
+        ))
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        exit::Error::usage(format!(
+            "{shown_name} is not UTF-8 text; nothing was queued"
+        ))
+    })?;
+    Ok((shown_name, text))
+}
+
+/// One line of `--json` output of a `--file` launch.
+#[derive(Serialize)]
+struct FileEntry<'a, T: Serialize> {
+    line: usize,
+    #[serde(flatten)]
+    content: &'a T,
+}
+
+#[derive(Serialize)]
+struct IdEntry {
+    id: u64,
+}
+
+#[derive(Serialize)]
+struct TaskEntry<'a> {
+    task: &'a TaskSpec,
+}
+
+fn print_ids(
+    candidates: &[Candidate],
+    ids: &[u64],
+    from_file: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    if !json {
+        let mut text = String::with_capacity(ids.len() * 8);
+        for id in ids {
+            text.push_str(&id.to_string());
+            text.push('\n');
+        }
+        return output::print(&text);
+    }
+    if !from_file {
+        return output::print_json(&IdEntry { id: ids[0] });
+    }
+    let entries: Vec<IdEntry> = ids.iter().map(|&id| IdEntry { id }).collect();
+    let lines: Vec<FileEntry<'_, IdEntry>> = candidates
+        .iter()
+        .zip(&entries)
+        .map(|(candidate, entry)| FileEntry {
+            line: candidate.line.unwrap_or(0),
+            content: entry,
+        })
+        .collect();
+    output::print_json(&lines)
+}
+
+fn print_test(candidates: &[Candidate], from_file: bool, json: bool) -> anyhow::Result<()> {
+    if json {
+        if !from_file {
+            return output::print_json(&candidates[0].spec);
+        }
+        let entries: Vec<TaskEntry<'_>> = candidates
+            .iter()
+            .map(|candidate| TaskEntry {
+                task: &candidate.spec,
+            })
+            .collect();
+        let lines: Vec<FileEntry<'_, TaskEntry<'_>>> = candidates
+            .iter()
+            .zip(&entries)
+            .map(|(candidate, entry)| FileEntry {
+                line: candidate.line.unwrap_or(0),
+                content: entry,
+            })
+            .collect();
+        return output::print_json(&lines);
+    }
+    let mut text = String::new();
+    for (index, candidate) in candidates.iter().enumerate() {
+        if index > 0 {
+            text.push('\n');
+        }
+        if let Some(line) = candidate.line {
+            text.push_str(&format!(
+                "task {} of {} (line {line})\n",
+                index + 1,
+                candidates.len()
+            ));
+        } else {
+            text.push_str("task\n");
+        }
+        text.push_str(&describe_spec(&candidate.spec, "  "));
+    }
+    output::print(&text)
+}
+
+/// The width of the labels of [`describe_spec`] (`download timeout:`), so that other blocks
+/// can align with it.
+pub const LABEL_WIDTH: usize = 17;
+
+/// A readable block of `name: value` lines describing a specification; options left at their
+/// default are left out.
+pub fn describe_spec(spec: &TaskSpec, indent: &str) -> String {
+    let mut fields: Vec<(&str, String)> = vec![("batch", spec.batch.to_string())];
+    if let Some(name) = &spec.name {
+        fields.push(("name", name.clone()));
+    }
+    fields.push(("command", output::command_line(&spec.command)));
+    match &spec.docker {
+        Some(docker) => {
+            fields.push(("docker", docker.image.clone()));
+            if !docker.options_text.trim().is_empty() {
+                fields.push(("docker options", docker.options_text.clone()));
+            }
+        }
+        None => fields.push(("docker", "none (runs on the worker's host)".to_owned())),
+    }
+    if let Some(uid) = spec.uid {
+        fields.push(("uid", uid.to_string()));
+    }
+    if let Some(gid) = spec.gid {
+        fields.push(("gid", gid.to_string()));
+    }
+    for input in &spec.inputs {
+        fields.push(("input", input.clone()));
+    }
+    for resource in &spec.resources {
+        fields.push(("resource", resource.clone()));
+    }
+    if let Some(output) = &spec.output {
+        fields.push(("output", output.clone()));
+    }
+    if spec.retry > 0 {
+        fields.push(("retry", spec.retry.to_string()));
+    }
+    if let Some(timeout) = spec.run_timeout {
+        fields.push((
+            "run timeout",
+            humantime::format_duration(timeout).to_string(),
+        ));
+    }
+    if let Some(timeout) = spec.download_timeout {
+        fields.push((
+            "download timeout",
+            humantime::format_duration(timeout).to_string(),
+        ));
+    }
+    let mut text = String::new();
+    for (label, value) in fields {
+        text.push_str(&format!(
+            "{indent}{:<LABEL_WIDTH$} {value}\n",
+            format!("{label}:")
+        ));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn launch_args(words: &[&str]) -> LaunchArgs {
+        let mut argv = vec!["herd", "launch"];
+        argv.extend_from_slice(words);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Launch(args) => args,
+            _ => panic!("not launch"),
+        }
+    }
+
+    fn shared(words: &[&str]) -> Result<SharedOptions, exit::Error> {
+        SharedOptions::from_args(&launch_args(words))
+    }
+
+    #[test]
+    fn unknown_docker_options_are_refused_by_name() {
+        let error = shared(&["-d", "ubuntu", "-O", "--cap-add SYS_ADMIN", "true"])
+            .err()
+            .unwrap();
+        assert_eq!(error.kind, exit::Kind::Usage);
+        assert!(error.message.contains("--cap-add"), "{}", error.message);
+    }
+
+    #[test]
+    fn docker_options_need_an_image() {
+        let error = shared(&["-O", "--gpus all", "true"]).err().unwrap();
+        assert!(error.message.contains("-d IMAGE"), "{}", error.message);
+    }
+
+    #[test]
+    fn uris_are_checked_and_relative_paths_made_absolute() {
+        let error = shared(&["-i", "bogus://x/y", "true"]).err().unwrap();
+        assert!(error.message.contains("input (-i)"), "{}", error.message);
+        let error = shared(&["-o", "s3://bucket/out/|untar", "true"])
+            .err()
+            .unwrap();
+        assert!(error.message.contains("output (-o)"), "{}", error.message);
+
+        let current = Path::new("/home/me/project");
+        assert_eq!(
+            checked_uri("data/in.fq", "input", Some(current), true).unwrap(),
+            "/home/me/project/data/in.fq"
+        );
+        assert_eq!(
+            checked_uri("out/", "output", Some(current), false).unwrap(),
+            "/home/me/project/out/"
+        );
+        assert_eq!(
+            checked_uri("db.tgz|untar", "resource", Some(current), true).unwrap(),
+            "/home/me/project/db.tgz|untar"
+        );
+        assert_eq!(
+            checked_uri("s3://b/k", "input", Some(current), true).unwrap(),
+            "s3://b/k"
+        );
+    }
+
+    #[test]
+    fn a_missing_command_is_a_usage_error() {
+        let options = shared(&[]).ok().unwrap();
+        let error = candidate_from_command_line(&options, Vec::new())
+            .err()
+            .unwrap();
+        assert_eq!(error.kind, exit::Kind::Usage);
+        assert!(error.message.contains("no command given"));
+    }
+
+    #[test]
+    fn file_lines_are_split_like_a_shell_and_bad_lines_named() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("commands.txt");
+        std::fs::write(
+            &path,
+            "# comment\n\necho 'hello world'\r\nsh -c \"exit 3\"\n",
+        )
+        .unwrap();
+        let options = shared(&["-b", "b1"]).ok().unwrap();
+        let candidates = candidates_from_file(&options, &path).unwrap();
+        assert_eq!(candidates.len(), 2);
+        assert_eq!(candidates[0].line, Some(3));
+        assert_eq!(candidates[0].spec.command, ["echo", "hello world"]);
+        assert_eq!(candidates[1].spec.command, ["sh", "-c", "exit 3"]);
+
+        std::fs::write(&path, "echo fine\necho 'unclosed\n").unwrap();
+        let error = candidates_from_file(&options, &path)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("commands.txt:2: cannot split"), "{error}");
+        assert!(error.contains("nothing was queued"), "{error}");
+    }
+}

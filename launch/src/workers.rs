@@ -1,0 +1,126 @@
+//! `herd worker`: run a worker, or list and delete the workers a server knows.
+
+use anyhow::Context;
+use herd_proto::Timestamp;
+use herd_proto::pb;
+use herd_proto::view::WorkerView;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::cli::{ExecutorChoice, JsonArgs, WorkerAction, WorkerCommand, WorkerRunArgs};
+use crate::client::{self, Connection};
+use crate::exit::Outcome;
+use crate::local;
+use crate::output::{self, Table};
+
+/// Runs `herd worker list|delete`, or a worker until `shutdown` fires.
+pub async fn run(
+    server: &str,
+    command: WorkerCommand,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Outcome> {
+    match command.action {
+        None => run_worker(server, command.run, shutdown).await,
+        Some(WorkerAction::List(args)) => {
+            let mut connection = client::connect(server).await?;
+            list(&mut connection, args).await
+        }
+        Some(WorkerAction::Delete(args)) => {
+            let mut connection = client::connect(server).await?;
+            let reply = connection
+                .queue
+                .delete_worker(pb::WorkerRef { id: args.id.0 })
+                .await;
+            reply.map_err(|status| connection.error(status))?;
+            note!("worker {} deleted", args.id);
+            Ok(Outcome::Success)
+        }
+    }
+}
+
+/// The worker configuration the flags describe, with the host's defaults filled in.
+pub fn worker_config(server: &str, args: WorkerRunArgs) -> anyhow::Result<herd_worker::Config> {
+    let server = client::server_url(server)?;
+    let (cores, memory_bytes) = herd_worker::host_resources();
+    let work_dir = match args.work_dir {
+        Some(dir) => dir,
+        None => local::default_data_dir()?.join("worker"),
+    };
+    let name = args.name.unwrap_or_else(local::host_name);
+    Ok(herd_worker::Config {
+        server,
+        name,
+        batch: args.batch,
+        concurrency: args.concurrency.unwrap_or(cores.max(1)),
+        prefetch: args.prefetch,
+        executor: match args.executor {
+            ExecutorChoice::Docker => herd_worker::ExecutorKind::Docker,
+            ExecutorChoice::Bare => herd_worker::ExecutorKind::Bare,
+            ExecutorChoice::Auto => herd_worker::ExecutorKind::Auto,
+        },
+        allow_privileged: args.allow_privileged,
+        work_dir,
+        cores,
+        memory_bytes,
+    })
+}
+
+async fn run_worker(
+    server: &str,
+    args: WorkerRunArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Outcome> {
+    let config = worker_config(server, args)?;
+    info!(
+        server = %config.server,
+        batch = %config.batch,
+        concurrency = config.concurrency,
+        work_dir = %config.work_dir.display(),
+        "worker {} starting",
+        config.name
+    );
+    herd_worker::run(config, shutdown)
+        .await
+        .context("the worker stopped")?;
+    Ok(Outcome::Success)
+}
+
+async fn list(connection: &mut Connection, args: JsonArgs) -> anyhow::Result<Outcome> {
+    let reply = connection.queue.list_workers(pb::Empty {}).await;
+    let workers: Vec<WorkerView> = reply
+        .map_err(|status| connection.error(status))?
+        .into_inner()
+        .workers
+        .into_iter()
+        .map(WorkerView::from)
+        .collect();
+    if args.json {
+        output::print_json(&workers)?;
+        return Ok(Outcome::Success);
+    }
+    let now = Timestamp::now();
+    let mut table = Table::new(vec![
+        "ID",
+        "NAME",
+        "BATCH",
+        "STATUS",
+        "TASKS",
+        "CONCURRENCY",
+        "DOCKER",
+        "LAST SEEN",
+    ]);
+    for worker in &workers {
+        table.push(vec![
+            worker.id.to_string(),
+            worker.name.clone(),
+            worker.batch.clone(),
+            worker.status.clone(),
+            worker.tasks.len().to_string(),
+            worker.concurrency.to_string(),
+            if worker.docker { "yes" } else { "no" }.to_owned(),
+            format!("{} ago", output::duration(now.since(worker.last_seen))),
+        ]);
+    }
+    table.print()?;
+    Ok(Outcome::Success)
+}

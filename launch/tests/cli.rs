@@ -1,0 +1,569 @@
+//! End-to-end tests of the `herd` binary: the real binary, a real server and a real worker as
+//! child processes, each test on its own ephemeral port and temporary directories.
+//!
+//! Nothing sleeps for a fixed time: every wait polls a condition (every 50 ms, up to 30 s).
+//! Child processes are killed when their guard is dropped, even when a test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+const HERD: &str = env!("CARGO_BIN_EXE_herd");
+const WAIT_LIMIT: Duration = Duration::from_secs(30);
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The `herd` binary with no `HERD_*` or `RUST_LOG` setting inherited from the environment.
+fn herd_command() -> Command {
+    let mut command = Command::new(HERD);
+    for variable in [
+        "HERD_SERVER",
+        "HERD_LISTEN",
+        "HERD_DB",
+        "HERD_DATA_DIR",
+        "HERD_WORKER_TIMEOUT",
+        "HERD_HEARTBEAT",
+        "RUST_LOG",
+    ] {
+        command.env_remove(variable);
+    }
+    command.stdin(Stdio::null());
+    command
+}
+
+/// What a finished `herd` command printed, and its exit code.
+#[derive(Debug)]
+struct Finished {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Finished {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|error| panic!("stdout is not JSON ({error}): {self:?}"))
+    }
+}
+
+fn run(command: &mut Command) -> Finished {
+    let output = command.output().expect("the herd binary runs");
+    Finished {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Runs `herd ARGS` without a server.
+fn herd(args: &[&str]) -> Finished {
+    run(herd_command().args(args))
+}
+
+/// Polls `condition` until it holds, or panics after [`WAIT_LIMIT`] naming `what`.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !condition() {
+        assert!(
+            started.elapsed() < WAIT_LIMIT,
+            "timed out after {WAIT_LIMIT:?} waiting for {what}"
+        );
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// A child process killed (and reaped) when dropped.
+struct KillOnDrop {
+    child: Child,
+    log: PathBuf,
+}
+
+impl KillOnDrop {
+    fn spawn(command: &mut Command, log: PathBuf) -> Self {
+        let log_file = std::fs::File::create(&log).expect("create the log file");
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start the herd binary");
+        KillOnDrop { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics with the process's log if it has exited.
+    fn assert_running(&mut self, what: &str) {
+        if let Some(status) = self.child.try_wait().expect("poll the child") {
+            panic!(
+                "{what} exited early with {status}; its log:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    /// Waits for the process to exit and gives its exit code.
+    fn wait_for_exit(&mut self) -> Option<i32> {
+        let mut status = None;
+        wait_until("the process to exit", || {
+            status = self.child.try_wait().expect("poll the child");
+            status.is_some()
+        });
+        status.and_then(|status| status.code())
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A herd server on an ephemeral port, with its own data directory, and the workers started
+/// against it.
+struct Cluster {
+    directory: TempDir,
+    server_url: String,
+    server: KillOnDrop,
+    workers: Vec<KillOnDrop>,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let directory = tempfile::tempdir().expect("create a temporary directory");
+        let port_file = directory.path().join("server.addr");
+        let mut server = KillOnDrop::spawn(
+            herd_command()
+                .args(["server", "--listen", "127.0.0.1:0", "--port-file"])
+                .arg(&port_file)
+                .arg("--data-dir")
+                .arg(directory.path().join("data")),
+            directory.path().join("server.log"),
+        );
+        let mut address = String::new();
+        wait_until("the server to write its --port-file", || {
+            server.assert_running("the server");
+            address = std::fs::read_to_string(&port_file)
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+            !address.is_empty()
+        });
+        Cluster {
+            directory,
+            server_url: format!("http://{address}"),
+            server,
+            workers: Vec::new(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.directory.path().join(name)
+    }
+
+    /// `herd --server URL ARGS`.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = herd_command();
+        command.arg("--server").arg(&self.server_url).args(args);
+        command
+    }
+
+    fn herd(&self, args: &[&str]) -> Finished {
+        run(&mut self.command(args))
+    }
+
+    /// Starts a bare-process worker for `batch` and waits until the server lists it connected.
+    fn start_worker(&mut self, batch: &str) {
+        let name = format!("test-worker-{batch}");
+        let worker = KillOnDrop::spawn(
+            self.command(&[
+                "worker",
+                "--executor",
+                "bare",
+                "--concurrency",
+                "2",
+                "--batch",
+                batch,
+                "--name",
+                &name,
+            ])
+            .arg("--work-dir")
+            .arg(self.path(&format!("work-{batch}"))),
+            self.path(&format!("worker-{batch}.log")),
+        );
+        self.workers.push(worker);
+        wait_until("the worker to connect", || {
+            for worker in &mut self.workers {
+                worker.assert_running("the worker");
+            }
+            let workers = self.herd(&["worker", "list", "--json"]).json();
+            workers
+                .as_array()
+                .expect("an array")
+                .iter()
+                .any(|worker| worker["name"] == name.as_str() && worker["status"] == "connected")
+        });
+    }
+
+    fn task(&self, id: &str) -> Value {
+        let shown = self.herd(&["task", "show", id, "--json"]);
+        assert_eq!(shown.code, 0, "{shown:?}");
+        shown.json()
+    }
+
+    fn task_count(&self) -> usize {
+        let listed = self.herd(&["task", "list", "--json"]);
+        assert_eq!(listed.code, 0, "{listed:?}");
+        listed.json().as_array().expect("an array").len()
+    }
+}
+
+/// A port nothing listens on (bound, then released).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("its address").port()
+}
+
+fn write_file(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write the test file");
+}
+
+#[test]
+fn an_unknown_flag_is_a_usage_error_naming_the_flag() {
+    let finished = herd(&["launch", "--bogus", "echo", "hi"]);
+    assert_eq!(finished.code, 2, "{finished:?}");
+    assert!(finished.stderr.contains("--bogus"), "{finished:?}");
+
+    let finished = herd(&["task", "list", "--colour"]);
+    assert_eq!(finished.code, 2, "{finished:?}");
+    assert!(finished.stderr.contains("--colour"), "{finished:?}");
+}
+
+#[test]
+fn launch_without_a_command_is_a_usage_error() {
+    let finished = herd(&["launch", "-b", "mybatch"]);
+    assert_eq!(finished.code, 2, "{finished:?}");
+    assert!(
+        finished.stderr.contains("herd: no command given"),
+        "{finished:?}"
+    );
+    assert!(finished.stdout.is_empty(), "{finished:?}");
+}
+
+#[test]
+fn zero_or_negative_concurrency_is_refused() {
+    for bad in ["0", "-3"] {
+        let finished = herd(&["worker", "--concurrency", bad]);
+        assert_eq!(finished.code, 2, "{finished:?}");
+        assert!(finished.stderr.contains("at least 1"), "{finished:?}");
+    }
+}
+
+#[test]
+fn an_unreachable_server_exits_3_and_says_what_to_do() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let finished = herd(&["--server", &address, "task", "list"]);
+    assert_eq!(finished.code, 3, "{finished:?}");
+    assert!(
+        finished.stderr.contains(&format!(
+            "herd: cannot reach the herd server at http://{address}"
+        )),
+        "{finished:?}"
+    );
+    assert!(
+        finished.stderr.contains("herd server` or `herd up`"),
+        "{finished:?}"
+    );
+    assert!(finished.stderr.contains("HERD_SERVER"), "{finished:?}");
+
+    // HERD_SERVER is read the same way.
+    let finished = run(herd_command()
+        .env("HERD_SERVER", &address)
+        .args(["launch", "true"]));
+    assert_eq!(finished.code, 3, "{finished:?}");
+}
+
+#[test]
+fn refused_docker_options_queue_nothing() {
+    let cluster = Cluster::start();
+    let finished = cluster.herd(&[
+        "launch",
+        "-d",
+        "ubuntu:24.04",
+        "-O",
+        "--cap-add SYS_ADMIN",
+        "true",
+    ]);
+    assert_eq!(finished.code, 2, "{finished:?}");
+    assert!(finished.stderr.contains("`--cap-add`"), "{finished:?}");
+    assert!(
+        finished.stderr.contains("nothing was queued"),
+        "{finished:?}"
+    );
+
+    let finished = cluster.herd(&["launch", "-O", "--gpus all", "true"]);
+    assert_eq!(finished.code, 2, "{finished:?}");
+    assert!(finished.stderr.contains("-d IMAGE"), "{finished:?}");
+
+    assert_eq!(cluster.task_count(), 0);
+}
+
+#[test]
+fn invalid_uris_are_refused_before_queuing() {
+    let cluster = Cluster::start();
+    let finished = cluster.herd(&["launch", "-i", "bogus://bucket/sample.fq", "true"]);
+    assert_eq!(finished.code, 2, "{finished:?}");
+    assert!(finished.stderr.contains("input (-i)"), "{finished:?}");
+    assert!(
+        finished.stderr.contains("unknown scheme `bogus`"),
+        "{finished:?}"
+    );
+
+    let finished = cluster.herd(&["launch", "-r", "s3://bucket/db.tgz|unrar", "true"]);
+    assert_eq!(finished.code, 2, "{finished:?}");
+    assert!(finished.stderr.contains("resource (-r)"), "{finished:?}");
+
+    assert_eq!(cluster.task_count(), 0);
+}
+
+#[test]
+fn an_unknown_task_is_the_servers_not_found() {
+    let cluster = Cluster::start();
+    let finished = cluster.herd(&["task", "show", "999"]);
+    assert_eq!(finished.code, 1, "{finished:?}");
+    assert!(
+        finished.stderr.contains("herd: task 999 does not exist"),
+        "{finished:?}"
+    );
+    assert!(finished.stdout.is_empty(), "{finished:?}");
+}
+
+#[test]
+fn test_mode_prints_the_task_and_queues_nothing() {
+    let cluster = Cluster::start();
+    let finished = cluster.herd(&[
+        "launch",
+        "-t",
+        "-b",
+        "b1",
+        "-n",
+        "greeting",
+        "sh",
+        "-c",
+        "echo $CPU",
+    ]);
+    assert_eq!(finished.code, 0, "{finished:?}");
+    assert!(
+        finished.stdout.contains("sh -c 'echo $CPU'"),
+        "{finished:?}"
+    );
+    assert!(finished.stdout.contains("greeting"), "{finished:?}");
+
+    let finished = cluster.herd(&[
+        "launch",
+        "-t",
+        "--json",
+        "-d",
+        "ubuntu:24.04",
+        "-O",
+        "--gpus all",
+        "nvidia-smi",
+    ]);
+    assert_eq!(finished.code, 0, "{finished:?}");
+    let spec = finished.json();
+    assert_eq!(spec["command"], serde_json::json!(["nvidia-smi"]));
+    assert_eq!(spec["docker"]["image"], "ubuntu:24.04");
+
+    assert_eq!(cluster.task_count(), 0);
+}
+
+#[test]
+fn a_file_queues_every_line_in_order_or_nothing() {
+    let cluster = Cluster::start();
+    let commands = cluster.path("commands.txt");
+    write_file(
+        &commands,
+        "# three tasks\necho one\n\nsh -c 'echo two'\n  echo \"three and more\"\n",
+    );
+    let finished = cluster.herd(&[
+        "launch",
+        "-b",
+        "files",
+        "--file",
+        commands.to_str().unwrap(),
+    ]);
+    assert_eq!(finished.code, 0, "{finished:?}");
+    let ids: Vec<&str> = finished.stdout.lines().collect();
+    assert_eq!(ids.len(), 3, "{finished:?}");
+
+    let listed = cluster
+        .herd(&["task", "list", "-b", "files", "--json"])
+        .json();
+    let tasks = listed.as_array().expect("an array");
+    let listed_ids: Vec<String> = tasks.iter().map(|task| task["id"].to_string()).collect();
+    assert_eq!(listed_ids, ids);
+    let listed_commands: Vec<&Value> = tasks.iter().map(|task| &task["command"]).collect();
+    assert_eq!(
+        listed_commands,
+        [
+            &serde_json::json!(["echo", "one"]),
+            &serde_json::json!(["sh", "-c", "echo two"]),
+            &serde_json::json!(["echo", "three and more"]),
+        ]
+    );
+
+    let bad = cluster.path("bad.txt");
+    write_file(&bad, "echo fine\necho 'unclosed\necho also fine\n");
+    let finished = cluster.herd(&["launch", "-b", "files", "--file", bad.to_str().unwrap()]);
+    assert_eq!(finished.code, 2, "{finished:?}");
+    assert!(
+        finished.stderr.contains(&format!("{}:2:", bad.display())),
+        "{finished:?}"
+    );
+    assert!(
+        finished.stderr.contains("nothing was queued"),
+        "{finished:?}"
+    );
+    assert!(finished.stdout.is_empty(), "{finished:?}");
+    assert_eq!(cluster.task_count(), 3);
+}
+
+#[test]
+fn a_taken_address_is_a_clear_error() {
+    let cluster = Cluster::start();
+    let address = cluster.server_url.trim_start_matches("http://").to_owned();
+    let finished = run(herd_command()
+        .args(["server", "--listen", &address, "--data-dir"])
+        .arg(cluster.path("second")));
+    assert_eq!(finished.code, 1, "{finished:?}");
+    assert!(finished.stderr.contains("already in use"), "{finished:?}");
+}
+
+#[test]
+fn the_server_stops_cleanly_on_sigterm() {
+    let mut cluster = Cluster::start();
+    let pid = cluster.server.child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    assert_eq!(
+        cluster.server.wait_for_exit(),
+        Some(0),
+        "{}",
+        cluster.server.log()
+    );
+}
+
+#[test]
+fn a_closed_stdout_is_not_a_crash() {
+    let directory = tempfile::tempdir().unwrap();
+    let commands = directory.path().join("many.txt");
+    let text: String = (0..5_000)
+        .map(|index| format!("echo task number {index}\n"))
+        .collect();
+    write_file(&commands, &text);
+    let mut child = herd_command()
+        .args(["launch", "-t", "--file"])
+        .arg(&commands)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end before anything is read: every write fails with a broken pipe.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("herd:"), "{stderr}");
+}
+
+#[test]
+fn a_task_runs_on_a_real_worker_from_launch_to_logs() {
+    let mut cluster = Cluster::start();
+    cluster.start_worker("cycle");
+    let output_dir = cluster.path("out");
+    let output_uri = format!("{}/", output_dir.display());
+
+    let launched = cluster.herd(&[
+        "launch",
+        "-b",
+        "cycle",
+        "-n",
+        "writes-a-result",
+        "-o",
+        &output_uri,
+        "sh",
+        "-c",
+        "echo hello from herd; echo computed > $OUTPUT/result.txt",
+    ]);
+    assert_eq!(launched.code, 0, "{launched:?}");
+    let id = launched.stdout.trim().to_owned();
+    assert!(id.parse::<u64>().is_ok(), "{launched:?}");
+
+    let waited = cluster.herd(&["batch", "wait", "cycle"]);
+    assert_eq!(
+        waited.code,
+        0,
+        "{waited:?}\nworker log:\n{}",
+        cluster.workers[0].log()
+    );
+    assert!(waited.stdout.contains("1 succeeded"), "{waited:?}");
+
+    let task = cluster.task(&id);
+    assert_eq!(task["state"], "succeeded", "{task:#}");
+    assert_eq!(task["exit_code"], 0, "{task:#}");
+    assert_eq!(task["name"], "writes-a-result", "{task:#}");
+    let attempts = task["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 1, "{task:#}");
+    assert_eq!(attempts[0]["worker_name"], "test-worker-cycle", "{task:#}");
+    assert!(attempts[0]["worker"].as_u64().is_some(), "{task:#}");
+    assert!(attempts[0]["ended_at"].is_string(), "{task:#}");
+
+    let result =
+        std::fs::read_to_string(output_dir.join("result.txt")).expect("the output was uploaded");
+    assert_eq!(result.trim(), "computed");
+
+    wait_until("the task's stdout in `herd task logs`", || {
+        let logs = cluster.herd(&["task", "logs", &id]);
+        assert_eq!(logs.code, 0, "{logs:?}");
+        logs.stdout.contains("hello from herd")
+    });
+
+    let shown = cluster.herd(&["task", "show", &id]);
+    assert_eq!(shown.code, 0, "{shown:?}");
+    assert!(shown.stdout.contains("#1 on worker"), "{shown:?}");
+    assert!(shown.stdout.contains("run "), "{shown:?}");
+
+    // A failing command makes `batch wait` exit 1.
+    let launched = cluster.herd(&[
+        "launch",
+        "-b",
+        "cycle",
+        "sh",
+        "-c",
+        "echo failing >&2; exit 3",
+    ]);
+    assert_eq!(launched.code, 0, "{launched:?}");
+    let failed_id = launched.stdout.trim().to_owned();
+    let waited = cluster.herd(&["batch", "wait", "cycle", "--json"]);
+    assert_eq!(waited.code, 1, "{waited:?}");
+    let summary = waited.json();
+    assert_eq!(summary["succeeded"], 1, "{summary:#}");
+    assert_eq!(summary["failed"], 1, "{summary:#}");
+    let task = cluster.task(&failed_id);
+    assert_eq!(task["state"], "failed", "{task:#}");
+    assert_eq!(task["exit_code"], 3, "{task:#}");
+    wait_until("the task's stderr in `herd task logs --stderr`", || {
+        cluster
+            .herd(&["task", "logs", &failed_id, "--stderr"])
+            .stdout
+            .contains("failing")
+    });
+}
