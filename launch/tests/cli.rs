@@ -567,3 +567,71 @@ fn a_task_runs_on_a_real_worker_from_launch_to_logs() {
             .contains("failing")
     });
 }
+
+impl Cluster {
+    /// `kill -9` the server, then start it again on the same address and data directory.
+    fn kill_and_restart_server(&mut self) {
+        self.server.child.kill().expect("SIGKILL the server");
+        let status = self.server.child.wait().expect("reap the server");
+        assert!(!status.success(), "the server was killed, not stopped: {status}");
+        let address = self.server_url.trim_start_matches("http://").to_owned();
+        let port_file = self.path("server.addr");
+        std::fs::remove_file(&port_file).expect("remove the old port file");
+        let mut restarted = None;
+        wait_until("the server to start again on its address", || {
+            let mut server = KillOnDrop::spawn(
+                herd_command()
+                    .args(["server", "--listen", &address, "--port-file"])
+                    .arg(&port_file)
+                    .arg("--data-dir")
+                    .arg(self.path("data")),
+                self.path("server-restarted.log"),
+            );
+            while !port_file.exists() {
+                if server.child.try_wait().expect("poll the server").is_some() {
+                    // The port may still be held for a moment after the kill: try again.
+                    return false;
+                }
+                std::thread::sleep(POLL_INTERVAL);
+            }
+            restarted = Some(server);
+            true
+        });
+        self.server = restarted.expect("started above");
+    }
+}
+
+#[test]
+fn a_server_killed_mid_run_loses_nothing_it_acknowledged() {
+    let mut cluster = Cluster::start();
+    cluster.start_worker("durable");
+    let marker = cluster.path("marker");
+    let script = format!("sleep 2; echo finished > {}", marker.display());
+    let running = cluster.herd(&["launch", "-b", "durable", "sh", "-c", &script]);
+    assert_eq!(running.code, 0, "{running:?}");
+    let running_id = running.stdout.trim().to_owned();
+    wait_until("the long task to run", || cluster.task(&running_id)["state"] == "running");
+
+    // 500 more tasks in a batch no worker serves: acknowledged, so they must all survive.
+    let commands: String = (0..500).map(|index| format!("echo queued {index}\n")).collect();
+    let file = cluster.path("tasks.txt");
+    write_file(&file, &commands);
+    let queued = cluster.herd(&["launch", "-b", "waiting", "--file", file.to_str().expect("utf-8 path")]);
+    assert_eq!(queued.code, 0, "{queued:?}");
+    let queued_ids: Vec<&str> = queued.stdout.lines().collect();
+    assert_eq!(queued_ids.len(), 500);
+
+    cluster.kill_and_restart_server();
+
+    // Everything acknowledged is there; the running task was not killed and finishes once.
+    assert_eq!(cluster.task_count(), 501);
+    for id in [queued_ids[0], queued_ids[499]] {
+        assert_eq!(cluster.task(id)["state"], "pending");
+    }
+    let waited = cluster.herd(&["batch", "wait", "durable"]);
+    assert_eq!(waited.code, 0, "{waited:?}\nworker log:\n{}", cluster.workers[0].log());
+    let task = cluster.task(&running_id);
+    assert_eq!(task["state"], "succeeded", "{task:#}");
+    assert_eq!(task["attempts"].as_array().expect("attempts").len(), 1, "{task:#}");
+    assert_eq!(std::fs::read_to_string(&marker).expect("the task finished").trim(), "finished");
+}
