@@ -573,7 +573,10 @@ impl Cluster {
     fn kill_and_restart_server(&mut self) {
         self.server.child.kill().expect("SIGKILL the server");
         let status = self.server.child.wait().expect("reap the server");
-        assert!(!status.success(), "the server was killed, not stopped: {status}");
+        assert!(
+            !status.success(),
+            "the server was killed, not stopped: {status}"
+        );
         let address = self.server_url.trim_start_matches("http://").to_owned();
         let port_file = self.path("server.addr");
         std::fs::remove_file(&port_file).expect("remove the old port file");
@@ -610,13 +613,23 @@ fn a_server_killed_mid_run_loses_nothing_it_acknowledged() {
     let running = cluster.herd(&["launch", "-b", "durable", "sh", "-c", &script]);
     assert_eq!(running.code, 0, "{running:?}");
     let running_id = running.stdout.trim().to_owned();
-    wait_until("the long task to run", || cluster.task(&running_id)["state"] == "running");
+    wait_until("the long task to run", || {
+        cluster.task(&running_id)["state"] == "running"
+    });
 
     // 500 more tasks in a batch no worker serves: acknowledged, so they must all survive.
-    let commands: String = (0..500).map(|index| format!("echo queued {index}\n")).collect();
+    let commands: String = (0..500)
+        .map(|index| format!("echo queued {index}\n"))
+        .collect();
     let file = cluster.path("tasks.txt");
     write_file(&file, &commands);
-    let queued = cluster.herd(&["launch", "-b", "waiting", "--file", file.to_str().expect("utf-8 path")]);
+    let queued = cluster.herd(&[
+        "launch",
+        "-b",
+        "waiting",
+        "--file",
+        file.to_str().expect("utf-8 path"),
+    ]);
     assert_eq!(queued.code, 0, "{queued:?}");
     let queued_ids: Vec<&str> = queued.stdout.lines().collect();
     assert_eq!(queued_ids.len(), 500);
@@ -629,9 +642,23 @@ fn a_server_killed_mid_run_loses_nothing_it_acknowledged() {
         assert_eq!(cluster.task(id)["state"], "pending");
     }
     let waited = cluster.herd(&["batch", "wait", "durable"]);
-    assert_eq!(waited.code, 0, "{waited:?}\nworker log:\n{}", cluster.workers[0].log());
+    assert_eq!(
+        waited.code,
+        0,
+        "{waited:?}\nworker log:\n{}",
+        cluster.workers[0].log()
+    );
     let task = cluster.task(&running_id);
     assert_eq!(task["state"], "succeeded", "{task:#}");
-    assert_eq!(task["attempts"].as_array().expect("attempts").len(), 1, "{task:#}");
-    assert_eq!(std::fs::read_to_string(&marker).expect("the task finished").trim(), "finished");
+    assert_eq!(
+        task["attempts"].as_array().expect("attempts").len(),
+        1,
+        "{task:#}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&marker)
+            .expect("the task finished")
+            .trim(),
+        "finished"
+    );
 }

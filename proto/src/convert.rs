@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use crate::view::{AttemptView, BatchView, TaskView, Transfer, WorkerView};
-use crate::{BatchName, Error, Reason, TaskId, TaskReport, TaskSpec, TaskState, Timestamp, WorkerId, pb};
+use crate::{
+    BatchName, Error, Reason, TaskId, TaskReport, TaskSpec, TaskState, Timestamp, WorkerId, pb,
+};
 
 impl From<TaskState> for pb::TaskState {
     fn from(state: TaskState) -> Self {
@@ -78,7 +80,10 @@ impl TryFrom<pb::TaskSpec> for TaskSpec {
         match message.docker_image {
             Some(image) => spec = spec.with_docker(image, message.docker_options)?,
             None if !message.docker_options.trim().is_empty() => {
-                return Err(Error::invalid("docker options", "-O/--option needs a Docker image: add -d IMAGE"));
+                return Err(Error::invalid(
+                    "docker options",
+                    "-O/--option needs a Docker image: add -d IMAGE",
+                ));
             }
             None => {}
         }
@@ -94,7 +99,11 @@ impl From<&TaskSpec> for pb::TaskSpec {
             name: spec.name.clone(),
             command: spec.command.clone(),
             docker_image: spec.docker.as_ref().map(|docker| docker.image.clone()),
-            docker_options: spec.docker.as_ref().map(|docker| docker.options_text.clone()).unwrap_or_default(),
+            docker_options: spec
+                .docker
+                .as_ref()
+                .map(|docker| docker.options_text.clone())
+                .unwrap_or_default(),
             uid: spec.uid,
             gid: spec.gid,
             inputs: spec.inputs.clone(),
@@ -205,7 +214,11 @@ impl TryFrom<pb::Task> for TaskView {
             message: task.message,
             created_at: Timestamp(task.created_at_ms),
             updated_at: Timestamp(task.updated_at_ms),
-            attempts: task.attempts.into_iter().map(AttemptView::try_from).collect::<Result<_, _>>()?,
+            attempts: task
+                .attempts
+                .into_iter()
+                .map(AttemptView::try_from)
+                .collect::<Result<_, _>>()?,
             spec,
         })
     }
@@ -317,9 +330,12 @@ mod tests {
 
     #[test]
     fn a_spec_survives_the_round_trip() {
-        let mut spec = TaskSpec::new(BatchName::new("b1").unwrap(), vec!["echo".into(), "hi there".into()])
-            .with_docker("busybox:latest", "--shm-size 1g")
-            .unwrap();
+        let mut spec = TaskSpec::new(
+            BatchName::new("b1").unwrap(),
+            vec!["echo".into(), "hi there".into()],
+        )
+        .with_docker("busybox:latest", "--shm-size 1g")
+        .unwrap();
         spec.inputs = vec!["/data/in.txt".into()];
         spec.run_timeout = Some(Duration::from_secs(30));
         spec.retry = 2;

@@ -53,24 +53,34 @@ impl DockerOptions {
     /// Parses an option string such as `--gpus all -e KEY=value --shm-size 2g`.
     pub fn parse(text: &str) -> Result<Self, Error> {
         let words = shlex::split(text).ok_or_else(|| {
-            Error::invalid("docker options", format!("cannot split `{text}`: a quote is not closed"))
+            Error::invalid(
+                "docker options",
+                format!("cannot split `{text}`: a quote is not closed"),
+            )
         })?;
         let mut options = DockerOptions::default();
         let mut words = words.into_iter();
         while let Some(word) = words.next() {
             let (flag, inline_value) = match word.split_once('=') {
-                Some((flag, value)) if flag.starts_with("--") => (flag.to_owned(), Some(value.to_owned())),
+                Some((flag, value)) if flag.starts_with("--") => {
+                    (flag.to_owned(), Some(value.to_owned()))
+                }
                 _ => (word.clone(), None),
             };
             if flag == "--privileged" {
                 if inline_value.as_deref().is_some_and(|value| value != "true") {
-                    return Err(Error::invalid("docker options", "--privileged takes no value"));
+                    return Err(Error::invalid(
+                        "docker options",
+                        "--privileged takes no value",
+                    ));
                 }
                 options.privileged = true;
                 continue;
             }
             let canonical = match flag.as_str() {
-                "--gpus" | "--shm-size" | "--network" | "--net" | "--cpus" | "--entrypoint" => flag.as_str(),
+                "--gpus" | "--shm-size" | "--network" | "--net" | "--cpus" | "--entrypoint" => {
+                    flag.as_str()
+                }
                 "-e" | "--env" => "--env",
                 "-m" | "--memory" => "--memory",
                 "-v" | "--volume" => "--volume",
@@ -78,7 +88,9 @@ impl DockerOptions {
                 _ => {
                     return Err(Error::invalid(
                         "docker options",
-                        format!("herd does not understand the docker option `{word}`; supported: {SUPPORTED}"),
+                        format!(
+                            "herd does not understand the docker option `{word}`; supported: {SUPPORTED}"
+                        ),
                     ));
                 }
             };
@@ -92,7 +104,10 @@ impl DockerOptions {
                 "--gpus" => options.gpus = Some(parse_gpus(&value)?),
                 "--env" => {
                     if value.is_empty() || value.starts_with('=') {
-                        return Err(Error::invalid("docker options", format!("`-e {value}`: give KEY=VALUE")));
+                        return Err(Error::invalid(
+                            "docker options",
+                            format!("`-e {value}`: give KEY=VALUE"),
+                        ));
                     }
                     options.env.push(value);
                 }
@@ -114,30 +129,43 @@ fn absolute(flag: &str, path: String) -> Result<String, Error> {
     if path.starts_with('/') {
         Ok(path)
     } else {
-        Err(Error::invalid("docker options", format!("`{flag} {path}`: the path must be absolute")))
+        Err(Error::invalid(
+            "docker options",
+            format!("`{flag} {path}`: the path must be absolute"),
+        ))
     }
 }
 
 fn parse_gpus(value: &str) -> Result<String, Error> {
-    let valid = value == "all" || value.parse::<u32>().is_ok_and(|count| count > 0) || value.starts_with("device=");
+    let valid = value == "all"
+        || value.parse::<u32>().is_ok_and(|count| count > 0)
+        || value.starts_with("device=");
     if valid {
         Ok(value.to_owned())
     } else {
-        Err(Error::invalid("docker options", format!("`--gpus {value}`: use all, a count, or device=0,1")))
+        Err(Error::invalid(
+            "docker options",
+            format!("`--gpus {value}`: use all, a count, or device=0,1"),
+        ))
     }
 }
 
 fn parse_cpus(value: &str) -> Result<i64, Error> {
     match value.parse::<f64>() {
         Ok(cpus) if cpus > 0.0 && cpus.is_finite() => Ok((cpus * 1e9).round() as i64),
-        _ => Err(Error::invalid("docker options", format!("`--cpus {value}`: give a positive number such as 1.5"))),
+        _ => Err(Error::invalid(
+            "docker options",
+            format!("`--cpus {value}`: give a positive number such as 1.5"),
+        )),
     }
 }
 
 /// Parses a docker size: a number with an optional b, k, m or g suffix (powers of 1024).
 pub fn parse_size(flag: &str, value: &str) -> Result<i64, Error> {
     let lower = value.trim().to_ascii_lowercase();
-    let digits_end = lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len());
+    let digits_end = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
     let (number, unit) = lower.split_at(digits_end);
     let multiplier: i64 = match unit {
         "" | "b" => 1,
@@ -147,10 +175,15 @@ pub fn parse_size(flag: &str, value: &str) -> Result<i64, Error> {
         _ => 0,
     };
     match number.parse::<i64>() {
-        Ok(count) if count > 0 && multiplier > 0 => count.checked_mul(multiplier).ok_or_else(|| {
-            Error::invalid("docker options", format!("`{flag} {value}` is too large"))
-        }),
-        _ => Err(Error::invalid("docker options", format!("`{flag} {value}`: give a size such as 512m or 2g"))),
+        Ok(count) if count > 0 && multiplier > 0 => {
+            count.checked_mul(multiplier).ok_or_else(|| {
+                Error::invalid("docker options", format!("`{flag} {value}` is too large"))
+            })
+        }
+        _ => Err(Error::invalid(
+            "docker options",
+            format!("`{flag} {value}`: give a size such as 512m or 2g"),
+        )),
     }
 }
 
@@ -160,7 +193,10 @@ fn parse_volume(value: &str) -> Result<Volume, Error> {
         [source, target] => (*source, *target, None),
         [source, target, mode] => (*source, *target, Some(*mode)),
         _ => {
-            return Err(Error::invalid("docker options", format!("`-v {value}`: use SOURCE:TARGET[:ro|rw]")));
+            return Err(Error::invalid(
+                "docker options",
+                format!("`-v {value}`: use SOURCE:TARGET[:ro|rw]"),
+            ));
         }
     };
     if source.is_empty() || !target.starts_with('/') {
@@ -179,7 +215,10 @@ fn parse_volume(value: &str) -> Result<Volume, Error> {
         None | Some("rw") => false,
         Some("ro") => true,
         Some(other) => {
-            return Err(Error::invalid("docker options", format!("`-v {value}`: mode `{other}` is not ro or rw")));
+            return Err(Error::invalid(
+                "docker options",
+                format!("`-v {value}`: mode `{other}` is not ro or rw"),
+            ));
         }
     };
     Ok(Volume {
@@ -201,7 +240,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(options.gpus.as_deref(), Some("all"));
-        assert_eq!(options.env, vec!["A=1".to_owned(), "B=two words".to_owned()]);
+        assert_eq!(
+            options.env,
+            vec!["A=1".to_owned(), "B=two words".to_owned()]
+        );
         assert_eq!(options.shm_size, Some(2 << 30));
         assert_eq!(options.network.as_deref(), Some("host"));
         assert_eq!(options.memory, Some(512 << 20));
@@ -214,8 +256,13 @@ mod tests {
 
     #[test]
     fn refuses_unknown_and_malformed_options() {
-        let error = DockerOptions::parse("--cap-add SYS_ADMIN").unwrap_err().to_string();
-        assert!(error.contains("`--cap-add`") && error.contains("supported"), "{error}");
+        let error = DockerOptions::parse("--cap-add SYS_ADMIN")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("`--cap-add`") && error.contains("supported"),
+            "{error}"
+        );
         assert!(DockerOptions::parse("--memory lots").is_err());
         assert!(DockerOptions::parse("--cpus -1").is_err());
         assert!(DockerOptions::parse("-v relative").is_err());

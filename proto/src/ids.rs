@@ -56,12 +56,19 @@ impl BatchName {
     pub fn new(name: impl Into<String>) -> Result<Self, Error> {
         let name = name.into();
         if name.is_empty() {
-            return Err(Error::invalid("batch", "the batch name is empty; give a name such as `assembly`"));
+            return Err(Error::invalid(
+                "batch",
+                "the batch name is empty; give a name such as `assembly`",
+            ));
         }
         if name.len() > Self::MAX_LEN {
             return Err(Error::invalid(
                 "batch",
-                format!("the batch name is {} characters long; the limit is {}", name.len(), Self::MAX_LEN),
+                format!(
+                    "the batch name is {} characters long; the limit is {}",
+                    name.len(),
+                    Self::MAX_LEN
+                ),
             ));
         }
         if let Some(bad) = name
@@ -117,7 +124,10 @@ mod tests {
     fn ids_parse_and_refuse_garbage() {
         assert_eq!("42".parse::<TaskId>(), Ok(TaskId(42)));
         let error = "abc".parse::<TaskId>().unwrap_err();
-        assert!(error.to_string().contains("`abc` is not a task id"), "{error}");
+        assert!(
+            error.to_string().contains("`abc` is not a task id"),
+            "{error}"
+        );
         assert!("-1".parse::<WorkerId>().is_err());
     }
 }

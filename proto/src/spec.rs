@@ -61,7 +61,10 @@ pub struct TaskSpec {
     pub download_timeout: Option<Duration>,
 }
 
-fn serialize_seconds<S: serde::Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+fn serialize_seconds<S: serde::Serializer>(
+    value: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     match value {
         Some(duration) => serializer.serialize_some(&duration.as_secs()),
         None => serializer.serialize_none(),
@@ -94,13 +97,18 @@ impl TaskSpec {
     /// timeouts. URIs are checked by `herd launch` (herd-fetch) and again by the worker.
     pub fn validate(&self) -> Result<(), Error> {
         if self.command.is_empty() || self.command[0].is_empty() {
-            return Err(Error::invalid("command", "no command given; put it after the options, e.g. `herd launch -- echo hello`"));
+            return Err(Error::invalid(
+                "command",
+                "no command given; put it after the options, e.g. `herd launch -- echo hello`",
+            ));
         }
         let total: usize = self.command.iter().map(String::len).sum();
         if total > MAX_COMMAND_BYTES {
             return Err(Error::invalid(
                 "command",
-                format!("the command is {total} bytes; the limit is {MAX_COMMAND_BYTES}: pass large data as an input"),
+                format!(
+                    "the command is {total} bytes; the limit is {MAX_COMMAND_BYTES}: pass large data as an input"
+                ),
             ));
         }
         if self.command.iter().any(|argument| argument.contains('\0')) {
@@ -109,16 +117,33 @@ impl TaskSpec {
         if let Some(name) = &self.name
             && (name.is_empty() || name.len() > 256)
         {
-            return Err(Error::invalid("name", "a task name must be 1 to 256 characters"));
+            return Err(Error::invalid(
+                "name",
+                "a task name must be 1 to 256 characters",
+            ));
         }
-        for (field, timeout) in [("run timeout", self.run_timeout), ("download timeout", self.download_timeout)] {
+        for (field, timeout) in [
+            ("run timeout", self.run_timeout),
+            ("download timeout", self.download_timeout),
+        ] {
             if timeout.is_some_and(|duration| duration.is_zero()) {
-                return Err(Error::invalid(field, "a timeout must be at least 1 second; leave it out for none"));
+                return Err(Error::invalid(
+                    field,
+                    "a timeout must be at least 1 second; leave it out for none",
+                ));
             }
         }
-        for uri in self.inputs.iter().chain(&self.resources).chain(&self.output) {
+        for uri in self
+            .inputs
+            .iter()
+            .chain(&self.resources)
+            .chain(&self.output)
+        {
             if uri.trim().is_empty() {
-                return Err(Error::invalid("uri", "an input, resource or output URI is empty"));
+                return Err(Error::invalid(
+                    "uri",
+                    "an input, resource or output URI is empty",
+                ));
             }
         }
         Ok(())
@@ -134,10 +159,17 @@ impl TaskSpec {
     }
 
     /// Sets the Docker image and options, parsing the options.
-    pub fn with_docker(mut self, image: impl Into<String>, options_text: impl Into<String>) -> Result<Self, Error> {
+    pub fn with_docker(
+        mut self,
+        image: impl Into<String>,
+        options_text: impl Into<String>,
+    ) -> Result<Self, Error> {
         let image = image.into();
         if image.trim().is_empty() || image.chars().any(char::is_whitespace) {
-            return Err(Error::invalid("docker image", format!("`{image}` is not an image reference")));
+            return Err(Error::invalid(
+                "docker image",
+                format!("`{image}` is not an image reference"),
+            ));
         }
         let options_text = options_text.into();
         let options = DockerOptions::parse(&options_text)?;
@@ -155,7 +187,10 @@ mod tests {
     use super::*;
 
     fn spec(command: &[&str]) -> TaskSpec {
-        TaskSpec::new(BatchName::default_batch(), command.iter().map(|word| word.to_string()).collect())
+        TaskSpec::new(
+            BatchName::default_batch(),
+            command.iter().map(|word| word.to_string()).collect(),
+        )
     }
 
     #[test]
@@ -177,7 +212,9 @@ mod tests {
         assert_eq!(spec(&["true"]).requirement(), Requirement::Bare);
         let docker = spec(&["true"]).with_docker("busybox", "").unwrap();
         assert_eq!(docker.requirement(), Requirement::Docker);
-        let privileged = spec(&["true"]).with_docker("busybox", "--privileged").unwrap();
+        let privileged = spec(&["true"])
+            .with_docker("busybox", "--privileged")
+            .unwrap();
         assert_eq!(privileged.requirement(), Requirement::PrivilegedDocker);
         assert!(spec(&["true"]).with_docker("two words", "").is_err());
     }

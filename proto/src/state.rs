@@ -65,14 +65,20 @@ impl TaskState {
 
     /// Succeeded, failed or canceled: nothing more will happen to it.
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Canceled)
+        matches!(
+            self,
+            TaskState::Succeeded | TaskState::Failed | TaskState::Canceled
+        )
     }
 
     /// On a worker: assigned, downloading, running or uploading.
     pub fn is_active(self) -> bool {
         matches!(
             self,
-            TaskState::Assigned | TaskState::Downloading | TaskState::Running | TaskState::Uploading
+            TaskState::Assigned
+                | TaskState::Downloading
+                | TaskState::Running
+                | TaskState::Uploading
         )
     }
 
@@ -94,10 +100,19 @@ impl FromStr for TaskState {
 
     fn from_str(text: &str) -> Result<Self, Error> {
         let lower = text.trim().to_ascii_lowercase();
-        TaskState::ALL.into_iter().find(|state| state.as_str() == lower).ok_or_else(|| {
-            let names: Vec<&str> = TaskState::ALL.iter().map(|state| state.as_str()).collect();
-            Error::invalid("state", format!("`{text}` is not a task state; use one of {}", names.join(", ")))
-        })
+        TaskState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == lower)
+            .ok_or_else(|| {
+                let names: Vec<&str> = TaskState::ALL.iter().map(|state| state.as_str()).collect();
+                Error::invalid(
+                    "state",
+                    format!(
+                        "`{text}` is not a task state; use one of {}",
+                        names.join(", ")
+                    ),
+                )
+            })
     }
 }
 
@@ -164,7 +179,9 @@ impl FromStr for Reason {
         Reason::ALL
             .into_iter()
             .find(|reason| reason.as_str() == text)
-            .ok_or_else(|| Error::invalid("reason", format!("`{text}` is not a known failure reason")))
+            .ok_or_else(|| {
+                Error::invalid("reason", format!("`{text}` is not a known failure reason"))
+            })
     }
 }
 

@@ -12,7 +12,9 @@ pub struct Timestamp(pub i64);
 impl Timestamp {
     /// The current time.
     pub fn now() -> Self {
-        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         Timestamp(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
     }
 
@@ -36,7 +38,11 @@ impl Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_rfc3339_millis(self.system_time()))
+        write!(
+            f,
+            "{}",
+            humantime::format_rfc3339_millis(self.system_time())
+        )
     }
 }
 
@@ -53,7 +59,10 @@ mod tests {
     #[test]
     fn formats_as_rfc3339() {
         assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00.000Z");
-        assert_eq!(Timestamp(1_500).since(Timestamp(500)), Duration::from_secs(1));
+        assert_eq!(
+            Timestamp(1_500).since(Timestamp(500)),
+            Duration::from_secs(1)
+        );
         assert_eq!(Timestamp(500).since(Timestamp(1_500)), Duration::ZERO);
     }
 }

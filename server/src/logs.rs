@@ -51,12 +51,22 @@ impl LogStore {
 
     /// The file of one stream of one attempt.
     pub fn path(&self, task: TaskId, attempt: u32, stream: LogStream) -> PathBuf {
-        self.task_dir(task).join(format!("{attempt}.{}", stream.extension()))
+        self.task_dir(task)
+            .join(format!("{attempt}.{}", stream.extension()))
     }
 
     /// Appends a chunk.
-    pub fn append(&self, task: TaskId, attempt: u32, stream: LogStream, data: &[u8]) -> io::Result<()> {
-        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    pub fn append(
+        &self,
+        task: TaskId,
+        attempt: u32,
+        stream: LogStream,
+        data: &[u8],
+    ) -> io::Result<()> {
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let file = match open.entry((task, attempt, stream)) {
             std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
             std::collections::hash_map::Entry::Vacant(entry) => {
@@ -70,13 +80,23 @@ impl LogStore {
 
     /// Closes the files of an attempt that ended.
     pub fn close(&self, task: TaskId, attempt: u32) {
-        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         open.remove(&(task, attempt, LogStream::Stdout));
         open.remove(&(task, attempt, LogStream::Stderr));
     }
 
     /// Reads what follows `offset`, at most `limit` bytes; empty when nothing was written yet.
-    pub fn read_from(&self, task: TaskId, attempt: u32, stream: LogStream, offset: u64, limit: usize) -> io::Result<Vec<u8>> {
+    pub fn read_from(
+        &self,
+        task: TaskId,
+        attempt: u32,
+        stream: LogStream,
+        offset: u64,
+        limit: usize,
+    ) -> io::Result<Vec<u8>> {
         let mut file = match File::open(self.path(task, attempt, stream)) {
             Ok(file) => file,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -91,7 +111,10 @@ impl LogStore {
     /// Deletes every log of a task.
     pub fn remove(&self, task: TaskId) {
         {
-            let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut open = self
+                .open
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             open.retain(|(id, _, _), _| *id != task);
         }
         match fs::remove_dir_all(self.task_dir(task)) {
@@ -117,12 +140,27 @@ mod tests {
     fn appends_reads_and_removes() {
         let dir = tempfile::tempdir().unwrap();
         let logs = LogStore::new(dir.path());
-        logs.append(TaskId(7), 1, LogStream::Stdout, b"hello ").unwrap();
-        logs.append(TaskId(7), 1, LogStream::Stdout, b"world\n").unwrap();
-        logs.append(TaskId(7), 1, LogStream::Stderr, b"oops\n").unwrap();
-        assert_eq!(logs.read_from(TaskId(7), 1, LogStream::Stdout, 0, 1024).unwrap(), b"hello world\n");
-        assert_eq!(logs.read_from(TaskId(7), 1, LogStream::Stdout, 6, 3).unwrap(), b"wor");
-        assert_eq!(logs.read_from(TaskId(7), 2, LogStream::Stdout, 0, 1024).unwrap(), b"");
+        logs.append(TaskId(7), 1, LogStream::Stdout, b"hello ")
+            .unwrap();
+        logs.append(TaskId(7), 1, LogStream::Stdout, b"world\n")
+            .unwrap();
+        logs.append(TaskId(7), 1, LogStream::Stderr, b"oops\n")
+            .unwrap();
+        assert_eq!(
+            logs.read_from(TaskId(7), 1, LogStream::Stdout, 0, 1024)
+                .unwrap(),
+            b"hello world\n"
+        );
+        assert_eq!(
+            logs.read_from(TaskId(7), 1, LogStream::Stdout, 6, 3)
+                .unwrap(),
+            b"wor"
+        );
+        assert_eq!(
+            logs.read_from(TaskId(7), 2, LogStream::Stdout, 0, 1024)
+                .unwrap(),
+            b""
+        );
         logs.remove(TaskId(7));
         assert!(!logs.task_dir(TaskId(7)).exists());
     }

@@ -62,7 +62,11 @@ pub enum ServerError {
 }
 
 /// Opens the store, loads the queue and serves on `listener` until `shutdown` fires.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServerError> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -74,7 +78,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
 }
 
 /// Serves an opened queue on `listener` until `shutdown` fires.
-pub async fn serve(queue: Arc<Queue>, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServerError> {
+pub async fn serve(
+    queue: Arc<Queue>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
     let address = listener.local_addr().ok();
     let reaper = queue.spawn_reaper(shutdown.clone());
     // Long-lived streams (worker sessions, log follows, batch watches) end when shutdown
@@ -90,8 +98,9 @@ pub async fn serve(queue: Arc<Queue>, listener: TcpListener, shutdown: Cancellat
     let queue_service = pb::queue_server::QueueServer::new(QueueService::new(queue.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let workers_service = pb::workers_server::WorkersServer::new(WorkersService::new(queue.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let workers_service =
+        pb::workers_server::WorkersServer::new(WorkersService::new(queue.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     if let Some(address) = address {
         info!(%address, "herd server listening");

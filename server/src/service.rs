@@ -23,9 +23,9 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 pub fn status_of(error: QueueError) -> Status {
     let message = error.to_string();
     match error {
-        QueueError::TaskNotFound(_) | QueueError::BatchNotFound(_) | QueueError::WorkerNotFound(_) => {
-            Status::not_found(message)
-        }
+        QueueError::TaskNotFound(_)
+        | QueueError::BatchNotFound(_)
+        | QueueError::WorkerNotFound(_) => Status::not_found(message),
         QueueError::InvalidState(_) => Status::failed_precondition(message),
         QueueError::Invalid(_) => Status::invalid_argument(message),
         QueueError::Store(_) | QueueError::ShuttingDown => Status::unavailable(message),
@@ -57,7 +57,10 @@ const LOG_CHUNK: usize = 64 * 1024;
 
 #[tonic::async_trait]
 impl pb::queue_server::Queue for QueueService {
-    async fn submit(&self, request: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
         let tasks = request.into_inner().tasks;
         if tasks.is_empty() {
             return Err(Status::invalid_argument("no task to queue"));
@@ -68,7 +71,11 @@ impl pb::queue_server::Queue for QueueService {
             .enumerate()
             .map(|(index, spec)| {
                 TaskSpec::try_from(spec).map_err(|error| {
-                    let position = if count > 1 { format!("task {} of {count}: ", index + 1) } else { String::new() };
+                    let position = if count > 1 {
+                        format!("task {} of {count}: ", index + 1)
+                    } else {
+                        String::new()
+                    };
                     Status::invalid_argument(format!("{position}{error}; nothing was queued"))
                 })
             })
@@ -79,46 +86,81 @@ impl pb::queue_server::Queue for QueueService {
         }))
     }
 
-    async fn list_tasks(&self, request: Request<pb::ListTasksRequest>) -> Result<Response<pb::ListTasksResponse>, Status> {
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
         let request = request.into_inner();
         let batch = request.batch.as_deref().map(batch_name).transpose()?;
-        let state = request.state.map(herd_proto::convert::state_from_i32).transpose().map_err(invalid)?;
-        let tasks = self.queue.tasks(batch.as_ref(), state, request.limit as usize);
+        let state = request
+            .state
+            .map(herd_proto::convert::state_from_i32)
+            .transpose()
+            .map_err(invalid)?;
+        let tasks = self
+            .queue
+            .tasks(batch.as_ref(), state, request.limit as usize);
         Ok(Response::new(pb::ListTasksResponse {
             tasks: tasks.iter().map(pb::Task::from).collect(),
         }))
     }
 
     async fn get_task(&self, request: Request<pb::TaskRef>) -> Result<Response<pb::Task>, Status> {
-        let task = self.queue.task(TaskId(request.into_inner().id)).map_err(status_of)?;
+        let task = self
+            .queue
+            .task(TaskId(request.into_inner().id))
+            .map_err(status_of)?;
         Ok(Response::new(pb::Task::from(&task)))
     }
 
     async fn kill_task(&self, request: Request<pb::TaskRef>) -> Result<Response<pb::Task>, Status> {
-        let task = self.queue.kill(TaskId(request.into_inner().id)).await.map_err(status_of)?;
+        let task = self
+            .queue
+            .kill(TaskId(request.into_inner().id))
+            .await
+            .map_err(status_of)?;
         Ok(Response::new(pb::Task::from(&task)))
     }
 
-    async fn retry_task(&self, request: Request<pb::TaskRef>) -> Result<Response<pb::Task>, Status> {
-        let task = self.queue.retry(TaskId(request.into_inner().id)).await.map_err(status_of)?;
+    async fn retry_task(
+        &self,
+        request: Request<pb::TaskRef>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let task = self
+            .queue
+            .retry(TaskId(request.into_inner().id))
+            .await
+            .map_err(status_of)?;
         Ok(Response::new(pb::Task::from(&task)))
     }
 
-    async fn delete_task(&self, request: Request<pb::TaskRef>) -> Result<Response<pb::Empty>, Status> {
-        self.queue.delete_task(TaskId(request.into_inner().id)).await.map_err(status_of)?;
+    async fn delete_task(
+        &self,
+        request: Request<pb::TaskRef>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        self.queue
+            .delete_task(TaskId(request.into_inner().id))
+            .await
+            .map_err(status_of)?;
         Ok(Response::new(pb::Empty {}))
     }
 
     type TaskLogsStream = BoxStream<pb::LogChunk>;
 
-    async fn task_logs(&self, request: Request<pb::TaskLogsRequest>) -> Result<Response<Self::TaskLogsStream>, Status> {
+    async fn task_logs(
+        &self,
+        request: Request<pb::TaskLogsRequest>,
+    ) -> Result<Response<Self::TaskLogsStream>, Status> {
         let request = request.into_inner();
         let task_id = TaskId(request.id);
         // Subscribe before the first read, so nothing written in between is missed.
         let events = self.queue.subscribe();
         let task = self.queue.task(task_id).map_err(status_of)?;
         let attempt = match request.attempt {
-            0 => task.attempts.last().map_or(task.attempt, |attempt| attempt.number),
+            0 => task
+                .attempts
+                .last()
+                .map_or(task.attempt, |attempt| attempt.number),
             wanted if wanted <= task.attempt => wanted,
             wanted => {
                 return Err(Status::not_found(format!(
@@ -127,22 +169,46 @@ impl pb::queue_server::Queue for QueueService {
                 )));
             }
         };
-        let stream = if request.stderr { LogStream::Stderr } else { LogStream::Stdout };
+        let stream = if request.stderr {
+            LogStream::Stderr
+        } else {
+            LogStream::Stdout
+        };
         let (sender, receiver) = mpsc::channel(16);
-        tokio::spawn(follow_log(self.queue.clone(), events, task_id, attempt, stream, request.follow, sender));
+        tokio::spawn(follow_log(
+            self.queue.clone(),
+            events,
+            task_id,
+            attempt,
+            stream,
+            request.follow,
+            sender,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
-    async fn list_batches(&self, _request: Request<pb::Empty>) -> Result<Response<pb::ListBatchesResponse>, Status> {
+    async fn list_batches(
+        &self,
+        _request: Request<pb::Empty>,
+    ) -> Result<Response<pb::ListBatchesResponse>, Status> {
         Ok(Response::new(pb::ListBatchesResponse {
-            batches: self.queue.batches().iter().map(pb::BatchSummary::from).collect(),
+            batches: self
+                .queue
+                .batches()
+                .iter()
+                .map(pb::BatchSummary::from)
+                .collect(),
         }))
     }
 
-    async fn control_batch(&self, request: Request<pb::BatchRequest>) -> Result<Response<pb::BatchSummary>, Status> {
+    async fn control_batch(
+        &self,
+        request: Request<pb::BatchRequest>,
+    ) -> Result<Response<pb::BatchSummary>, Status> {
         let request = request.into_inner();
         let name = batch_name(&request.name)?;
-        let action = pb::BatchAction::try_from(request.action).unwrap_or(pb::BatchAction::Unspecified);
+        let action =
+            pb::BatchAction::try_from(request.action).unwrap_or(pb::BatchAction::Unspecified);
         let summary = match action {
             pb::BatchAction::Pause => self.queue.set_paused(&name, true).await,
             pb::BatchAction::Resume => self.queue.set_paused(&name, false).await,
@@ -151,7 +217,9 @@ impl pb::queue_server::Queue for QueueService {
                 let before = self.queue.batch(&name).map_err(status_of)?;
                 self.queue.delete_batch(&name).await.map(|()| before)
             }
-            pb::BatchAction::Unspecified => return Err(Status::invalid_argument("no batch action given")),
+            pb::BatchAction::Unspecified => {
+                return Err(Status::invalid_argument("no batch action given"));
+            }
         }
         .map_err(status_of)?;
         Ok(Response::new(pb::BatchSummary::from(&summary)))
@@ -159,7 +227,10 @@ impl pb::queue_server::Queue for QueueService {
 
     type WatchBatchStream = BoxStream<pb::BatchSummary>;
 
-    async fn watch_batch(&self, request: Request<pb::BatchRef>) -> Result<Response<Self::WatchBatchStream>, Status> {
+    async fn watch_batch(
+        &self,
+        request: Request<pb::BatchRef>,
+    ) -> Result<Response<Self::WatchBatchStream>, Status> {
         let name = batch_name(&request.into_inner().name)?;
         let mut events = self.queue.subscribe();
         let first = self.queue.batch(&name).map_err(status_of)?;
@@ -168,7 +239,11 @@ impl pb::queue_server::Queue for QueueService {
         let closing = self.queue.closing();
         tokio::spawn(async move {
             let mut last = first;
-            if sender.send(Ok(pb::BatchSummary::from(&last))).await.is_err() {
+            if sender
+                .send(Ok(pb::BatchSummary::from(&last)))
+                .await
+                .is_err()
+            {
                 return;
             }
             loop {
@@ -186,12 +261,20 @@ impl pb::queue_server::Queue for QueueService {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 while events.try_recv().is_ok() {}
                 let Ok(summary) = queue.batch(&name) else {
-                    let _ = sender.send(Err(Status::not_found(format!("batch `{name}` was deleted")))).await;
+                    let _ = sender
+                        .send(Err(Status::not_found(format!(
+                            "batch `{name}` was deleted"
+                        ))))
+                        .await;
                     return;
                 };
                 if summary != last {
                     last = summary;
-                    if sender.send(Ok(pb::BatchSummary::from(&last))).await.is_err() {
+                    if sender
+                        .send(Ok(pb::BatchSummary::from(&last)))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -200,14 +283,23 @@ impl pb::queue_server::Queue for QueueService {
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
-    async fn list_workers(&self, _request: Request<pb::Empty>) -> Result<Response<pb::ListWorkersResponse>, Status> {
+    async fn list_workers(
+        &self,
+        _request: Request<pb::Empty>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
         Ok(Response::new(pb::ListWorkersResponse {
             workers: self.queue.workers().iter().map(pb::Worker::from).collect(),
         }))
     }
 
-    async fn delete_worker(&self, request: Request<pb::WorkerRef>) -> Result<Response<pb::Empty>, Status> {
-        self.queue.delete_worker(WorkerId(request.into_inner().id)).await.map_err(status_of)?;
+    async fn delete_worker(
+        &self,
+        request: Request<pb::WorkerRef>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        self.queue
+            .delete_worker(WorkerId(request.into_inner().id))
+            .await
+            .map_err(status_of)?;
         Ok(Response::new(pb::Empty {}))
     }
 }
@@ -241,10 +333,17 @@ async fn follow_log(
         // Decide before reading: if it was finished before this read, the read sees everything.
         let finished = !follow || attempt_finished(&queue, task_id, attempt);
         loop {
-            let data = match queue.logs().read_from(task_id, attempt, stream, offset, LOG_CHUNK) {
+            let data = match queue
+                .logs()
+                .read_from(task_id, attempt, stream, offset, LOG_CHUNK)
+            {
                 Ok(data) => data,
                 Err(error) => {
-                    let _ = sender.send(Err(Status::internal(format!("cannot read the log: {error}")))).await;
+                    let _ = sender
+                        .send(Err(Status::internal(format!(
+                            "cannot read the log: {error}"
+                        ))))
+                        .await;
                     return;
                 }
             };
@@ -290,7 +389,11 @@ impl WorkersService {
 }
 
 fn hello_from(hello: pb::Hello) -> Result<WorkerHello, Status> {
-    let batch = if hello.batch.is_empty() { BatchName::default_batch() } else { batch_name(&hello.batch)? };
+    let batch = if hello.batch.is_empty() {
+        BatchName::default_batch()
+    } else {
+        batch_name(&hello.batch)?
+    };
     let tasks = hello
         .tasks
         .into_iter()
@@ -321,12 +424,20 @@ fn to_pb(message: ToWorker) -> pb::ServerMessage {
             worker_id: worker_id.0,
             heartbeat_interval_ms: heartbeat_interval.as_millis() as u64,
         }),
-        ToWorker::Assign { task_id, attempt, spec } => server_message::Kind::Assign(pb::Assign {
+        ToWorker::Assign {
+            task_id,
+            attempt,
+            spec,
+        } => server_message::Kind::Assign(pb::Assign {
             task_id: task_id.0,
             attempt,
             spec: Some(pb::TaskSpec::from(spec.as_ref())),
         }),
-        ToWorker::Cancel { task_id, attempt, reason } => server_message::Kind::Cancel(pb::Cancel {
+        ToWorker::Cancel {
+            task_id,
+            attempt,
+            reason,
+        } => server_message::Kind::Cancel(pb::Cancel {
             task_id: task_id.0,
             attempt,
             reason,
@@ -344,15 +455,21 @@ fn to_pb(message: ToWorker) -> pb::ServerMessage {
 impl pb::workers_server::Workers for WorkersService {
     type SessionStream = BoxStream<pb::ServerMessage>;
 
-    async fn session(&self, request: Request<Streaming<pb::WorkerMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+    async fn session(
+        &self,
+        request: Request<Streaming<pb::WorkerMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
         let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("the stream closed before the worker said hello"))?;
+        let first = inbound.message().await?.ok_or_else(|| {
+            Status::invalid_argument("the stream closed before the worker said hello")
+        })?;
         let hello = match first.kind {
             Some(worker_message::Kind::Hello(hello)) => hello_from(hello)?,
-            _ => return Err(Status::invalid_argument("the first message of a worker session must be a hello")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message of a worker session must be a hello",
+                ));
+            }
         };
         let (sender, receiver) = mpsc::unbounded_channel();
         let (worker_id, serial) = self.queue.connect(hello, sender).map_err(status_of)?;
@@ -368,17 +485,26 @@ impl pb::workers_server::Workers for WorkersService {
                     }
                 };
                 match message.kind {
-                    Some(worker_message::Kind::Update(update)) => match TaskReport::try_from(update) {
-                        Ok(report) => queue.report(worker_id, serial, report),
-                        Err(error) => warn!(%worker_id, %error, "invalid task update ignored"),
-                    },
+                    Some(worker_message::Kind::Update(update)) => {
+                        match TaskReport::try_from(update) {
+                            Ok(report) => queue.report(worker_id, serial, report),
+                            Err(error) => warn!(%worker_id, %error, "invalid task update ignored"),
+                        }
+                    }
                     Some(worker_message::Kind::Log(chunk)) => {
                         let stream = if chunk.stream == i32::from(pb::LogStream::Stderr) {
                             LogStream::Stderr
                         } else {
                             LogStream::Stdout
                         };
-                        queue.append_log(worker_id, serial, TaskId(chunk.task_id), chunk.attempt, stream, &chunk.data);
+                        queue.append_log(
+                            worker_id,
+                            serial,
+                            TaskId(chunk.task_id),
+                            chunk.attempt,
+                            stream,
+                            &chunk.data,
+                        );
                     }
                     Some(worker_message::Kind::Heartbeat(_)) => {
                         if !queue.heartbeat(worker_id, serial) {

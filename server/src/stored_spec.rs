@@ -42,7 +42,11 @@ pub fn encode(spec: &TaskSpec) -> String {
         name: spec.name.clone(),
         command: spec.command.clone(),
         docker_image: spec.docker.as_ref().map(|docker| docker.image.clone()),
-        docker_options: spec.docker.as_ref().map(|docker| docker.options_text.clone()).unwrap_or_default(),
+        docker_options: spec
+            .docker
+            .as_ref()
+            .map(|docker| docker.options_text.clone())
+            .unwrap_or_default(),
         uid: spec.uid,
         gid: spec.gid,
         inputs: spec.inputs.clone(),
@@ -57,7 +61,8 @@ pub fn encode(spec: &TaskSpec) -> String {
 
 /// Decodes and re-validates a stored specification.
 pub fn decode(text: &str) -> Result<TaskSpec, String> {
-    let stored: StoredSpec = serde_json::from_str(text).map_err(|error| format!("spec is not valid JSON: {error}"))?;
+    let stored: StoredSpec =
+        serde_json::from_str(text).map_err(|error| format!("spec is not valid JSON: {error}"))?;
     let message = pb::TaskSpec {
         batch: stored.batch,
         name: stored.name,
@@ -74,7 +79,10 @@ pub fn decode(text: &str) -> Result<TaskSpec, String> {
         download_timeout_secs: stored.download_timeout_secs,
     };
     let spec = TaskSpec::try_from(message).map_err(|error| error.to_string())?;
-    debug_assert!(spec.run_timeout.is_none_or(|timeout| timeout >= Duration::from_secs(1)));
+    debug_assert!(
+        spec.run_timeout
+            .is_none_or(|timeout| timeout >= Duration::from_secs(1))
+    );
     Ok(spec)
 }
 
@@ -105,8 +113,8 @@ pub fn decode_transfers(text: &str) -> Result<Vec<Transfer>, String> {
     if text.is_empty() {
         return Ok(Vec::new());
     }
-    let stored: Vec<StoredTransfer> =
-        serde_json::from_str(text).map_err(|error| format!("transfers are not valid JSON: {error}"))?;
+    let stored: Vec<StoredTransfer> = serde_json::from_str(text)
+        .map_err(|error| format!("transfers are not valid JSON: {error}"))?;
     Ok(stored
         .into_iter()
         .map(|transfer| Transfer {
@@ -126,9 +134,12 @@ mod tests {
 
     #[test]
     fn specs_round_trip() {
-        let mut spec = TaskSpec::new(BatchName::new("b").unwrap(), vec!["sh".into(), "-c".into(), "echo 'a b'".into()])
-            .with_docker("busybox", "-e X=1")
-            .unwrap();
+        let mut spec = TaskSpec::new(
+            BatchName::new("b").unwrap(),
+            vec!["sh".into(), "-c".into(), "echo 'a b'".into()],
+        )
+        .with_docker("busybox", "-e X=1")
+        .unwrap();
         spec.output = Some("/tmp/out/".into());
         spec.run_timeout = Some(Duration::from_secs(5));
         assert_eq!(decode(&encode(&spec)).unwrap(), spec);

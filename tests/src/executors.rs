@@ -14,7 +14,12 @@ use tokio_util::sync::CancellationToken;
 pub struct InstantExecutor;
 
 impl Executor for InstantExecutor {
-    fn run<'a>(&'a self, _job: &'a Job, _logs: LogSink, _cancel: CancellationToken) -> BoxFuture<'a, Result<Exit, ExecError>> {
+    fn run<'a>(
+        &'a self,
+        _job: &'a Job,
+        _logs: LogSink,
+        _cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<Exit, ExecError>> {
         Box::pin(async { Ok(Exit::Code(0)) })
     }
 
@@ -38,7 +43,12 @@ impl ClockedExecutor {
 }
 
 impl Executor for ClockedExecutor {
-    fn run<'a>(&'a self, job: &'a Job, logs: LogSink, cancel: CancellationToken) -> BoxFuture<'a, Result<Exit, ExecError>> {
+    fn run<'a>(
+        &'a self,
+        job: &'a Job,
+        logs: LogSink,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<Exit, ExecError>> {
         let _ = self.started.send((job.task_id, Instant::now()));
         self.inner.run(job, logs, cancel)
     }

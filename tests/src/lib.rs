@@ -22,7 +22,7 @@ use herd_proto::pb::queue_client::QueueClient;
 use herd_proto::view::TaskView;
 use herd_proto::{BatchName, TaskId, TaskSpec, pb};
 use herd_server::queue::QueueConfig;
-use herd_worker::{Executors, ExecutorKind};
+use herd_worker::{ExecutorKind, Executors};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -55,7 +55,9 @@ where
 /// Installs a tracing subscriber once (`RUST_LOG` selects what shows).
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_test_writer()
         .try_init();
 }
@@ -192,7 +194,11 @@ impl Cluster {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
             let shutdown = shutdown.clone();
-            async move { herd_server::run(config, listener, shutdown).await.context("server failed") }
+            async move {
+                herd_server::run(config, listener, shutdown)
+                    .await
+                    .context("server failed")
+            }
         });
         self.server = Some((shutdown, task));
     }
@@ -221,7 +227,13 @@ impl Cluster {
         let url = self.url.clone();
         let channel = wait_for("the server to accept connections", WAIT, || {
             let url = url.clone();
-            async move { tonic::transport::Endpoint::from_shared(url).ok()?.connect().await.ok() }
+            async move {
+                tonic::transport::Endpoint::from_shared(url)
+                    .ok()?
+                    .connect()
+                    .await
+                    .ok()
+            }
         })
         .await?;
         Ok(QueueClient::new(channel)
@@ -235,7 +247,13 @@ impl Cluster {
         let (cores, memory_bytes) = herd_worker::host_resources();
         let config = herd_worker::Config {
             server: self.url.clone(),
-            name: format!("test-worker-{}", work_dir.file_name().and_then(|name| name.to_str()).unwrap_or("x")),
+            name: format!(
+                "test-worker-{}",
+                work_dir
+                    .file_name()
+                    .and_then(|name| name.to_str())
+                    .unwrap_or("x")
+            ),
             batch: BatchName::new(options.batch)?,
             concurrency: options.concurrency,
             prefetch: options.prefetch,
@@ -276,18 +294,32 @@ impl Cluster {
 
     /// Reads one task.
     pub async fn task(&self, id: TaskId) -> anyhow::Result<TaskView> {
-        let task = self.client().await?.get_task(pb::TaskRef { id: id.0 }).await?.into_inner();
+        let task = self
+            .client()
+            .await?
+            .get_task(pb::TaskRef { id: id.0 })
+            .await?
+            .into_inner();
         Ok(TaskView::try_from(task)?)
     }
 
     /// Waits until `check` holds for task `id`; returns the task then.
-    pub async fn wait_task(&self, id: TaskId, what: &str, check: impl Fn(&TaskView) -> bool) -> anyhow::Result<TaskView> {
+    pub async fn wait_task(
+        &self,
+        id: TaskId,
+        what: &str,
+        check: impl Fn(&TaskView) -> bool,
+    ) -> anyhow::Result<TaskView> {
         let client = self.client().await?;
         let check = &check;
         wait_for(&format!("task {id} to be {what}"), WAIT, || {
             let mut client = client.clone();
             async move {
-                let task = client.get_task(pb::TaskRef { id: id.0 }).await.ok()?.into_inner();
+                let task = client
+                    .get_task(pb::TaskRef { id: id.0 })
+                    .await
+                    .ok()?
+                    .into_inner();
                 let task = TaskView::try_from(task).ok()?;
                 check(&task).then_some(task)
             }
@@ -319,7 +351,11 @@ pub fn shell_task(batch: &str, script: &str) -> TaskSpec {
 }
 
 /// Reads a task's whole log (stdout, or stderr) for its latest attempt.
-pub async fn task_log(client: &mut QueueClient<Channel>, id: TaskId, stderr: bool) -> anyhow::Result<String> {
+pub async fn task_log(
+    client: &mut QueueClient<Channel>,
+    id: TaskId,
+    stderr: bool,
+) -> anyhow::Result<String> {
     let request = pb::TaskLogsRequest {
         id: id.0,
         attempt: 0,

@@ -7,7 +7,9 @@ use std::time::Duration;
 use herd_proto::pb::{self, server_message, worker_message};
 use herd_proto::{Reason, TaskId, TaskState};
 use herd_server::queue::QueueConfig;
-use herd_tests::{Cluster, ClusterOptions, Engine, WAIT, WorkerOptions, shell_task, task_log, wait_for};
+use herd_tests::{
+    Cluster, ClusterOptions, Engine, WAIT, WorkerOptions, shell_task, task_log, wait_for,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -32,7 +34,9 @@ async fn a_task_runs_with_logs_and_output(engine: Engine) -> anyhow::Result<()> 
     spec.name = Some("first".to_owned());
     spec.output = Some(format!("{}/", output.path().display()));
     let ids = cluster.submit(vec![spec]).await?;
-    let task = cluster.wait_task(ids[0], "succeeded", |task| task.state.is_terminal()).await?;
+    let task = cluster
+        .wait_task(ids[0], "succeeded", |task| task.state.is_terminal())
+        .await?;
     assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
     assert_eq!(task.exit_code, Some(0));
     assert_eq!(task.name.as_deref(), Some("first"));
@@ -40,7 +44,10 @@ async fn a_task_runs_with_logs_and_output(engine: Engine) -> anyhow::Result<()> 
     let attempt = &task.attempts[0];
     assert_eq!(attempt.number, 1);
     assert!(attempt.run_started_at.is_some() && attempt.ended_at.is_some());
-    assert!(attempt.upload_started_at.is_some(), "an output URI means an upload phase");
+    assert!(
+        attempt.upload_started_at.is_some(),
+        "an output URI means an upload phase"
+    );
     assert!(attempt.ended_at.unwrap() >= attempt.started_at);
     let result = std::fs::read_to_string(output.path().join("result.txt"))?;
     assert!(result.starts_with("cpu="), "{result}");
@@ -48,7 +55,12 @@ async fn a_task_runs_with_logs_and_output(engine: Engine) -> anyhow::Result<()> 
     let mut client = cluster.client().await?;
     assert_eq!(task_log(&mut client, ids[0], false).await?, "hello\n");
     assert_eq!(task_log(&mut client, ids[0], true).await?, "to-stderr\n");
-    assert!(attempt.transfers.iter().any(|transfer| transfer.direction == "output" && transfer.files == 2));
+    assert!(
+        attempt
+            .transfers
+            .iter()
+            .any(|transfer| transfer.direction == "output" && transfer.files == 2)
+    );
     Ok(())
 }
 
@@ -69,18 +81,31 @@ async fn inputs_are_staged_and_the_output_is_uploaded_even_on_failure() -> anyho
     let source = tempfile::tempdir()?;
     std::fs::write(source.path().join("reads.txt"), "a\nb\nc\n")?;
     let output = tempfile::tempdir()?;
-    let mut spec = shell_task("default", "wc -l < \"$INPUT/reads.txt\" > \"$OUTPUT/count\"; exit 4");
+    let mut spec = shell_task(
+        "default",
+        "wc -l < \"$INPUT/reads.txt\" > \"$OUTPUT/count\"; exit 4",
+    );
     spec.inputs = vec![source.path().join("reads.txt").display().to_string()];
     spec.output = Some(format!("file://{}/", output.path().display()));
     let ids = cluster.submit(vec![spec]).await?;
-    let task = cluster.wait_task(ids[0], "finished", |task| task.state.is_terminal()).await?;
+    let task = cluster
+        .wait_task(ids[0], "finished", |task| task.state.is_terminal())
+        .await?;
     assert_eq!(task.state, TaskState::Failed);
     assert_eq!(task.exit_code, Some(4));
     assert_eq!(task.reason, Some(Reason::ExitCode));
-    assert_eq!(std::fs::read_to_string(output.path().join("count"))?.trim(), "3");
+    assert_eq!(
+        std::fs::read_to_string(output.path().join("count"))?.trim(),
+        "3"
+    );
     let attempt = &task.attempts[0];
     assert!(attempt.download_started_at.is_some());
-    assert!(attempt.transfers.iter().any(|transfer| transfer.direction == "input" && transfer.bytes == 6));
+    assert!(
+        attempt
+            .transfers
+            .iter()
+            .any(|transfer| transfer.direction == "input" && transfer.bytes == 6)
+    );
     Ok(())
 }
 
@@ -91,10 +116,18 @@ async fn a_missing_input_fails_the_attempt_with_the_reason() -> anyhow::Result<(
     let mut spec = shell_task("default", "true");
     spec.inputs = vec!["/nonexistent/herd/input.txt".to_owned()];
     let ids = cluster.submit(vec![spec]).await?;
-    let task = cluster.wait_task(ids[0], "finished", |task| task.state.is_terminal()).await?;
+    let task = cluster
+        .wait_task(ids[0], "finished", |task| task.state.is_terminal())
+        .await?;
     assert_eq!(task.state, TaskState::Failed);
     assert_eq!(task.reason, Some(Reason::Input));
-    assert!(task.message.as_deref().unwrap_or_default().contains("/nonexistent/herd/input.txt"), "{task:?}");
+    assert!(
+        task.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("/nonexistent/herd/input.txt"),
+        "{task:?}"
+    );
     Ok(())
 }
 
@@ -105,16 +138,32 @@ async fn failed_attempts_are_retried_with_the_next_attempt_number() -> anyhow::R
     let mut spec = shell_task("default", "exit 3");
     spec.retry = 2;
     let ids = cluster.submit(vec![spec]).await?;
-    let task = cluster.wait_task(ids[0], "failed", |task| task.state == TaskState::Failed).await?;
+    let task = cluster
+        .wait_task(ids[0], "failed", |task| task.state == TaskState::Failed)
+        .await?;
     assert_eq!(task.attempts.len(), 3, "{task:?}");
-    assert_eq!(task.attempts.iter().map(|attempt| attempt.number).collect::<Vec<_>>(), vec![1, 2, 3]);
-    assert!(task.attempts.iter().all(|attempt| attempt.exit_code == Some(3)));
+    assert_eq!(
+        task.attempts
+            .iter()
+            .map(|attempt| attempt.number)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert!(
+        task.attempts
+            .iter()
+            .all(|attempt| attempt.exit_code == Some(3))
+    );
     assert_eq!(task.exit_code, Some(3));
 
     // A manual retry runs it once more.
     let mut client = cluster.client().await?;
     client.retry_task(pb::TaskRef { id: ids[0].0 }).await?;
-    let task = cluster.wait_task(ids[0], "failed again", |task| task.attempts.len() == 4 && task.state.is_terminal()).await?;
+    let task = cluster
+        .wait_task(ids[0], "failed again", |task| {
+            task.attempts.len() == 4 && task.state.is_terminal()
+        })
+        .await?;
     assert_eq!(task.state, TaskState::Failed);
     assert_eq!(task.attempt, 4);
     Ok(())
@@ -127,38 +176,75 @@ async fn run_timeout_kills_the_task() -> anyhow::Result<()> {
     let mut spec = shell_task("default", "sleep 30");
     spec.run_timeout = Some(Duration::from_secs(1));
     let ids = cluster.submit(vec![spec]).await?;
-    let task = cluster.wait_task(ids[0], "failed", |task| task.state.is_terminal()).await?;
+    let task = cluster
+        .wait_task(ids[0], "failed", |task| task.state.is_terminal())
+        .await?;
     assert_eq!(task.state, TaskState::Failed);
     assert_eq!(task.reason, Some(Reason::Timeout));
     let attempt = &task.attempts[0];
-    let ran = attempt.ended_at.unwrap().since(attempt.run_started_at.unwrap());
-    assert!(ran >= Duration::from_millis(900) && ran < Duration::from_secs(20), "ran {ran:?}");
+    let ran = attempt
+        .ended_at
+        .unwrap()
+        .since(attempt.run_started_at.unwrap());
+    assert!(
+        ran >= Duration::from_millis(900) && ran < Duration::from_secs(20),
+        "ran {ran:?}"
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn kill_stops_a_running_task_and_frees_the_slot() -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
-    let _worker = cluster.add_worker(WorkerOptions {
-        concurrency: 1,
-        ..WorkerOptions::default()
-    })
-    .await?;
-    let ids = cluster.submit(vec![shell_task("default", "sleep 60"), shell_task("default", "echo next")]).await?;
-    cluster.wait_task(ids[0], "running", |task| task.state == TaskState::Running).await?;
-    assert_eq!(cluster.task(ids[1]).await?.state, TaskState::Pending, "one slot: the second waits");
+    let _worker = cluster
+        .add_worker(WorkerOptions {
+            concurrency: 1,
+            ..WorkerOptions::default()
+        })
+        .await?;
+    let ids = cluster
+        .submit(vec![
+            shell_task("default", "sleep 60"),
+            shell_task("default", "echo next"),
+        ])
+        .await?;
+    cluster
+        .wait_task(ids[0], "running", |task| task.state == TaskState::Running)
+        .await?;
+    assert_eq!(
+        cluster.task(ids[1]).await?.state,
+        TaskState::Pending,
+        "one slot: the second waits"
+    );
     let mut client = cluster.client().await?;
-    let killed = client.kill_task(pb::TaskRef { id: ids[0].0 }).await?.into_inner();
+    let killed = client
+        .kill_task(pb::TaskRef { id: ids[0].0 })
+        .await?
+        .into_inner();
     assert_eq!(killed.state, i32::from(pb::TaskState::Canceled));
-    let next = cluster.wait_task(ids[1], "succeeded", |task| task.state == TaskState::Succeeded).await?;
+    let next = cluster
+        .wait_task(ids[1], "succeeded", |task| {
+            task.state == TaskState::Succeeded
+        })
+        .await?;
     assert_eq!(next.exit_code, Some(0));
     let killed = cluster.task(ids[0]).await?;
     assert_eq!(killed.reason, Some(Reason::Killed));
     // Killing it again is refused with a clear message.
-    let error = client.kill_task(pb::TaskRef { id: ids[0].0 }).await.unwrap_err();
+    let error = client
+        .kill_task(pb::TaskRef { id: ids[0].0 })
+        .await
+        .unwrap_err();
     assert_eq!(error.code(), tonic::Code::FailedPrecondition);
-    assert!(error.message().contains("nothing to kill"), "{}", error.message());
-    let missing = client.get_task(pb::TaskRef { id: 999_999 }).await.unwrap_err();
+    assert!(
+        error.message().contains("nothing to kill"),
+        "{}",
+        error.message()
+    );
+    let missing = client
+        .get_task(pb::TaskRef { id: 999_999 })
+        .await
+        .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
     assert!(missing.message().contains("task 999999 does not exist"));
     Ok(())
@@ -175,16 +261,28 @@ async fn batches_pause_resume_stop_and_delete() -> anyhow::Result<()> {
             action: pb::BatchAction::Pause.into(),
         })
         .await?;
-    let _worker = cluster.add_worker(WorkerOptions {
-        batch: "b1".to_owned(),
-        ..WorkerOptions::default()
-    })
-    .await?;
+    let _worker = cluster
+        .add_worker(WorkerOptions {
+            batch: "b1".to_owned(),
+            ..WorkerOptions::default()
+        })
+        .await?;
     let more = cluster.submit(vec![shell_task("b1", "true")]).await?;
     // Paused: nothing starts. Give the worker a moment to prove it.
     wait_for("the worker to connect", WAIT, || async {
-        let workers = cluster.client().await.ok()?.list_workers(pb::Empty {}).await.ok()?.into_inner().workers;
-        workers.iter().any(|worker| worker.status == "connected").then_some(())
+        let workers = cluster
+            .client()
+            .await
+            .ok()?
+            .list_workers(pb::Empty {})
+            .await
+            .ok()?
+            .into_inner()
+            .workers;
+        workers
+            .iter()
+            .any(|worker| worker.status == "connected")
+            .then_some(())
     })
     .await?;
     assert_eq!(cluster.task(first[0]).await?.state, TaskState::Pending);
@@ -195,10 +293,22 @@ async fn batches_pause_resume_stop_and_delete() -> anyhow::Result<()> {
         })
         .await?;
     for id in first.iter().chain(&more) {
-        cluster.wait_task(*id, "succeeded", |task| task.state == TaskState::Succeeded).await?;
+        cluster
+            .wait_task(*id, "succeeded", |task| task.state == TaskState::Succeeded)
+            .await?;
     }
-    let running = cluster.submit(vec![shell_task("b1", "sleep 60"), shell_task("b1", "sleep 60"), shell_task("b1", "sleep 60")]).await?;
-    cluster.wait_task(running[0], "running", |task| task.state == TaskState::Running).await?;
+    let running = cluster
+        .submit(vec![
+            shell_task("b1", "sleep 60"),
+            shell_task("b1", "sleep 60"),
+            shell_task("b1", "sleep 60"),
+        ])
+        .await?;
+    cluster
+        .wait_task(running[0], "running", |task| {
+            task.state == TaskState::Running
+        })
+        .await?;
     let summary = client
         .control_batch(pb::BatchRequest {
             name: "b1".to_owned(),
@@ -206,10 +316,21 @@ async fn batches_pause_resume_stop_and_delete() -> anyhow::Result<()> {
         })
         .await?
         .into_inner();
-    assert_eq!((summary.pending, summary.active, summary.canceled, summary.succeeded), (0, 0, 3, 2));
+    assert_eq!(
+        (
+            summary.pending,
+            summary.active,
+            summary.canceled,
+            summary.succeeded
+        ),
+        (0, 0, 3, 2)
+    );
     for id in &running {
         let task = cluster.task(*id).await?;
-        assert_eq!((task.state, task.reason), (TaskState::Canceled, Some(Reason::BatchStopped)));
+        assert_eq!(
+            (task.state, task.reason),
+            (TaskState::Canceled, Some(Reason::BatchStopped))
+        );
     }
     client
         .control_batch(pb::BatchRequest {
@@ -217,8 +338,19 @@ async fn batches_pause_resume_stop_and_delete() -> anyhow::Result<()> {
             action: pb::BatchAction::Delete.into(),
         })
         .await?;
-    assert_eq!(client.get_task(pb::TaskRef { id: first[0].0 }).await.unwrap_err().code(), tonic::Code::NotFound);
-    let batches = client.list_batches(pb::Empty {}).await?.into_inner().batches;
+    assert_eq!(
+        client
+            .get_task(pb::TaskRef { id: first[0].0 })
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::NotFound
+    );
+    let batches = client
+        .list_batches(pb::Empty {})
+        .await?
+        .into_inner()
+        .batches;
     assert!(batches.iter().all(|batch| batch.name != "b1"));
     let unknown = client
         .control_batch(pb::BatchRequest {
@@ -236,9 +368,19 @@ async fn docker_tasks_wait_for_a_docker_worker() -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
     let _bare = cluster.add_worker(WorkerOptions::default()).await?;
     let docker_task = shell_task("default", "true").with_docker("herd-test-busybox:latest", "")?;
-    let ids = cluster.submit(vec![docker_task, shell_task("default", "true")]).await?;
-    cluster.wait_task(ids[1], "succeeded", |task| task.state == TaskState::Succeeded).await?;
-    assert_eq!(cluster.task(ids[0]).await?.state, TaskState::Pending, "a bare worker never takes a docker task");
+    let ids = cluster
+        .submit(vec![docker_task, shell_task("default", "true")])
+        .await?;
+    cluster
+        .wait_task(ids[1], "succeeded", |task| {
+            task.state == TaskState::Succeeded
+        })
+        .await?;
+    assert_eq!(
+        cluster.task(ids[0]).await?.state,
+        TaskState::Pending,
+        "a bare worker never takes a docker task"
+    );
     Ok(())
 }
 
@@ -250,8 +392,14 @@ struct FakeWorker {
 }
 
 impl FakeWorker {
-    async fn connect(cluster: &Cluster, worker_id: Option<u64>, tasks: Vec<pb::TaskUpdate>) -> anyhow::Result<FakeWorker> {
-        let channel = tonic::transport::Endpoint::from_shared(cluster.url.clone())?.connect().await?;
+    async fn connect(
+        cluster: &Cluster,
+        worker_id: Option<u64>,
+        tasks: Vec<pb::TaskUpdate>,
+    ) -> anyhow::Result<FakeWorker> {
+        let channel = tonic::transport::Endpoint::from_shared(cluster.url.clone())?
+            .connect()
+            .await?;
         let mut client = pb::workers_client::WorkersClient::new(channel);
         let (sender, receiver) = mpsc::channel(16);
         let hello = pb::Hello {
@@ -267,8 +415,13 @@ impl FakeWorker {
                 kind: Some(worker_message::Kind::Hello(hello)),
             })
             .await?;
-        let mut inbound = client.session(ReceiverStream::new(receiver)).await?.into_inner();
-        let Some(server_message::Kind::Welcome(welcome)) = inbound.message().await?.and_then(|message| message.kind) else {
+        let mut inbound = client
+            .session(ReceiverStream::new(receiver))
+            .await?
+            .into_inner();
+        let Some(server_message::Kind::Welcome(welcome)) =
+            inbound.message().await?.and_then(|message| message.kind)
+        else {
             anyhow::bail!("no welcome");
         };
         Ok(FakeWorker {
@@ -280,11 +433,18 @@ impl FakeWorker {
 
     async fn next(&mut self) -> anyhow::Result<server_message::Kind> {
         let message = tokio::time::timeout(WAIT, self.inbound.message()).await??;
-        message.and_then(|message| message.kind).ok_or_else(|| anyhow::anyhow!("stream ended"))
+        message
+            .and_then(|message| message.kind)
+            .ok_or_else(|| anyhow::anyhow!("stream ended"))
     }
 }
 
-fn update(task_id: TaskId, attempt: u32, state: pb::TaskState, exit_code: Option<i32>) -> pb::TaskUpdate {
+fn update(
+    task_id: TaskId,
+    attempt: u32,
+    state: pb::TaskState,
+    exit_code: Option<i32>,
+) -> pb::TaskUpdate {
     pb::TaskUpdate {
         task_id: task_id.0,
         attempt,
@@ -296,7 +456,8 @@ fn update(task_id: TaskId, attempt: u32, state: pb::TaskState, exit_code: Option
 }
 
 #[tokio::test]
-async fn a_lost_worker_s_task_gets_a_new_attempt_and_its_late_result_is_rejected() -> anyhow::Result<()> {
+async fn a_lost_worker_s_task_gets_a_new_attempt_and_its_late_result_is_rejected()
+-> anyhow::Result<()> {
     let cluster = Cluster::start_with(options(Engine::Sqlite)).await?;
     let ids = cluster.submit(vec![shell_task("default", "true")]).await?;
     let mut fake = FakeWorker::connect(&cluster, None, Vec::new()).await?;
@@ -306,16 +467,37 @@ async fn a_lost_worker_s_task_gets_a_new_attempt_and_its_late_result_is_rejected
     assert_eq!((assign.task_id, assign.attempt), (ids[0].0, 1));
     fake.sender
         .send(pb::WorkerMessage {
-            kind: Some(worker_message::Kind::Update(update(ids[0], 1, pb::TaskState::Running, None))),
+            kind: Some(worker_message::Kind::Update(update(
+                ids[0],
+                1,
+                pb::TaskState::Running,
+                None,
+            ))),
         })
         .await?;
-    cluster.wait_task(ids[0], "running", |task| task.state == TaskState::Running).await?;
+    cluster
+        .wait_task(ids[0], "running", |task| task.state == TaskState::Running)
+        .await?;
     // Silence: no heartbeat. After the 2 s timeout the task goes back to pending, attempt 2.
-    let task = cluster.wait_task(ids[0], "requeued", |task| task.state == TaskState::Pending).await?;
+    let task = cluster
+        .wait_task(ids[0], "requeued", |task| task.state == TaskState::Pending)
+        .await?;
     assert_eq!(task.attempt, 2);
     assert_eq!(task.attempts[0].reason, Some(Reason::WorkerLost));
-    let workers = cluster.client().await?.list_workers(pb::Empty {}).await?.into_inner().workers;
-    assert_eq!(workers.iter().find(|worker| worker.id == fake.worker_id).map(|worker| worker.status.as_str()), Some("lost"));
+    let workers = cluster
+        .client()
+        .await?
+        .list_workers(pb::Empty {})
+        .await?
+        .into_inner()
+        .workers;
+    assert_eq!(
+        workers
+            .iter()
+            .find(|worker| worker.id == fake.worker_id)
+            .map(|worker| worker.status.as_str()),
+        Some("lost")
+    );
 
     // The old worker comes back with a success for attempt 1: refused, and told to drop it.
     let late = update(ids[0], 1, pb::TaskState::Succeeded, Some(0));
@@ -323,7 +505,9 @@ async fn a_lost_worker_s_task_gets_a_new_attempt_and_its_late_result_is_rejected
     let mut saw_cancel = false;
     for _ in 0..2 {
         match again.next().await? {
-            server_message::Kind::Cancel(cancel) if cancel.task_id == ids[0].0 && cancel.attempt == 1 => {
+            server_message::Kind::Cancel(cancel)
+                if cancel.task_id == ids[0].0 && cancel.attempt == 1 =>
+            {
                 saw_cancel = true;
                 break;
             }
@@ -334,30 +518,56 @@ async fn a_lost_worker_s_task_gets_a_new_attempt_and_its_late_result_is_rejected
     }
     assert!(saw_cancel, "the stale result must be refused");
     let task = cluster.task(ids[0]).await?;
-    assert_ne!(task.state, TaskState::Succeeded, "a late result of an old attempt must not count");
+    assert_ne!(
+        task.state,
+        TaskState::Succeeded,
+        "a late result of an old attempt must not count"
+    );
     assert_eq!(task.attempts[0].state, TaskState::Failed);
     Ok(())
 }
 
 async fn work_survives_a_server_restart(engine: Engine) -> anyhow::Result<()> {
     let mut cluster = Cluster::start_with(options(engine)).await?;
-    let _worker = cluster.add_worker(WorkerOptions {
-        concurrency: 1,
-        ..WorkerOptions::default()
-    })
-    .await?;
+    let _worker = cluster
+        .add_worker(WorkerOptions {
+            concurrency: 1,
+            ..WorkerOptions::default()
+        })
+        .await?;
     let marker = tempfile::tempdir()?;
-    let script = format!("sleep 1.5; echo done > {}/marker; echo finished", marker.path().display());
-    let ids = cluster.submit(vec![shell_task("default", &script), shell_task("default", "echo second")]).await?;
-    cluster.wait_task(ids[0], "running", |task| task.state == TaskState::Running).await?;
+    let script = format!(
+        "sleep 1.5; echo done > {}/marker; echo finished",
+        marker.path().display()
+    );
+    let ids = cluster
+        .submit(vec![
+            shell_task("default", &script),
+            shell_task("default", "echo second"),
+        ])
+        .await?;
+    cluster
+        .wait_task(ids[0], "running", |task| task.state == TaskState::Running)
+        .await?;
     cluster.stop_server().await?;
     cluster.restart_server().await?;
     // Both tasks were acknowledged: both are there, and the running one was not killed.
-    let first = cluster.wait_task(ids[0], "succeeded", |task| task.state.is_terminal()).await?;
+    let first = cluster
+        .wait_task(ids[0], "succeeded", |task| task.state.is_terminal())
+        .await?;
     assert_eq!(first.state, TaskState::Succeeded, "{first:?}");
-    assert_eq!(first.attempts.len(), 1, "the running attempt went on through the restart");
-    assert_eq!(std::fs::read_to_string(marker.path().join("marker"))?, "done\n");
-    let second = cluster.wait_task(ids[1], "succeeded", |task| task.state.is_terminal()).await?;
+    assert_eq!(
+        first.attempts.len(),
+        1,
+        "the running attempt went on through the restart"
+    );
+    assert_eq!(
+        std::fs::read_to_string(marker.path().join("marker"))?,
+        "done\n"
+    );
+    let second = cluster
+        .wait_task(ids[1], "succeeded", |task| task.state.is_terminal())
+        .await?;
     assert_eq!(second.state, TaskState::Succeeded);
     let mut client = cluster.client().await?;
     assert_eq!(task_log(&mut client, ids[1], false).await?, "second\n");
@@ -378,13 +588,17 @@ async fn work_survives_a_server_restart_on_postgres() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_deleted_worker_is_told_to_stop_and_its_tasks_requeued() -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
-    let ids = cluster.submit(vec![shell_task("default", "sleep 60")]).await?;
+    let ids = cluster
+        .submit(vec![shell_task("default", "sleep 60")])
+        .await?;
     let mut fake = FakeWorker::connect(&cluster, None, Vec::new()).await?;
     let server_message::Kind::Assign(_) = fake.next().await? else {
         anyhow::bail!("expected an assignment");
     };
     let mut client = cluster.client().await?;
-    client.delete_worker(pb::WorkerRef { id: fake.worker_id }).await?;
+    client
+        .delete_worker(pb::WorkerRef { id: fake.worker_id })
+        .await?;
     let mut saw_shutdown = false;
     for _ in 0..3 {
         if let server_message::Kind::Shutdown(_) = fake.next().await? {
@@ -395,6 +609,13 @@ async fn a_deleted_worker_is_told_to_stop_and_its_tasks_requeued() -> anyhow::Re
     assert!(saw_shutdown);
     let task = cluster.task(ids[0]).await?;
     assert_eq!((task.state, task.attempt), (TaskState::Pending, 2));
-    assert!(client.list_workers(pb::Empty {}).await?.into_inner().workers.is_empty());
+    assert!(
+        client
+            .list_workers(pb::Empty {})
+            .await?
+            .into_inner()
+            .workers
+            .is_empty()
+    );
     Ok(())
 }

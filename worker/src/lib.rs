@@ -111,7 +111,9 @@ pub async fn executors(config: &Config) -> Result<Executors, WorkerError> {
     let docker: Option<Arc<dyn Executor>> = match config.executor {
         ExecutorKind::Bare => None,
         ExecutorKind::Docker => Some(Arc::new(
-            executor::docker::DockerExecutor::connect().await?.allow_privileged(config.allow_privileged),
+            executor::docker::DockerExecutor::connect()
+                .await?
+                .allow_privileged(config.allow_privileged),
         )),
         ExecutorKind::Auto => match executor::docker::DockerExecutor::connect().await {
             Ok(docker) => Some(Arc::new(docker.allow_privileged(config.allow_privileged))),
@@ -131,9 +133,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
 }
 
 /// Runs a worker with the given executors (tests and benchmarks pass their own).
-pub async fn run_with(config: Config, executors: Executors, shutdown: CancellationToken) -> Result<(), WorkerError> {
+pub async fn run_with(
+    config: Config,
+    executors: Executors,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
     if config.concurrency == 0 {
-        return Err(WorkerError::Config("--concurrency must be at least 1".to_owned()));
+        return Err(WorkerError::Config(
+            "--concurrency must be at least 1".to_owned(),
+        ));
     }
     std::fs::create_dir_all(&config.work_dir).map_err(|source| WorkerError::WorkDir {
         path: config.work_dir.clone(),

@@ -20,7 +20,13 @@ use crate::session::Shared;
 use crate::staging;
 
 /// Runs one attempt; always ends with a final report (unless the server forgot the attempt).
-pub(crate) async fn run(shared: Arc<Shared>, task_id: TaskId, attempt: u32, spec: Arc<TaskSpec>, cancel: CancellationToken) {
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    task_id: TaskId,
+    attempt: u32,
+    spec: Arc<TaskSpec>,
+    cancel: CancellationToken,
+) {
     let dirs = task_dirs(&shared.config.work_dir, task_id, attempt);
     let report = match attempt_phases(&shared, task_id, attempt, &spec, &dirs, &cancel).await {
         Ok(report) => report,
@@ -44,7 +50,13 @@ fn task_dirs(work_dir: &Path, task_id: TaskId, attempt: u32) -> TaskDirs {
     }
 }
 
-fn final_report(task_id: TaskId, attempt: u32, state: TaskState, reason: Option<Reason>, message: Option<String>) -> TaskReport {
+fn final_report(
+    task_id: TaskId,
+    attempt: u32,
+    state: TaskState,
+    reason: Option<Reason>,
+    message: Option<String>,
+) -> TaskReport {
     let mut report = TaskReport::new(task_id, attempt, state);
     report.reason = reason;
     report.message = message;
@@ -62,17 +74,35 @@ async fn attempt_phases(
     cancel: &CancellationToken,
 ) -> Phase<TaskReport> {
     let fail = |state: TaskState, reason: Reason, message: String| {
-        Box::new(final_report(task_id, attempt, state, Some(reason), Some(message)))
+        Box::new(final_report(
+            task_id,
+            attempt,
+            state,
+            Some(reason),
+            Some(message),
+        ))
     };
-    let canceled = || fail(TaskState::Canceled, Reason::Killed, "canceled by the server".to_owned());
-    staging::create_dirs(dirs)
-        .await
-        .map_err(|error| fail(TaskState::Failed, Reason::Executor, format!("cannot create the task's folders: {error}")))?;
+    let canceled = || {
+        fail(
+            TaskState::Canceled,
+            Reason::Killed,
+            "canceled by the server".to_owned(),
+        )
+    };
+    staging::create_dirs(dirs).await.map_err(|error| {
+        fail(
+            TaskState::Failed,
+            Reason::Executor,
+            format!("cannot create the task's folders: {error}"),
+        )
+    })?;
 
     // Downloading.
     let mut input_transfers = Vec::new();
     if !spec.inputs.is_empty() || !spec.resources.is_empty() {
-        shared.report(TaskReport::new(task_id, attempt, TaskState::Downloading)).await;
+        shared
+            .report(TaskReport::new(task_id, attempt, TaskState::Downloading))
+            .await;
         let staging = staging::stage_in(&shared.resolver, &shared.resources, spec, dirs);
         let result = tokio::select! {
             _ = cancel.cancelled() => return Err(canceled()),
@@ -83,7 +113,11 @@ async fn attempt_phases(
             Some(Err(message)) => return Err(fail(TaskState::Failed, Reason::Input, message)),
             None => {
                 let limit = spec.download_timeout.map_or(0, |timeout| timeout.as_secs());
-                return Err(fail(TaskState::Failed, Reason::Input, format!("staging took longer than --download-timeout {limit}s")));
+                return Err(fail(
+                    TaskState::Failed,
+                    Reason::Input,
+                    format!("staging took longer than --download-timeout {limit}s"),
+                ));
             }
         }
     }
@@ -120,7 +154,10 @@ async fn attempt_phases(
         spec: spec.clone(),
         dirs: dirs.clone(),
         env: task_env(&shared.config),
-        name: format!("herd-w{}-t{task_id}-a{attempt}", shared.worker_id().map_or(0, |id| id.0)),
+        name: format!(
+            "herd-w{}-t{task_id}-a{attempt}",
+            shared.worker_id().map_or(0, |id| id.0)
+        ),
     };
     let (sink, mut receiver) = LogSink::channel(64);
     let forwarder = {
@@ -169,17 +206,34 @@ async fn attempt_phases(
             report
         }
         Ok(Exit::Code(code)) => {
-            let mut report =
-                final_report(task_id, attempt, TaskState::Failed, Some(Reason::ExitCode), Some(format!("exited with code {code}")));
+            let mut report = final_report(
+                task_id,
+                attempt,
+                TaskState::Failed,
+                Some(Reason::ExitCode),
+                Some(format!("exited with code {code}")),
+            );
             report.exit_code = Some(code);
             report
         }
         Ok(Exit::Killed) if timed_out => {
             let limit = run_timeout.map_or(0, |timeout| timeout.as_secs());
-            final_report(task_id, attempt, TaskState::Failed, Some(Reason::Timeout), Some(format!("killed after --run-timeout {limit}s")))
+            final_report(
+                task_id,
+                attempt,
+                TaskState::Failed,
+                Some(Reason::Timeout),
+                Some(format!("killed after --run-timeout {limit}s")),
+            )
         }
         Ok(Exit::Killed) => return Err(canceled()),
-        Err(error) => final_report(task_id, attempt, TaskState::Failed, Some(Reason::Executor), Some(error.to_string())),
+        Err(error) => final_report(
+            task_id,
+            attempt,
+            TaskState::Failed,
+            Some(Reason::Executor),
+            Some(error.to_string()),
+        ),
     };
 
     // Uploading, whether the command succeeded or not.
@@ -187,7 +241,9 @@ async fn attempt_phases(
         if shared.is_forgotten(task_id, attempt) {
             return Err(canceled());
         }
-        shared.report(TaskReport::new(task_id, attempt, TaskState::Uploading)).await;
+        shared
+            .report(TaskReport::new(task_id, attempt, TaskState::Uploading))
+            .await;
         match staging::upload_output(&shared.resolver, &dirs.output, output).await {
             Ok(transfer) => outcome.transfers.push(transfer),
             Err(message) => {
@@ -197,7 +253,9 @@ async fn attempt_phases(
                     outcome.reason = Some(Reason::Output);
                 }
                 outcome.message = Some(match earlier {
-                    Some(earlier) => format!("{earlier}; and the upload of /output failed: {message}"),
+                    Some(earlier) => {
+                        format!("{earlier}; and the upload of /output failed: {message}")
+                    }
                     None => format!("the upload of /output failed: {message}"),
                 });
             }
@@ -220,7 +278,10 @@ fn task_env(config: &crate::Config) -> Vec<(String, String)> {
     vec![
         ("CPU".to_owned(), cpu.to_string()),
         ("THREADS".to_owned(), cpu.to_string()),
-        ("MEM".to_owned(), format!("{}", memory_gb.floor().max(1.0) as u64)),
+        (
+            "MEM".to_owned(),
+            format!("{}", memory_gb.floor().max(1.0) as u64),
+        ),
     ]
 }
 

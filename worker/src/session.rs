@@ -45,20 +45,31 @@ pub(crate) struct Shared {
 
 impl Shared {
     fn held(&self) -> MutexGuard<'_, HashMap<(TaskId, u32), Held>> {
-        self.held.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn link(&self) -> Option<mpsc::Sender<pb::WorkerMessage>> {
-        self.link.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.link
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     fn set_link(&self, link: Option<mpsc::Sender<pb::WorkerMessage>>) {
-        *self.link.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = link;
+        *self
+            .link
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = link;
     }
 
     /// The worker's id, once the server has welcomed it.
     pub fn worker_id(&self) -> Option<WorkerId> {
-        *self.worker_id.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        *self
+            .worker_id
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Records a report in the outbox and sends it if connected.
@@ -74,7 +85,8 @@ impl Shared {
                 }
             }
         }
-        self.send(worker_message::Kind::Update(pb::TaskUpdate::from(&report))).await;
+        self.send(worker_message::Kind::Update(pb::TaskUpdate::from(&report)))
+            .await;
     }
 
     /// Sends what an attempt printed; dropped while disconnected.
@@ -102,14 +114,19 @@ impl Shared {
     /// Forgets a finished attempt after its final report (unless an ack is still awaited).
     pub fn finished(&self, task_id: TaskId, attempt: u32) {
         let mut held = self.held();
-        if held.get(&(task_id, attempt)).is_some_and(|entry| entry.forgotten) {
+        if held
+            .get(&(task_id, attempt))
+            .is_some_and(|entry| entry.forgotten)
+        {
             held.remove(&(task_id, attempt));
         }
     }
 
     /// Whether the server dropped this attempt.
     pub fn is_forgotten(&self, task_id: TaskId, attempt: u32) -> bool {
-        self.held().get(&(task_id, attempt)).is_none_or(|entry| entry.forgotten)
+        self.held()
+            .get(&(task_id, attempt))
+            .is_none_or(|entry| entry.forgotten)
     }
 }
 
@@ -143,7 +160,10 @@ pub(crate) async fn run(config: Arc<Config>, executors: Executors, shutdown: Can
                 break;
             }
             Outcome::Stopped => break,
-            Outcome::Broken { error, was_connected } => {
+            Outcome::Broken {
+                error,
+                was_connected,
+            } => {
                 if was_connected {
                     backoff = MIN_BACKOFF;
                     warned = false;
@@ -175,7 +195,10 @@ enum Outcome {
 }
 
 async fn connect_and_serve(shared: &Arc<Shared>, shutdown: &CancellationToken) -> Outcome {
-    let broken = |error: String, was_connected: bool| Outcome::Broken { error, was_connected };
+    let broken = |error: String, was_connected: bool| Outcome::Broken {
+        error,
+        was_connected,
+    };
     let endpoint = match tonic::transport::Endpoint::from_shared(shared.config.server.clone()) {
         Ok(endpoint) => endpoint
             .connect_timeout(Duration::from_secs(5))
@@ -188,7 +211,8 @@ async fn connect_and_serve(shared: &Arc<Shared>, shutdown: &CancellationToken) -
         Ok(channel) => channel,
         Err(error) => return broken(error_chain(&error), false),
     };
-    let mut client = pb::workers_client::WorkersClient::new(channel).max_decoding_message_size(usize::MAX);
+    let mut client =
+        pb::workers_client::WorkersClient::new(channel).max_decoding_message_size(usize::MAX);
     let (sender, receiver) = mpsc::channel::<pb::WorkerMessage>(1024);
     let hello = hello(shared);
     if sender.send(hello).await.is_err() {
@@ -203,7 +227,10 @@ async fn connect_and_serve(shared: &Arc<Shared>, shutdown: &CancellationToken) -
             kind: Some(server_message::Kind::Welcome(welcome)),
         })) => {
             let worker_id = WorkerId(welcome.worker_id);
-            *shared.worker_id.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(worker_id);
+            *shared
+                .worker_id
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(worker_id);
             info!(%worker_id, server = %shared.config.server, batch = %shared.config.batch, "connected");
             Duration::from_millis(welcome.heartbeat_interval_ms.max(100))
         }
@@ -320,11 +347,16 @@ fn handle(shared: &Arc<Shared>, message: pb::ServerMessage) -> Option<Outcome> {
         server_message::Kind::Ack(ack) => {
             let key = (TaskId(ack.task_id), ack.attempt);
             let mut held = shared.held();
-            if held.get(&key).is_some_and(|entry| entry.latest.state.is_terminal()) {
+            if held
+                .get(&key)
+                .is_some_and(|entry| entry.latest.state.is_terminal())
+            {
                 held.remove(&key);
             }
         }
-        server_message::Kind::Shutdown(shutdown) => return Some(Outcome::Shutdown(shutdown.reason)),
+        server_message::Kind::Shutdown(shutdown) => {
+            return Some(Outcome::Shutdown(shutdown.reason));
+        }
         server_message::Kind::Welcome(_) => {}
     }
     None

@@ -24,7 +24,13 @@ const COMPLETE_MARKER: &str = ".herd-resource-complete";
 /// Creates an attempt's folders, writable by any user (tasks may run with `-u`).
 pub(crate) async fn create_dirs(dirs: &TaskDirs) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    for dir in [&dirs.root, &dirs.input, &dirs.output, &dirs.resource, &dirs.tmp] {
+    for dir in [
+        &dirs.root,
+        &dirs.input,
+        &dirs.output,
+        &dirs.resource,
+        &dirs.tmp,
+    ] {
         tokio::fs::create_dir_all(dir).await?;
         tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).await?;
     }
@@ -63,23 +69,35 @@ impl ResourceCache {
     /// The cached copy of `uri` (with its actions applied), downloading it if needed.
     async fn get(&self, uri: &Uri) -> Result<(PathBuf, bool), String> {
         let key = uri.to_string();
-        let folder = self.root.join(format!("{:016x}", herd_fetch::checksum::crc64nvme(key.as_bytes()).as_u64()));
+        let folder = self.root.join(format!(
+            "{:016x}",
+            herd_fetch::checksum::crc64nvme(key.as_bytes()).as_u64()
+        ));
         let cell = {
-            let mut downloads = self.downloads.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut downloads = self
+                .downloads
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             downloads.entry(key.clone()).or_default().clone()
         };
         let mut fetched = false;
         let path = cell
             .get_or_try_init(|| async {
                 let marker = folder.join(COMPLETE_MARKER);
-                if tokio::fs::read_to_string(&marker).await.is_ok_and(|text| text == key) {
+                if tokio::fs::read_to_string(&marker)
+                    .await
+                    .is_ok_and(|text| text == key)
+                {
                     return Ok(folder.clone());
                 }
                 // An incomplete earlier download: start over.
                 let _ = tokio::fs::remove_dir_all(&folder).await;
-                tokio::fs::create_dir_all(&folder)
-                    .await
-                    .map_err(|error| format!("cannot create the resource cache {}: {error}", folder.display()))?;
+                tokio::fs::create_dir_all(&folder).await.map_err(|error| {
+                    format!(
+                        "cannot create the resource cache {}: {error}",
+                        folder.display()
+                    )
+                })?;
                 self.resolver
                     .fetch(uri, &folder)
                     .await
@@ -102,8 +120,16 @@ pub(crate) async fn stage_in(
     spec: &TaskSpec,
     dirs: &TaskDirs,
 ) -> Result<Vec<Transfer>, String> {
-    let inputs: Vec<Uri> = spec.inputs.iter().map(|text| parse(text)).collect::<Result<_, _>>()?;
-    let resources: Vec<Uri> = spec.resources.iter().map(|text| parse(text)).collect::<Result<_, _>>()?;
+    let inputs: Vec<Uri> = spec
+        .inputs
+        .iter()
+        .map(|text| parse(text))
+        .collect::<Result<_, _>>()?;
+    let resources: Vec<Uri> = spec
+        .resources
+        .iter()
+        .map(|text| parse(text))
+        .collect::<Result<_, _>>()?;
     let downloads = inputs.iter().map(|uri| async move {
         resolver
             .fetch(uri, &dirs.input)
@@ -160,8 +186,15 @@ fn link_tree(source: &Path, destination: &Path) -> std::io::Result<TransferStats
 }
 
 /// Uploads the content of `/output` to `uri`.
-pub(crate) async fn upload_output(resolver: &Resolver, source: &Path, uri: &str) -> Result<Transfer, String> {
+pub(crate) async fn upload_output(
+    resolver: &Resolver,
+    source: &Path,
+    uri: &str,
+) -> Result<Transfer, String> {
     let uri = parse(uri)?;
-    let stats = resolver.put(source, &uri).await.map_err(|error| error.to_string())?;
+    let stats = resolver
+        .put(source, &uri)
+        .await
+        .map_err(|error| error.to_string())?;
     Ok(transfer("output", &uri, &stats))
 }

@@ -112,7 +112,10 @@ impl Journal {
     ///
     /// The writer holds the queue weakly: dropping the queue drops the journal's sender, and
     /// the writer finishes what it has and stops.
-    pub fn start(store: Arc<dyn Store>, shared: Weak<Shared>) -> (Journal, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        store: Arc<dyn Store>,
+        shared: Weak<Shared>,
+    ) -> (Journal, tokio::task::JoinHandle<()>) {
         let (sender, receiver) = mpsc::unbounded_channel();
         let (committed_sender, committed) = watch::channel(0);
         let writer = tokio::spawn(write_loop(store, shared, receiver, committed_sender));

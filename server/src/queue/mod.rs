@@ -159,7 +159,9 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn run_effect(&self, effect: Effect) {
@@ -186,7 +188,11 @@ pub struct Queue {
 
 impl Queue {
     /// Loads the store's content and starts the journal writer.
-    pub async fn open(store: Arc<dyn Store>, logs: LogStore, config: QueueConfig) -> Result<Arc<Queue>, QueueError> {
+    pub async fn open(
+        store: Arc<dyn Store>,
+        logs: LogStore,
+        config: QueueConfig,
+    ) -> Result<Arc<Queue>, QueueError> {
         let snapshot = store.load().await?;
         let (events, _) = broadcast::channel(4096);
         let mut restore_error = None;
@@ -282,7 +288,8 @@ impl Queue {
                 (spec, json)
             })
             .collect();
-        self.mutate_durably(|state, change| Ok(state.submit(encoded, change))).await
+        self.mutate_durably(|state, change| Ok(state.submit(encoded, change)))
+            .await
     }
 
     /// One task.
@@ -291,25 +298,33 @@ impl Queue {
     }
 
     /// Tasks, oldest first, optionally filtered; `limit` 0 means all.
-    pub fn tasks(&self, batch: Option<&BatchName>, state: Option<TaskState>, limit: usize) -> Vec<TaskView> {
+    pub fn tasks(
+        &self,
+        batch: Option<&BatchName>,
+        state: Option<TaskState>,
+        limit: usize,
+    ) -> Vec<TaskView> {
         self.shared.lock().list_tasks(batch, state, limit)
     }
 
     /// Kills a task (cancels it if pending).
     pub async fn kill(&self, id: TaskId) -> Result<TaskView, QueueError> {
-        self.mutate_durably(|state, change| state.cancel(id, Reason::Killed, change)).await?;
+        self.mutate_durably(|state, change| state.cancel(id, Reason::Killed, change))
+            .await?;
         self.task(id)
     }
 
     /// Queues a finished task again.
     pub async fn retry(&self, id: TaskId) -> Result<TaskView, QueueError> {
-        self.mutate_durably(|state, change| state.retry(id, change)).await?;
+        self.mutate_durably(|state, change| state.retry(id, change))
+            .await?;
         self.task(id)
     }
 
     /// Deletes a task and its logs, killing it first if needed.
     pub async fn delete_task(&self, id: TaskId) -> Result<(), QueueError> {
-        self.mutate_durably(|state, change| state.delete_task(id, change)).await
+        self.mutate_durably(|state, change| state.delete_task(id, change))
+            .await
     }
 
     /// Every batch with its counts.
@@ -319,24 +334,34 @@ impl Queue {
 
     /// One batch.
     pub fn batch(&self, name: &BatchName) -> Result<BatchView, QueueError> {
-        self.shared.lock().batch_view(name).ok_or_else(|| QueueError::BatchNotFound(name.clone()))
+        self.shared
+            .lock()
+            .batch_view(name)
+            .ok_or_else(|| QueueError::BatchNotFound(name.clone()))
     }
 
     /// Pauses or resumes a batch.
-    pub async fn set_paused(&self, name: &BatchName, paused: bool) -> Result<BatchView, QueueError> {
-        self.mutate_durably(|state, change| state.set_paused(name, paused, change)).await?;
+    pub async fn set_paused(
+        &self,
+        name: &BatchName,
+        paused: bool,
+    ) -> Result<BatchView, QueueError> {
+        self.mutate_durably(|state, change| state.set_paused(name, paused, change))
+            .await?;
         self.batch(name)
     }
 
     /// Cancels every unfinished task of a batch.
     pub async fn stop_batch(&self, name: &BatchName) -> Result<BatchView, QueueError> {
-        self.mutate_durably(|state, change| state.stop_batch(name, change)).await?;
+        self.mutate_durably(|state, change| state.stop_batch(name, change))
+            .await?;
         self.batch(name)
     }
 
     /// Deletes a batch and all its tasks.
     pub async fn delete_batch(&self, name: &BatchName) -> Result<(), QueueError> {
-        self.mutate_durably(|state, change| state.delete_batch(name, change)).await
+        self.mutate_durably(|state, change| state.delete_batch(name, change))
+            .await
     }
 
     /// Every worker the server knows.
@@ -346,7 +371,8 @@ impl Queue {
 
     /// Forgets a worker (telling it to exit if connected); its tasks get a new attempt.
     pub async fn delete_worker(&self, id: WorkerId) -> Result<(), QueueError> {
-        self.mutate_durably(|state, change| state.delete_worker(id, change)).await
+        self.mutate_durably(|state, change| state.delete_worker(id, change))
+            .await
     }
 
     /// Events for watchers (batch progress, log following).
@@ -369,10 +395,15 @@ impl Queue {
         sender: mpsc::UnboundedSender<ToWorker>,
     ) -> Result<(WorkerId, u64), QueueError> {
         if hello.concurrency == 0 {
-            return Err(herd_proto::Error::invalid("concurrency", "a worker needs a concurrency of at least 1").into());
+            return Err(herd_proto::Error::invalid(
+                "concurrency",
+                "a worker needs a concurrency of at least 1",
+            )
+            .into());
         }
         let interval = self.config.heartbeat_interval;
-        let (result, _) = self.mutate(|state, change| Ok(state.connect(hello, sender, interval, change)));
+        let (result, _) =
+            self.mutate(|state, change| Ok(state.connect(hello, sender, interval, change)));
         let (worker_id, serial) = result?;
         info!(%worker_id, serial, "worker connected");
         Ok((worker_id, serial))
@@ -380,7 +411,10 @@ impl Queue {
 
     /// A report from a worker's connection `serial`; ignored if that connection was replaced.
     pub fn report(&self, worker_id: WorkerId, serial: u64, report: WorkerReport) {
-        let terminal = report.state.is_terminal().then_some((report.task_id, report.attempt));
+        let terminal = report
+            .state
+            .is_terminal()
+            .then_some((report.task_id, report.attempt));
         let _ = self.mutate(|state, change| {
             if state.touch(worker_id, serial) {
                 state.report(worker_id, report, change);
@@ -398,7 +432,15 @@ impl Queue {
     }
 
     /// Log output from a worker; dropped if the task or attempt is unknown.
-    pub fn append_log(&self, worker_id: WorkerId, serial: u64, task_id: TaskId, attempt: u32, stream: LogStream, data: &[u8]) {
+    pub fn append_log(
+        &self,
+        worker_id: WorkerId,
+        serial: u64,
+        task_id: TaskId,
+        attempt: u32,
+        stream: LogStream,
+        data: &[u8],
+    ) {
         {
             let mut state = self.shared.lock();
             if !state.touch(worker_id, serial) || !state.log_allowed(task_id, attempt) {
@@ -423,7 +465,10 @@ impl Queue {
 
     /// Declares lost the workers silent for longer than the timeout, once a second, until
     /// `shutdown`.
-    pub fn spawn_reaper(self: &Arc<Self>, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_reaper(
+        self: &Arc<Self>,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let queue = Arc::downgrade(self);
         let timeout = self.config.worker_timeout;
         let period = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));

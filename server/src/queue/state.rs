@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use herd_proto::view::{AttemptView, BatchView, TaskView, Transfer, WorkerView};
-use herd_proto::{BatchName, Reason, Requirement, TaskId, TaskSpec, TaskState, Timestamp, WorkerId};
+use herd_proto::{
+    BatchName, Reason, Requirement, TaskId, TaskSpec, TaskState, Timestamp, WorkerId,
+};
 use tokio::sync::mpsc;
 
 use super::journal::{Change, Journal};
@@ -136,7 +138,8 @@ impl State {
     pub fn restore(&mut self, snapshot: Snapshot) -> Result<(), StoreError> {
         let now = Instant::now();
         for (name, value) in snapshot.counters {
-            let value = u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("counter {name} = {value}")))?;
+            let value = u64::try_from(value)
+                .map_err(|_| StoreError::Corrupt(format!("counter {name} = {value}")))?;
             match name.as_str() {
                 "next_task_id" => self.next_task_id = value,
                 "next_worker_id" => self.next_worker_id = value,
@@ -144,14 +147,16 @@ impl State {
             }
         }
         for row in snapshot.batches {
-            let name = BatchName::new(row.name).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+            let name =
+                BatchName::new(row.name).map_err(|error| StoreError::Corrupt(error.to_string()))?;
             let batch = self.batches.entry(name).or_default();
             batch.paused = row.paused;
             batch.created_at = Timestamp(row.created_at);
         }
         for row in snapshot.workers {
             let id = WorkerId(row.id as u64);
-            let batch = BatchName::new(row.batch).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+            let batch = BatchName::new(row.batch)
+                .map_err(|error| StoreError::Corrupt(error.to_string()))?;
             self.next_worker_id = self.next_worker_id.max(id.0 + 1);
             self.workers.insert(
                 id,
@@ -181,44 +186,60 @@ impl State {
         for row in snapshot.tasks {
             let id = TaskId(row.id as u64);
             self.next_task_id = self.next_task_id.max(id.0 + 1);
-            let spec = stored_spec::decode(&row.spec).map_err(|error| {
-                StoreError::Corrupt(format!("task {id}: {error}"))
-            })?;
-            let state: TaskState = row.state.parse().map_err(|_| StoreError::Corrupt(format!("task {id}: state {}", row.state)))?;
+            let spec = stored_spec::decode(&row.spec)
+                .map_err(|error| StoreError::Corrupt(format!("task {id}: {error}")))?;
+            let state: TaskState = row
+                .state
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("task {id}: state {}", row.state)))?;
             let mut attempts = Vec::new();
             for attempt in attempts_by_task.remove(&row.id).unwrap_or_default() {
                 attempts.push(attempt_from_row(attempt)?);
             }
             attempts.sort_by_key(|attempt| attempt.number);
             let worker = if state.is_active() {
-                attempts.iter().find(|attempt| attempt.number as i64 == row.attempt).map(|attempt| attempt.worker)
+                attempts
+                    .iter()
+                    .find(|attempt| attempt.number as i64 == row.attempt)
+                    .map(|attempt| attempt.worker)
             } else {
                 None
             };
-            let task = Task {
-                spec: Arc::new(spec),
-                spec_json: row.spec.into(),
-                state,
-                attempt: row.attempt as u32,
-                worker,
-                exit_code: row.exit_code.map(|code| code as i32),
-                reason: row.reason.map(|text| text.parse()).transpose().map_err(|error: herd_proto::Error| StoreError::Corrupt(error.to_string()))?,
-                message: row.message,
-                created_at: Timestamp(row.created_at),
-                updated_at: Timestamp(row.updated_at),
-                attempts,
-            };
+            let task =
+                Task {
+                    spec: Arc::new(spec),
+                    spec_json: row.spec.into(),
+                    state,
+                    attempt: row.attempt as u32,
+                    worker,
+                    exit_code: row.exit_code.map(|code| code as i32),
+                    reason: row.reason.map(|text| text.parse()).transpose().map_err(
+                        |error: herd_proto::Error| StoreError::Corrupt(error.to_string()),
+                    )?,
+                    message: row.message,
+                    created_at: Timestamp(row.created_at),
+                    updated_at: Timestamp(row.updated_at),
+                    attempts,
+                };
             let batch = self.batches.entry(task.spec.batch.clone()).or_default();
             batch.counts[state_index(state)] += 1;
             if state == TaskState::Pending {
-                batch.queues.entry(task.spec.requirement()).or_default().push_back(id);
+                batch
+                    .queues
+                    .entry(task.spec.requirement())
+                    .or_default()
+                    .push_back(id);
             }
             if let Some(worker_id) = worker {
                 match self.workers.get_mut(&worker_id) {
                     Some(worker) => {
                         worker.tasks.insert(id);
                     }
-                    None => return Err(StoreError::Corrupt(format!("task {id} is on unknown worker {worker_id}"))),
+                    None => {
+                        return Err(StoreError::Corrupt(format!(
+                            "task {id} is on unknown worker {worker_id}"
+                        )));
+                    }
                 }
             }
             self.tasks.insert(id, task);
@@ -245,7 +266,10 @@ impl State {
 
     pub fn attempt_row(&self, id: TaskId, number: u32) -> Option<AttemptRow> {
         let task = self.tasks.get(&id)?;
-        let attempt = task.attempts.iter().find(|attempt| attempt.number == number)?;
+        let attempt = task
+            .attempts
+            .iter()
+            .find(|attempt| attempt.number == number)?;
         Some(AttemptRow {
             task_id: id.0 as i64,
             number: i64::from(number),
@@ -306,7 +330,12 @@ impl State {
         Ok(view_of(id, task))
     }
 
-    pub fn list_tasks(&self, batch: Option<&BatchName>, state: Option<TaskState>, limit: usize) -> Vec<TaskView> {
+    pub fn list_tasks(
+        &self,
+        batch: Option<&BatchName>,
+        state: Option<TaskState>,
+        limit: usize,
+    ) -> Vec<TaskView> {
         let mut ids: Vec<TaskId> = self
             .tasks
             .iter()
@@ -318,7 +347,9 @@ impl State {
         if limit > 0 {
             ids.truncate(limit);
         }
-        ids.into_iter().map(|id| view_of(id, &self.tasks[&id])).collect()
+        ids.into_iter()
+            .map(|id| view_of(id, &self.tasks[&id]))
+            .collect()
     }
 
     pub fn batch_view(&self, name: &BatchName) -> Option<BatchView> {
@@ -339,7 +370,10 @@ impl State {
     }
 
     pub fn list_batches(&self) -> Vec<BatchView> {
-        self.batches.keys().filter_map(|name| self.batch_view(name)).collect()
+        self.batches
+            .keys()
+            .filter_map(|name| self.batch_view(name))
+            .collect()
     }
 
     pub fn worker_views(&self) -> Vec<WorkerView> {
@@ -375,7 +409,8 @@ impl State {
         change.task(id);
         let batch_name = task.spec.batch.clone();
         if let Some(batch) = self.batches.get_mut(&batch_name) {
-            batch.counts[state_index(previous)] = batch.counts[state_index(previous)].saturating_sub(1);
+            batch.counts[state_index(previous)] =
+                batch.counts[state_index(previous)].saturating_sub(1);
             batch.counts[state_index(next)] += 1;
         }
         change.notify(Event::Task(id));
@@ -423,7 +458,11 @@ impl State {
             self.ensure_batch(&spec.batch, change);
             let batch = self.batches.get_mut(&spec.batch).expect("ensured above");
             batch.counts[state_index(TaskState::Pending)] += 1;
-            batch.queues.entry(spec.requirement()).or_default().push_back(id);
+            batch
+                .queues
+                .entry(spec.requirement())
+                .or_default()
+                .push_back(id);
             batches.insert(spec.batch.clone());
             self.tasks.insert(
                 id,
@@ -458,7 +497,11 @@ impl State {
         let busy = worker
             .tasks
             .iter()
-            .filter(|id| self.tasks.get(id).is_some_and(|task| task.state != TaskState::Uploading))
+            .filter(|id| {
+                self.tasks
+                    .get(id)
+                    .is_some_and(|task| task.state != TaskState::Uploading)
+            })
             .count();
         (worker.concurrency as usize + worker.prefetch as usize).saturating_sub(busy)
     }
@@ -473,7 +516,11 @@ impl State {
             .collect();
         for worker in workers {
             self.schedule_worker(worker, change);
-            if self.batches.get(name).is_none_or(|batch| batch.counts[state_index(TaskState::Pending)] == 0) {
+            if self
+                .batches
+                .get(name)
+                .is_none_or(|batch| batch.counts[state_index(TaskState::Pending)] == 0)
+            {
                 break;
             }
         }
@@ -512,7 +559,11 @@ impl State {
                 .min_by_key(|(_, queue)| queue.front().copied())
                 .map(|(requirement, _)| *requirement)?;
             let id = batch.queues.get_mut(&requirement)?.pop_front()?;
-            if self.tasks.get(&id).is_some_and(|task| task.state == TaskState::Pending) {
+            if self
+                .tasks
+                .get(&id)
+                .is_some_and(|task| task.state == TaskState::Pending)
+            {
                 return Some(id);
             }
         }
@@ -629,7 +680,12 @@ impl State {
         let held: Vec<TaskId> = self.workers[&worker_id].tasks.iter().copied().collect();
         for task_id in held {
             if !reported.contains(&task_id) {
-                self.requeue(task_id, Reason::WorkerLost, "the worker reconnected without this task", change);
+                self.requeue(
+                    task_id,
+                    Reason::WorkerLost,
+                    "the worker reconnected without this task",
+                    change,
+                );
             }
         }
         for report in hello.tasks {
@@ -642,7 +698,12 @@ impl State {
     /// Whether `serial` is the worker's current connection; refreshes its liveness.
     pub fn touch(&mut self, worker_id: WorkerId, serial: u64) -> bool {
         match self.workers.get_mut(&worker_id) {
-            Some(worker) if worker.connection.as_ref().is_some_and(|connection| connection.serial == serial) => {
+            Some(worker)
+                if worker
+                    .connection
+                    .as_ref()
+                    .is_some_and(|connection| connection.serial == serial) =>
+            {
                 worker.last_heard = Instant::now();
                 true
             }
@@ -653,7 +714,10 @@ impl State {
     /// The connection ended (the worker may come back within the timeout).
     pub fn disconnect(&mut self, worker_id: WorkerId, serial: u64, change: &mut Change) {
         if let Some(worker) = self.workers.get_mut(&worker_id)
-            && worker.connection.as_ref().is_some_and(|connection| connection.serial == serial)
+            && worker
+                .connection
+                .as_ref()
+                .is_some_and(|connection| connection.serial == serial)
         {
             worker.connection = None;
             worker.last_heard = Instant::now();
@@ -677,7 +741,10 @@ impl State {
             worker.connection = None;
             let tasks: Vec<TaskId> = worker.tasks.iter().copied().collect();
             change.worker(*worker_id);
-            let message = format!("worker {worker_id} was silent for more than {}s", timeout.as_secs());
+            let message = format!(
+                "worker {worker_id} was silent for more than {}s",
+                timeout.as_secs()
+            );
             for task_id in tasks {
                 self.requeue(task_id, Reason::WorkerLost, &message, change);
             }
@@ -716,7 +783,11 @@ impl State {
             }
         }
         let task = self.tasks.get_mut(&task_id).expect("present above");
-        if let Some(attempt) = task.attempts.iter_mut().find(|attempt| attempt.number == number) {
+        if let Some(attempt) = task
+            .attempts
+            .iter_mut()
+            .find(|attempt| attempt.number == number)
+        {
             attempt.state = TaskState::Failed;
             attempt.reason = Some(reason);
             attempt.message = Some(message.to_owned());
@@ -730,9 +801,15 @@ impl State {
 
     /// Applies one task report from a worker's current connection.
     pub fn report(&mut self, worker_id: WorkerId, report: WorkerReport, change: &mut Change) {
-        let sender = self.workers.get(&worker_id).and_then(|worker| worker.connection.as_ref()).map(|c| c.sender.clone());
+        let sender = self
+            .workers
+            .get(&worker_id)
+            .and_then(|worker| worker.connection.as_ref())
+            .map(|c| c.sender.clone());
         let current = self.tasks.get(&report.task_id).is_some_and(|task| {
-            task.attempt == report.attempt && task.worker == Some(worker_id) && task.state.is_active()
+            task.attempt == report.attempt
+                && task.worker == Some(worker_id)
+                && task.state.is_active()
         });
         if !current {
             // A late or stale report (an old attempt, a deleted or killed task): refuse it
@@ -790,9 +867,12 @@ impl State {
         let counted_failures = task
             .attempts
             .iter()
-            .filter(|attempt| attempt.state == TaskState::Failed && attempt.reason != Some(Reason::WorkerLost))
+            .filter(|attempt| {
+                attempt.state == TaskState::Failed && attempt.reason != Some(Reason::WorkerLost)
+            })
             .count();
-        let retry = report.state == TaskState::Failed && counted_failures <= task.spec.retry as usize;
+        let retry =
+            report.state == TaskState::Failed && counted_failures <= task.spec.retry as usize;
         if let Some(worker) = self.workers.get_mut(&worker_id) {
             worker.tasks.remove(&report.task_id);
         }
@@ -819,8 +899,15 @@ impl State {
     }
 
     /// Forgets a worker; its tasks get a new attempt elsewhere.
-    pub fn delete_worker(&mut self, worker_id: WorkerId, change: &mut Change) -> Result<(), QueueError> {
-        let worker = self.workers.get(&worker_id).ok_or(QueueError::WorkerNotFound(worker_id))?;
+    pub fn delete_worker(
+        &mut self,
+        worker_id: WorkerId,
+        change: &mut Change,
+    ) -> Result<(), QueueError> {
+        let worker = self
+            .workers
+            .get(&worker_id)
+            .ok_or(QueueError::WorkerNotFound(worker_id))?;
         if let Some(connection) = &worker.connection {
             change.send(
                 &connection.sender,
@@ -832,7 +919,12 @@ impl State {
         let tasks: Vec<TaskId> = worker.tasks.iter().copied().collect();
         let batch = worker.batch.clone();
         for task_id in tasks {
-            self.requeue(task_id, Reason::WorkerLost, "its worker was deleted", change);
+            self.requeue(
+                task_id,
+                Reason::WorkerLost,
+                "its worker was deleted",
+                change,
+            );
         }
         self.workers.remove(&worker_id);
         change.worker(worker_id);
@@ -843,8 +935,16 @@ impl State {
     // ---- user actions on tasks ----
 
     /// Cancels a task: pending ones at once, active ones are killed on their worker.
-    pub fn cancel(&mut self, task_id: TaskId, reason: Reason, change: &mut Change) -> Result<(), QueueError> {
-        let task = self.tasks.get_mut(&task_id).ok_or(QueueError::TaskNotFound(task_id))?;
+    pub fn cancel(
+        &mut self,
+        task_id: TaskId,
+        reason: Reason,
+        change: &mut Change,
+    ) -> Result<(), QueueError> {
+        let task = self
+            .tasks
+            .get_mut(&task_id)
+            .ok_or(QueueError::TaskNotFound(task_id))?;
         if task.state.is_terminal() {
             return Err(QueueError::InvalidState(format!(
                 "task {task_id} has already {}; nothing to kill",
@@ -864,7 +964,11 @@ impl State {
         task.message = Some(message.to_owned());
         if task.state.is_active() {
             let number = task.attempt;
-            if let Some(attempt) = task.attempts.iter_mut().find(|attempt| attempt.number == number) {
+            if let Some(attempt) = task
+                .attempts
+                .iter_mut()
+                .find(|attempt| attempt.number == number)
+            {
                 attempt.state = TaskState::Canceled;
                 attempt.reason = Some(reason);
                 attempt.message = Some(message.to_owned());
@@ -896,7 +1000,10 @@ impl State {
 
     /// Queues a finished task again, as a new attempt.
     pub fn retry(&mut self, task_id: TaskId, change: &mut Change) -> Result<(), QueueError> {
-        let task = self.tasks.get_mut(&task_id).ok_or(QueueError::TaskNotFound(task_id))?;
+        let task = self
+            .tasks
+            .get_mut(&task_id)
+            .ok_or(QueueError::TaskNotFound(task_id))?;
         if !task.state.is_terminal() {
             return Err(QueueError::InvalidState(format!(
                 "task {task_id} is {}; only a finished task can be retried (kill it first)",
@@ -904,7 +1011,13 @@ impl State {
             )));
         }
         if !task.attempts.is_empty() {
-            task.attempt = task.attempts.iter().map(|attempt| attempt.number).max().unwrap_or(0) + 1;
+            task.attempt = task
+                .attempts
+                .iter()
+                .map(|attempt| attempt.number)
+                .max()
+                .unwrap_or(0)
+                + 1;
         }
         task.reason = None;
         task.message = None;
@@ -917,13 +1030,17 @@ impl State {
 
     /// Removes a task (killing it first if it runs).
     pub fn delete_task(&mut self, task_id: TaskId, change: &mut Change) -> Result<(), QueueError> {
-        let task = self.tasks.get(&task_id).ok_or(QueueError::TaskNotFound(task_id))?;
+        let task = self
+            .tasks
+            .get(&task_id)
+            .ok_or(QueueError::TaskNotFound(task_id))?;
         if !task.state.is_terminal() {
             self.cancel(task_id, Reason::Killed, change)?;
         }
         let task = self.tasks.remove(&task_id).expect("present above");
         if let Some(batch) = self.batches.get_mut(&task.spec.batch) {
-            batch.counts[state_index(task.state)] = batch.counts[state_index(task.state)].saturating_sub(1);
+            batch.counts[state_index(task.state)] =
+                batch.counts[state_index(task.state)].saturating_sub(1);
         }
         change.task(task_id);
         change.notify(Event::Task(task_id));
@@ -934,8 +1051,16 @@ impl State {
 
     // ---- batches ----
 
-    pub fn set_paused(&mut self, name: &BatchName, paused: bool, change: &mut Change) -> Result<(), QueueError> {
-        let batch = self.batches.get_mut(name).ok_or_else(|| QueueError::BatchNotFound(name.clone()))?;
+    pub fn set_paused(
+        &mut self,
+        name: &BatchName,
+        paused: bool,
+        change: &mut Change,
+    ) -> Result<(), QueueError> {
+        let batch = self
+            .batches
+            .get_mut(name)
+            .ok_or_else(|| QueueError::BatchNotFound(name.clone()))?;
         batch.paused = paused;
         change.batch(name);
         change.notify(Event::Batch(name.clone()));
@@ -969,7 +1094,11 @@ impl State {
         Ok(())
     }
 
-    pub fn delete_batch(&mut self, name: &BatchName, change: &mut Change) -> Result<(), QueueError> {
+    pub fn delete_batch(
+        &mut self,
+        name: &BatchName,
+        change: &mut Change,
+    ) -> Result<(), QueueError> {
         self.stop_batch(name, change)?;
         let ids: Vec<TaskId> = self
             .tasks
@@ -1002,14 +1131,27 @@ impl State {
 }
 
 fn attempt_from_row(row: AttemptRow) -> Result<Attempt, StoreError> {
-    let corrupt = |what: String| StoreError::Corrupt(format!("attempt {} of task {}: {what}", row.number, row.task_id));
+    let corrupt = |what: String| {
+        StoreError::Corrupt(format!(
+            "attempt {} of task {}: {what}",
+            row.number, row.task_id
+        ))
+    };
     Ok(Attempt {
         number: row.number as u32,
         worker: WorkerId(row.worker_id as u64),
         worker_name: row.worker_name.as_str().into(),
-        state: row.state.parse().map_err(|_| corrupt(format!("state {}", row.state)))?,
+        state: row
+            .state
+            .parse()
+            .map_err(|_| corrupt(format!("state {}", row.state)))?,
         exit_code: row.exit_code.map(|code| code as i32),
-        reason: row.reason.as_deref().map(str::parse).transpose().map_err(|_| corrupt("reason".to_owned()))?,
+        reason: row
+            .reason
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|_| corrupt("reason".to_owned()))?,
         message: row.message.clone(),
         assigned_at: Timestamp(row.assigned_at),
         download_started_at: row.download_started_at.map(Timestamp),

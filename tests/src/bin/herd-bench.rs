@@ -33,7 +33,11 @@ fn parse_args() -> anyhow::Result<Args> {
     };
     let mut words = std::env::args().skip(1);
     while let Some(word) = words.next() {
-        let mut value = || words.next().with_context(|| format!("{word} needs a value"));
+        let mut value = || {
+            words
+                .next()
+                .with_context(|| format!("{word} needs a value"))
+        };
         match word.as_str() {
             "--latency-tasks" => args.latency_tasks = value()?.parse()?,
             "--submit-tasks" => args.submit_tasks = value()?.parse()?,
@@ -82,7 +86,9 @@ async fn latency(engine: Engine, count: usize) -> anyhow::Result<(Duration, Dura
     // A warm-up task also waits for the worker to connect.
     let warm_up = cluster.submit(vec![spec()]).await?;
     started.recv().await.context("worker stopped")?;
-    cluster.wait_task(warm_up[0], "done", |task| task.state.is_terminal()).await?;
+    cluster
+        .wait_task(warm_up[0], "done", |task| task.state.is_terminal())
+        .await?;
     for _ in 0..count {
         let request = pb::SubmitRequest {
             tasks: vec![pb::TaskSpec::from(&spec())],
@@ -92,14 +98,25 @@ async fn latency(engine: Engine, count: usize) -> anyhow::Result<(Duration, Dura
         let (_, at) = started.recv().await.context("worker stopped")?;
         samples.push(at.duration_since(begin));
         // Idle worker: wait until this one is over.
-        cluster.wait_task(herd_proto::TaskId(ids[0]), "done", |task| task.state.is_terminal()).await?;
+        cluster
+            .wait_task(herd_proto::TaskId(ids[0]), "done", |task| {
+                task.state.is_terminal()
+            })
+            .await?;
     }
     samples.sort();
-    Ok((percentile(&samples, 0.5), percentile(&samples, 0.9), percentile(&samples, 0.99)))
+    Ok((
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.9),
+        percentile(&samples, 0.99),
+    ))
 }
 
 fn spec() -> TaskSpec {
-    TaskSpec::new(herd_proto::BatchName::default_batch(), vec!["true".to_owned()])
+    TaskSpec::new(
+        herd_proto::BatchName::default_batch(),
+        vec!["true".to_owned()],
+    )
 }
 
 async fn submit(engine: Engine, count: usize) -> anyhow::Result<Duration> {
@@ -110,10 +127,19 @@ async fn submit(engine: Engine, count: usize) -> anyhow::Result<Duration> {
     .await?;
     let mut client = cluster.client().await?;
     let tasks: Vec<pb::TaskSpec> = (0..count)
-        .map(|index| pb::TaskSpec::from(&shell_task("bench", &format!("echo sample_{index} | wc -c"))))
+        .map(|index| {
+            pb::TaskSpec::from(&shell_task(
+                "bench",
+                &format!("echo sample_{index} | wc -c"),
+            ))
+        })
         .collect();
     let begin = Instant::now();
-    let ids = client.submit(pb::SubmitRequest { tasks }).await?.into_inner().ids;
+    let ids = client
+        .submit(pb::SubmitRequest { tasks })
+        .await?
+        .into_inner()
+        .ids;
     let elapsed = begin.elapsed();
     anyhow::ensure!(ids.len() == count, "queued {} of {count}", ids.len());
     Ok(elapsed)
@@ -129,7 +155,10 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("herd-bench: HERD_TEST_POSTGRES_URL is not set; measuring SQLite only");
     }
     let mut results = Vec::new();
-    println!("{:<10} {:>12} {:>12} {:>12} {:>14} {:>14}", "database", "p50 ms", "p90 ms", "p99 ms", "submit s", "submit task/s");
+    println!(
+        "{:<10} {:>12} {:>12} {:>12} {:>14} {:>14}",
+        "database", "p50 ms", "p90 ms", "p99 ms", "submit s", "submit task/s"
+    );
     for (name, engine) in engines {
         let (p50, p90, p99) = latency(engine, args.latency_tasks).await?;
         let submit_time = submit(engine, args.submit_tasks).await?;

@@ -59,14 +59,23 @@ fn no_slash(path: &std::path::Path) -> String {
 }
 
 impl Executor for BareExecutor {
-    fn run<'a>(&'a self, job: &'a Job, logs: LogSink, cancel: CancellationToken) -> BoxFuture<'a, Result<Exit, ExecError>> {
+    fn run<'a>(
+        &'a self,
+        job: &'a Job,
+        logs: LogSink,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<Exit, ExecError>> {
         Box::pin(async move {
             let program = &job.spec.command[0];
             let mut command = Command::new(program);
             command
                 .args(&job.spec.command[1..])
                 .current_dir(&job.dirs.root)
-                .envs(job.env.iter().map(|(key, value)| (key.as_str(), value.as_str())))
+                .envs(
+                    job.env
+                        .iter()
+                        .map(|(key, value)| (key.as_str(), value.as_str())),
+                )
                 .env("INPUT", no_slash(&job.dirs.input))
                 .env("OUTPUT", no_slash(&job.dirs.output))
                 .env("RESOURCE", no_slash(&job.dirs.resource))
@@ -85,14 +94,24 @@ impl Executor for BareExecutor {
             }
             let mut child = command.spawn().map_err(|error| {
                 ExecError::Start(match error.kind() {
-                    std::io::ErrorKind::NotFound => format!("`{program}` is not found on this worker's PATH"),
-                    std::io::ErrorKind::PermissionDenied => format!("`{program}` cannot be executed: permission denied"),
+                    std::io::ErrorKind::NotFound => {
+                        format!("`{program}` is not found on this worker's PATH")
+                    }
+                    std::io::ErrorKind::PermissionDenied => {
+                        format!("`{program}` cannot be executed: permission denied")
+                    }
                     _ => format!("`{program}`: {error}"),
                 })
             })?;
             let group = child.id().unwrap_or(0);
-            let stdout = child.stdout.take().map(|pipe| tokio::spawn(pump(pipe, Stream::Stdout, logs.clone())));
-            let stderr = child.stderr.take().map(|pipe| tokio::spawn(pump(pipe, Stream::Stderr, logs.clone())));
+            let stdout = child
+                .stdout
+                .take()
+                .map(|pipe| tokio::spawn(pump(pipe, Stream::Stdout, logs.clone())));
+            let stderr = child
+                .stderr
+                .take()
+                .map(|pipe| tokio::spawn(pump(pipe, Stream::Stderr, logs.clone())));
             drop(logs);
             let waited = tokio::select! {
                 status = child.wait() => Some(status),
@@ -116,7 +135,11 @@ impl Executor for BareExecutor {
             }
             Ok(match status {
                 None => Exit::Killed,
-                Some(status) => Exit::Code(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))),
+                Some(status) => Exit::Code(
+                    status
+                        .code()
+                        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
+                ),
             })
         })
     }
@@ -150,14 +173,20 @@ mod tests {
         Job {
             task_id: TaskId(1),
             attempt: 1,
-            spec: Arc::new(TaskSpec::new(BatchName::default_batch(), command.iter().map(|word| word.to_string()).collect())),
+            spec: Arc::new(TaskSpec::new(
+                BatchName::default_batch(),
+                command.iter().map(|word| word.to_string()).collect(),
+            )),
             dirs,
             env: vec![("CPU".to_owned(), "3".to_owned())],
             name: "test".to_owned(),
         }
     }
 
-    async fn run(job: &Job, cancel: CancellationToken) -> (Result<Exit, ExecError>, Vec<u8>, Vec<u8>) {
+    async fn run(
+        job: &Job,
+        cancel: CancellationToken,
+    ) -> (Result<Exit, ExecError>, Vec<u8>, Vec<u8>) {
         let (sink, mut receiver) = LogSink::channel(16);
         let collector = tokio::spawn(async move {
             let (mut out, mut err) = (Vec::new(), Vec::new());
@@ -177,13 +206,23 @@ mod tests {
     #[tokio::test]
     async fn runs_with_the_task_environment() {
         let dir = tempfile::tempdir().unwrap();
-        let job = job(dir.path(), &["sh", "-c", "echo \"$CPU $INPUT\"; echo err >&2; echo data > \"$OUTPUT/f\"; exit 3"]);
+        let job = job(
+            dir.path(),
+            &[
+                "sh",
+                "-c",
+                "echo \"$CPU $INPUT\"; echo err >&2; echo data > \"$OUTPUT/f\"; exit 3",
+            ],
+        );
         let (result, out, err) = run(&job, CancellationToken::new()).await;
         assert_eq!(result.unwrap(), Exit::Code(3));
         let expected = format!("3 {}\n", dir.path().join("input").display());
         assert_eq!(String::from_utf8(out).unwrap(), expected);
         assert_eq!(err, b"err\n");
-        assert_eq!(std::fs::read_to_string(dir.path().join("output/f")).unwrap(), "data\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("output/f")).unwrap(),
+            "data\n"
+        );
     }
 
     #[tokio::test]
@@ -199,7 +238,11 @@ mod tests {
         let started = Instant::now();
         let (result, _, _) = run(&job, cancel).await;
         assert_eq!(result.unwrap(), Exit::Killed);
-        assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]

@@ -116,8 +116,12 @@ pub enum ExecError {
 pub trait Executor: Send + Sync + 'static {
     /// Runs `job`, streaming its output into `logs`. When `cancel` fires, kills the command,
     /// cleans up, and returns `Ok(Exit::Killed)`.
-    fn run<'a>(&'a self, job: &'a Job, logs: LogSink, cancel: CancellationToken)
-    -> BoxFuture<'a, Result<Exit, ExecError>>;
+    fn run<'a>(
+        &'a self,
+        job: &'a Job,
+        logs: LogSink,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<Exit, ExecError>>;
 
     /// Short name for logs: `docker` or `bare`.
     fn name(&self) -> &'static str;
