@@ -1,9 +1,11 @@
 //! [`SqlStore`]: the [`Store`] on SQLite or PostgreSQL, through one code path.
 //!
-//! Both engines are reached through `sqlx::Any` with the same `$N` SQL text; the only
-//! differences are the migration folder, the connection settings and the bind-parameter limit.
-//! The schema therefore uses only types the Any driver can decode: 64-bit integers (ids,
-//! counts, epoch-millisecond timestamps and 0/1 flags) and TEXT.
+//! Both engines are reached through `sqlx::Any` with the same SQL; the only differences are
+//! the migration folder, the connection settings, the bind-parameter limit and, in the
+//! generated multi-row statements, the placeholder spelling (`?` on SQLite, where sqlx binds
+//! `$N` in quadratic time; see [`Engine::push_placeholder`]). The schema uses only types the Any
+//! driver can decode: 64-bit integers (ids, counts, epoch-millisecond timestamps and 0/1 flags)
+//! and TEXT.
 //!
 //! Layout:
 //! - [`SqlStore::open`]: URL parsing, connection settings, migrations;
@@ -24,7 +26,7 @@ use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
 use sqlx::error::DatabaseError;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::query::Query;
-use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, Row, SqlSafeStr};
+use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, Connection, Row, SqlSafeStr};
 
 use super::{AttemptRow, BatchRow, Snapshot, Store, StoreError, TaskRow, WorkerRow, WriteSet};
 
@@ -123,7 +125,10 @@ const MIGRATIONS: &[EmbeddedMigration] = &[EmbeddedMigration {
     postgres: include_str!("../../../migrations/postgres/0001_initial.sql"),
 }];
 
-/// The durable store on SQLite or PostgreSQL (see the [module documentation](self)).
+/// The durable store on SQLite or PostgreSQL, reached through `sqlx::Any`.
+///
+/// SQLite runs with one connection in WAL mode with `synchronous=FULL`, so a commit that
+/// returns has been fsynced; PostgreSQL gets a small pool. Every commit is one transaction.
 #[derive(Debug, Clone)]
 pub struct SqlStore {
     pool: AnyPool,
@@ -174,16 +179,21 @@ impl SqlStore {
             }
         };
 
+        let connect_error = |error| match error {
+            // Unknown parameters, unparseable host or port and the like.
+            sqlx::Error::Configuration(source) => invalid(format!("{source}; {SUPPORTED_URLS}")),
+            other => StoreError::from_sqlx(other),
+        };
+        // One direct connection first: the pool retries a refused connection until its
+        // acquire timeout and then reports only "pool timed out", without the cause.
+        let probe = AnyConnection::connect(&connect_url)
+            .await
+            .map_err(connect_error)?;
+        probe.close().await.map_err(StoreError::from_sqlx)?;
         let pool = pool_options
             .connect(&connect_url)
             .await
-            .map_err(|error| match error {
-                // Unknown parameters, unparseable host or port and the like.
-                sqlx::Error::Configuration(source) => {
-                    invalid(format!("{source}; {SUPPORTED_URLS}"))
-                }
-                other => StoreError::from_sqlx(other),
-            })?;
+            .map_err(connect_error)?;
 
         let migrator = Migrator::with_migrations(engine.migrations());
         migrator.run(&pool).await.map_err(StoreError::Migration)?;
@@ -262,94 +272,54 @@ impl SqlStore {
         if writes.is_empty() {
             return Ok(());
         }
-        let engine = self.engine;
         let mut transaction = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
-        let connection: &mut AnyConnection = &mut transaction;
+        let mut writer = Writer {
+            connection: &mut transaction,
+            engine: self.engine,
+        };
 
         // Tasks before attempts: an attempt refers to its task.
         let tasks = last_per_key(&writes.tasks, |task| task.id);
-        let (new_tasks, other_tasks) =
-            split_new_rows(connection, &TASKS, tasks, |task| task.id).await?;
-        write(
-            connection,
-            engine,
-            &TASKS,
-            &new_tasks,
-            bind_task,
-            Write::Insert,
-        )
-        .await?;
-        write(
-            connection,
-            engine,
-            &TASKS,
-            &other_tasks,
-            bind_task,
-            Write::Upsert,
-        )
-        .await?;
+        let (new_tasks, tasks) = writer.split_new_rows(&TASKS, tasks, |task| task.id).await?;
+        writer
+            .rows(&TASKS, &new_tasks, bind_task, Write::Insert)
+            .await?;
+        writer
+            .rows(&TASKS, &tasks, bind_task, Write::Upsert)
+            .await?;
         let attempts = last_per_key(&writes.attempts, |attempt| {
             (attempt.task_id, attempt.number)
         });
-        write(
-            connection,
-            engine,
-            &ATTEMPTS,
-            &attempts,
-            bind_attempt,
-            Write::Upsert,
-        )
-        .await?;
+        writer
+            .rows(&ATTEMPTS, &attempts, bind_attempt, Write::Upsert)
+            .await?;
         let batches = last_per_key(&writes.batches, |batch| batch.name.as_str());
-        write(
-            connection,
-            engine,
-            &BATCHES,
-            &batches,
-            bind_batch,
-            Write::Upsert,
-        )
-        .await?;
+        writer
+            .rows(&BATCHES, &batches, bind_batch, Write::Upsert)
+            .await?;
         let workers = last_per_key(&writes.workers, |worker| worker.id);
-        let (new_workers, other_workers) =
-            split_new_rows(connection, &WORKERS, workers, |worker| worker.id).await?;
-        write(
-            connection,
-            engine,
-            &WORKERS,
-            &new_workers,
-            bind_worker,
-            Write::Insert,
-        )
-        .await?;
-        write(
-            connection,
-            engine,
-            &WORKERS,
-            &other_workers,
-            bind_worker,
-            Write::Upsert,
-        )
-        .await?;
+        let (new_workers, workers) = writer
+            .split_new_rows(&WORKERS, workers, |worker| worker.id)
+            .await?;
+        writer
+            .rows(&WORKERS, &new_workers, bind_worker, Write::Insert)
+            .await?;
+        writer
+            .rows(&WORKERS, &workers, bind_worker, Write::Upsert)
+            .await?;
         let counters = last_per_key(&writes.counters, |(name, _)| name.as_str());
-        write(
-            connection,
-            engine,
-            &COUNTERS,
-            &counters,
-            bind_counter,
-            Write::Upsert,
-        )
-        .await?;
+        writer
+            .rows(&COUNTERS, &counters, bind_counter, Write::Upsert)
+            .await?;
 
         let deleted_tasks = last_per_key(&writes.deleted_tasks, |id| *id);
         // Explicit, though the foreign key cascades: the schema must not be the only guard.
-        delete(connection, engine, "attempts", "task_id", &deleted_tasks).await?;
-        delete(connection, engine, "tasks", "id", &deleted_tasks).await?;
+        writer.delete(&ATTEMPTS, "task_id", &deleted_tasks).await?;
+        writer.delete(&TASKS, "id", &deleted_tasks).await?;
         let deleted_batches = last_per_key(&writes.deleted_batches, |name| name.as_str());
-        delete(connection, engine, "batches", "name", &deleted_batches).await?;
+        writer.delete(&BATCHES, "name", &deleted_batches).await?;
         let deleted_workers = last_per_key(&writes.deleted_workers, |id| *id);
-        delete(connection, engine, "workers", "id", &deleted_workers).await?;
+        writer.delete(&WORKERS, "id", &deleted_workers).await?;
 
         transaction.commit().await.map_err(StoreError::from_sqlx)
     }
@@ -603,7 +573,7 @@ fn redact_password(url: &str) -> String {
 /// A query on the Any driver with its arguments.
 type AnyQuery = Query<'static, Any, AnyArguments>;
 
-/// Which table [`write`] writes, and how.
+/// A table [`Writer`] writes, and how.
 struct Table {
     name: &'static str,
     /// Every column, in the order the bind function binds them.
@@ -758,39 +728,13 @@ fn last_per_key<'r, T, K: Hash + Eq>(rows: &'r [T], key: impl Fn(&'r T) -> K) ->
     kept
 }
 
-/// Splits rows of a table keyed by one integer column into those whose key is above the
-/// highest stored key (certainly new: `.0`) and the others (`.1`). Small lists are not split:
-/// everything goes to `.1`.
-///
-/// Sound whatever the id policy, since the transaction is the only writer: a key above the
-/// maximum cannot be stored. (Were a second writer to slip a row in, the plain insert would
-/// fail on the primary key rather than overwrite anything.)
-async fn split_new_rows<'r, T>(
-    connection: &mut AnyConnection,
-    table: &Table,
-    rows: Vec<&'r T>,
-    key: fn(&T) -> i64,
-) -> Result<(Vec<&'r T>, Vec<&'r T>), StoreError> {
-    if rows.len() < SPLIT_NEW_ROWS_FROM {
-        return Ok((Vec::new(), rows));
-    }
-    let [key_column] = table.key else {
-        return Ok((Vec::new(), rows));
-    };
-    let highest: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT MAX({key_column}) FROM {}",
-        table.name
-    )))
-    .fetch_one(&mut *connection)
-    .await
-    .map_err(StoreError::from_sqlx)?;
-    Ok(match highest {
-        None => (rows, Vec::new()),
-        Some(highest) => rows.into_iter().partition(|row| key(row) > highest),
-    })
+/// Writes within one transaction.
+struct Writer<'c> {
+    connection: &'c mut AnyConnection,
+    engine: Engine,
 }
 
-/// How [`write`] treats a row whose key is already stored.
+/// How [`Writer::rows`] treats a row whose key is already stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Write {
     /// Fail (the caller knows the rows are new).
@@ -799,38 +743,101 @@ enum Write {
     Upsert,
 }
 
-/// Writes `rows` with multi-row `INSERT` statements (with `ON CONFLICT (key) DO UPDATE` for
-/// [`Write::Upsert`]), as many rows per statement as the parameter limit allows.
-async fn write<T>(
-    connection: &mut AnyConnection,
-    engine: Engine,
-    table: &Table,
-    rows: &[&T],
-    bind: fn(AnyQuery, &T) -> AnyQuery,
-    mode: Write,
-) -> Result<(), StoreError> {
-    let rows_per_statement =
-        (engine.max_bind_parameters() / table.columns.len()).min(MAX_ROWS_PER_STATEMENT);
-    // Every full chunk shares one SQL text, so the driver prepares it once.
-    let mut full_chunk_sql: Option<String> = None;
-    for chunk in rows.chunks(rows_per_statement) {
-        let sql = if chunk.len() == rows_per_statement {
-            full_chunk_sql
-                .get_or_insert_with(|| insert_sql(engine, table, rows_per_statement, mode))
-                .clone()
-        } else {
-            insert_sql(engine, table, chunk.len(), mode)
-        };
-        let mut query: AnyQuery = sqlx::query(AssertSqlSafe(sql));
-        for row in chunk {
-            query = bind(query, row);
+impl Writer<'_> {
+    /// Splits rows of a table keyed by one integer column into those whose key is above the
+    /// highest stored key (certainly new: `.0`) and the others (`.1`). Small lists are not
+    /// split: everything goes to `.1`.
+    ///
+    /// Sound whatever the id policy, since the transaction is the only writer: a key above the
+    /// maximum cannot be stored. (Were a second writer to slip a row in, the plain insert would
+    /// fail on the primary key rather than overwrite anything.)
+    async fn split_new_rows<'r, T>(
+        &mut self,
+        table: &Table,
+        rows: Vec<&'r T>,
+        key: fn(&T) -> i64,
+    ) -> Result<(Vec<&'r T>, Vec<&'r T>), StoreError> {
+        if rows.len() < SPLIT_NEW_ROWS_FROM {
+            return Ok((Vec::new(), rows));
         }
-        query
-            .execute(&mut *connection)
-            .await
-            .map_err(StoreError::from_sqlx)?;
+        let [key_column] = table.key else {
+            return Ok((Vec::new(), rows));
+        };
+        let highest: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT MAX({key_column}) FROM {}",
+            table.name
+        )))
+        .fetch_one(&mut *self.connection)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        Ok(match highest {
+            None => (rows, Vec::new()),
+            Some(highest) => rows.into_iter().partition(|row| key(row) > highest),
+        })
     }
-    Ok(())
+
+    /// Writes `rows` with multi-row `INSERT` statements (with `ON CONFLICT (key) DO UPDATE` for
+    /// [`Write::Upsert`]), as many rows per statement as the parameter limit allows.
+    async fn rows<T>(
+        &mut self,
+        table: &Table,
+        rows: &[&T],
+        bind: fn(AnyQuery, &T) -> AnyQuery,
+        mode: Write,
+    ) -> Result<(), StoreError> {
+        let engine = self.engine;
+        let rows_per_statement =
+            (engine.max_bind_parameters() / table.columns.len()).min(MAX_ROWS_PER_STATEMENT);
+        // Every full chunk shares one SQL text, so the driver prepares it once.
+        let mut full_chunk_sql: Option<String> = None;
+        for chunk in rows.chunks(rows_per_statement) {
+            let sql = if chunk.len() == rows_per_statement {
+                full_chunk_sql
+                    .get_or_insert_with(|| insert_sql(engine, table, rows_per_statement, mode))
+                    .clone()
+            } else {
+                insert_sql(engine, table, chunk.len(), mode)
+            };
+            let mut query: AnyQuery = sqlx::query(AssertSqlSafe(sql));
+            for row in chunk {
+                query = bind(query, row);
+            }
+            query
+                .execute(&mut *self.connection)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the rows of `table` whose `column` is one of `keys`.
+    async fn delete<K: KeyValue>(
+        &mut self,
+        table: &Table,
+        column: &str,
+        keys: &[&K],
+    ) -> Result<(), StoreError> {
+        let engine = self.engine;
+        for chunk in keys.chunks(engine.max_bind_parameters().min(MAX_ROWS_PER_STATEMENT)) {
+            let mut sql = format!("DELETE FROM {} WHERE {column} IN (", table.name);
+            for number in 1..=chunk.len() {
+                if number > 1 {
+                    sql.push_str(", ");
+                }
+                engine.push_placeholder(&mut sql, number);
+            }
+            sql.push(')');
+            let mut query: AnyQuery = sqlx::query(AssertSqlSafe(sql));
+            for key in chunk {
+                query = key.bind_to(query);
+            }
+            query
+                .execute(&mut *self.connection)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+        }
+        Ok(())
+    }
 }
 
 /// `INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4)`, followed for [`Write::Upsert`] by
@@ -889,35 +896,6 @@ impl KeyValue for String {
     fn bind_to(&self, query: AnyQuery) -> AnyQuery {
         query.bind(self.as_str())
     }
-}
-
-/// Deletes the rows of `table` whose `column` is one of `keys`.
-async fn delete<K: KeyValue>(
-    connection: &mut AnyConnection,
-    engine: Engine,
-    table: &str,
-    column: &str,
-    keys: &[&K],
-) -> Result<(), StoreError> {
-    for chunk in keys.chunks(engine.max_bind_parameters().min(MAX_ROWS_PER_STATEMENT)) {
-        let mut sql = format!("DELETE FROM {table} WHERE {column} IN (");
-        for number in 1..=chunk.len() {
-            if number > 1 {
-                sql.push_str(", ");
-            }
-            engine.push_placeholder(&mut sql, number);
-        }
-        sql.push(')');
-        let mut query: AnyQuery = sqlx::query(AssertSqlSafe(sql));
-        for key in chunk {
-            query = key.bind_to(query);
-        }
-        query
-            .execute(&mut *connection)
-            .await
-            .map_err(StoreError::from_sqlx)?;
-    }
-    Ok(())
 }
 
 /// Reads one column; a NULL where none belongs or a wrong type is [`StoreError::Corrupt`].
@@ -1055,6 +1033,33 @@ mod tests {
                 .unwrap_err()
                 .contains("does not exist")
         );
+    }
+
+    /// The durability settings hold on the store's own connection (they are per connection,
+    /// so the behaviour suite cannot see them from outside).
+    #[tokio::test]
+    async fn sqlite_connection_is_set_up_for_durability() -> Result<(), StoreError> {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let url = format!("sqlite://{}", directory.path().join("herd.db").display());
+        let store = SqlStore::open(&url).await?;
+        let pragma = |name: &'static str| {
+            let pool = store.pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>(name)
+                    .fetch_one(&pool)
+                    .await
+                    .map_err(StoreError::from_sqlx)
+            }
+        };
+        assert_eq!(pragma("PRAGMA synchronous").await?, 2, "synchronous=FULL");
+        assert_eq!(pragma("PRAGMA foreign_keys").await?, 1);
+        assert_eq!(pragma("PRAGMA busy_timeout").await?, 5_000);
+        let journal_mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&store.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        assert_eq!(journal_mode, "wal");
+        Ok(())
     }
 
     #[test]
