@@ -619,3 +619,54 @@ async fn a_deleted_worker_is_told_to_stop_and_its_tasks_requeued() -> anyhow::Re
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_docker_task_writes_its_output_through_a_real_engine() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let worker_options = WorkerOptions::default();
+    let docker = herd_worker::executor::docker::DockerExecutor::connect()
+        .await
+        .map_err(|error| {
+            anyhow::anyhow!("{error}; start Docker and run scripts/build-test-image.sh")
+        })?;
+    let executors = herd_worker::Executors {
+        bare: std::sync::Arc::new(herd_worker::executor::bare::BareExecutor::new()),
+        docker: Some(std::sync::Arc::new(docker)),
+    };
+    let _worker = cluster
+        .add_worker(WorkerOptions {
+            executors: Some(executors),
+            ..worker_options
+        })
+        .await?;
+    let source = tempfile::tempdir()?;
+    std::fs::write(source.path().join("reads.txt"), "r1\nr2\n")?;
+    let output = tempfile::tempdir()?;
+    let mut spec = shell_task(
+        "default",
+        "wc -l < /input/reads.txt > /output/count; echo \"cpu=$CPU threads=$THREADS mem=$MEM greeting=$GREETING\" > /output/env; echo in-container",
+    )
+    .with_docker("herd-test-busybox:latest", "-e GREETING=hi")?;
+    spec.inputs = vec![source.path().join("reads.txt").display().to_string()];
+    spec.output = Some(format!("{}/", output.path().display()));
+    let ids = cluster.submit(vec![spec]).await?;
+    let task = cluster
+        .wait_task(ids[0], "finished", |task| task.state.is_terminal())
+        .await?;
+    assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
+    assert_eq!(
+        std::fs::read_to_string(output.path().join("count"))?.trim(),
+        "2"
+    );
+    let env = std::fs::read_to_string(output.path().join("env"))?;
+    assert!(
+        env.contains("greeting=hi") && env.contains("cpu=") && !env.contains("cpu= "),
+        "{env}"
+    );
+    let mut client = cluster.client().await?;
+    assert_eq!(
+        task_log(&mut client, ids[0], false).await?,
+        "in-container\n"
+    );
+    Ok(())
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use herd_proto::{BatchName, TaskId, WorkerId};
 use tokio::sync::{mpsc, watch};
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use super::{Event, Shared, ToWorker};
 use crate::store::{Store, WriteSet};
@@ -164,8 +164,10 @@ async fn write_loop(
         let Some(queue) = shared.upgrade() else {
             break;
         };
+        let started = std::time::Instant::now();
         let writes = collect_writes(&queue, &entries);
         drop(queue);
+        let built = started.elapsed();
         if !writes.is_empty() {
             let mut backoff = Duration::from_millis(50);
             while let Err(commit_error) = store.commit(&writes).await {
@@ -174,6 +176,14 @@ async fn write_loop(
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+        debug!(
+            entries = entries.len(),
+            tasks = writes.tasks.len(),
+            attempts = writes.attempts.len(),
+            build_ms = built.as_secs_f64() * 1e3,
+            commit_ms = (started.elapsed() - built).as_secs_f64() * 1e3,
+            "journal group committed"
+        );
         committed.send_replace(last_sequence);
         let queue = shared.upgrade();
         for entry in entries.drain(..) {

@@ -277,6 +277,8 @@ impl Queue {
 
     /// Queues tasks; all of them are durable when this returns.
     pub async fn submit(&self, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, QueueError> {
+        let started = std::time::Instant::now();
+        let count = specs.len();
         for spec in &specs {
             spec.validate()?;
         }
@@ -288,8 +290,17 @@ impl Queue {
                 (spec, json)
             })
             .collect();
-        self.mutate_durably(|state, change| Ok(state.submit(encoded, change)))
-            .await
+        let encoded_at = started.elapsed();
+        let ids = self
+            .mutate_durably(|state, change| Ok(state.submit(encoded, change)))
+            .await?;
+        tracing::debug!(
+            tasks = count,
+            encode_ms = encoded_at.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "tasks queued"
+        );
+        Ok(ids)
     }
 
     /// One task.
