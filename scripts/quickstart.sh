@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 say() { printf '\n\033[1m$ %s\033[0m\n' "$*" >&2; }
 
 echo "building herd (first time: a few minutes)..." >&2
-cargo build --locked --release -p herd-launch
-herd=$PWD/target/release/herd
+cargo build --locked -p herd-launch
+herd=${CARGO_TARGET_DIR:-$PWD/target}/debug/herd
 
 work=$(mktemp -d)
 trap 'kill "$up" 2>/dev/null || true; wait "$up" 2>/dev/null || true; rm -rf "$work"' EXIT
