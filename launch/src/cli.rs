@@ -53,6 +53,71 @@ pub enum Command {
     Server(ServerArgs),
     /// Run a server on the embedded SQLite database plus one local worker, until Ctrl-C.
     Up(UpArgs),
+    /// Copy, list, sync, delete or checksum files at any URI herd reaches (file, s3, ...).
+    #[command(subcommand)]
+    Fetch(FetchCommand),
+}
+
+/// `herd fetch`: files between URI schemes, as the workers move them.
+#[derive(Debug, Subcommand)]
+#[command(
+    after_help = "URIs: scheme[@option...]://path[|action...]; a plain path is a local file; a trailing / \
+                        is a folder, copied recursively.\nExamples:\n  herd fetch copy ./results/ s3://bucket/run1/\n  \
+                        herd fetch copy 's3://bucket/db.tgz|untar' ./db/\n  herd fetch sync --include '*.fq.gz' s3://bucket/reads/ ./reads/"
+)]
+pub enum FetchCommand {
+    /// Copy a file, or a folder (trailing /), from SOURCE to DESTINATION.
+    Copy {
+        /// What to copy.
+        source: String,
+        /// Where: a folder (trailing / or existing), or the name of the copy.
+        destination: String,
+    },
+    /// List the files under a URI (full URIs).
+    List {
+        /// Everything under the URI, not only its first level.
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// What to list.
+        uri: String,
+    },
+    /// List the first level under a URI, with names relative to it.
+    Nrlist {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// What to list.
+        uri: String,
+    },
+    /// Copy the files of SOURCE that DESTINATION lacks or has with another size.
+    Sync {
+        /// The folder to copy from.
+        source: String,
+        /// The folder to copy to.
+        destination: String,
+        /// Only files matching this glob (`*`, `?`; without `/` it matches the file name).
+        #[arg(long, value_name = "GLOB")]
+        include: Vec<String>,
+        /// Skip files matching this glob.
+        #[arg(long, value_name = "GLOB")]
+        exclude: Vec<String>,
+    },
+    /// Delete a file, or the files of a folder (trailing /; --recursive for everything under it).
+    Delete {
+        /// Everything under the folder.
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        /// What to delete.
+        uri: String,
+    },
+    /// Print the CRC64NVME (base64, as S3 shows it) of each file at a URI.
+    Checksum {
+        /// The file or folder.
+        uri: String,
+    },
 }
 
 impl Command {
@@ -62,7 +127,7 @@ impl Command {
         match self {
             Command::Server(_) | Command::Up(_) => true,
             Command::Worker(worker) => worker.action.is_none(),
-            Command::Launch(_) | Command::Task(_) | Command::Batch(_) => false,
+            Command::Launch(_) | Command::Task(_) | Command::Batch(_) | Command::Fetch(_) => false,
         }
     }
 }

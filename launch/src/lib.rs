@@ -15,6 +15,7 @@ pub mod batches;
 pub mod cli;
 pub mod client;
 pub mod exit;
+pub mod fetch;
 pub mod launch;
 pub mod local;
 pub mod output;
@@ -43,5 +44,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
         Command::Server(args) => serve::server(args, local::shutdown_on_signals()).await,
         Command::Up(args) => serve::up(args, local::shutdown_on_signals()).await,
+        Command::Fetch(command) => fetch::run(command).await,
     }
 }
