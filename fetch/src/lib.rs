@@ -32,6 +32,13 @@
 //! - [`resolver`]: [`Resolver`], scheme → backend, and whole fetches staged in a hidden
 //!   directory so that a failure leaves nothing behind.
 //! - [`file`](mod@file): [`FileBackend`], the local filesystem (`file://` and plain paths).
+//! - [`http`]: [`HttpBackend`], `http://` and `https://` downloads with retries and resumption
+//!   by range, and the [`RetryPolicy`] the network backends share.
+//! - [`s3`]: [`S3Backend`], `s3://bucket/key` through aws-sdk-s3: path-style, a full-object
+//!   CRC64NVME on every upload and checked on download, parallel multipart transfers.
+//! - [`ftp`]: [`FtpBackend`], `ftp://` (get, put through a temporary name, list, delete).
+//! - [`fastq`]: [`FastqBackend`], `run+fastq://ACCESSION` from ENA (ftp, https) or with
+//!   sra-tools, MD5-checked; [`EnaConfig`] says where ENA is.
 //! - [`memory`]: [`MemoryBackend`], an in-memory object store for tests of code that transfers.
 //! - [`actions`]: the actions, with tar and zip extraction (`actions/archive.rs`) that refuses
 //!   entries escaping the target directory.
@@ -57,10 +64,14 @@ pub mod actions;
 pub mod backend;
 pub mod checksum;
 pub mod error;
+pub mod fastq;
 pub mod file;
+pub mod ftp;
+pub mod http;
 pub mod local;
 pub mod memory;
 pub mod resolver;
+pub mod s3;
 pub mod uri;
 
 pub use backend::{Backend, BoxFuture, Entry, FileChecksum, TransferStats};
@@ -68,8 +79,12 @@ pub use checksum::{
     Crc64Nvme, Crc64NvmeHasher, crc64nvme, crc64nvme_file, crc64nvme_reader, verify_crc64nvme_file,
 };
 pub use error::{Error, ErrorKind, Result};
+pub use fastq::{EnaConfig, FastqBackend};
 pub use file::FileBackend;
+pub use ftp::FtpBackend;
+pub use http::{HttpBackend, RetryPolicy};
 pub use local::AtomicFile;
 pub use memory::MemoryBackend;
 pub use resolver::{Fetched, Resolver};
+pub use s3::S3Backend;
 pub use uri::{Action, Scheme, SchemeOption, SubDir, Uri};

@@ -25,7 +25,8 @@ pub struct Fetched {
 
 /// The backends of this build, keyed by scheme.
 ///
-/// `Resolver::default()` has every backend this build ships (today: `file` and plain paths).
+/// `Resolver::default()` has every backend this build ships: `file` and plain paths, `s3`,
+/// `http`, `https`, `ftp` and `run+fastq`.
 /// Schemes without a backend fail with an error of kind [`ErrorKind::Unsupported`] that says so.
 #[derive(Clone)]
 pub struct Resolver {
@@ -45,6 +46,15 @@ impl Default for Resolver {
     fn default() -> Self {
         let mut resolver = Resolver::empty();
         resolver.register(Scheme::File, Arc::new(FileBackend::new()));
+        let http = Arc::new(crate::http::HttpBackend::new());
+        resolver.register(Scheme::Http, http.clone());
+        resolver.register(Scheme::Https, http);
+        resolver.register(Scheme::Ftp, Arc::new(crate::ftp::FtpBackend::new()));
+        resolver.register(
+            Scheme::RunFastq,
+            Arc::new(crate::fastq::FastqBackend::default()),
+        );
+        resolver.register(Scheme::S3, Arc::new(crate::s3::S3Backend::from_env()));
         resolver
     }
 }
