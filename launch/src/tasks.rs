@@ -197,6 +197,21 @@ fn describe_attempt(attempt: &AttemptView, now: Timestamp) -> String {
             transfer.files,
             if transfer.files == 1 { "" } else { "s" }
         ));
+        const SHOWN: usize = 20;
+        for item in transfer.items.iter().take(SHOWN) {
+            text.push_str(&format!(
+                "                {}  {:>10}  {}\n",
+                item.crc64nvme,
+                output::bytes(item.size),
+                item.path
+            ));
+        }
+        if transfer.items.len() > SHOWN {
+            text.push_str(&format!(
+                "                ... and {} more (--json lists them all)\n",
+                transfer.items.len() - SHOWN
+            ));
+        }
     }
     text
 }
@@ -277,6 +292,11 @@ mod tests {
                 uri: "s3://b/k".into(),
                 bytes: 2048,
                 files: 1,
+                items: vec![herd_proto::view::TransferredFile {
+                    path: "k".into(),
+                    size: 2048,
+                    crc64nvme: "rosUhgp5mIg=".into(),
+                }],
             }],
         }
     }
@@ -320,6 +340,10 @@ mod tests {
         assert!(
             text.contains("input:    s3://b/k (2.0 KiB in 1 file)"),
             "{text}"
+        );
+        assert!(
+            text.contains("rosUhgp5mIg="),
+            "each file's checksum is shown: {text}"
         );
     }
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::view::{AttemptView, BatchView, TaskView, Transfer, WorkerView};
+use crate::view::{AttemptView, BatchView, TaskView, Transfer, TransferredFile, WorkerView};
 use crate::{
     BatchName, Error, Reason, TaskId, TaskReport, TaskSpec, TaskState, Timestamp, WorkerId, pb,
 };
@@ -123,6 +123,15 @@ impl From<&Transfer> for pb::Transfer {
             uri: transfer.uri.clone(),
             bytes: transfer.bytes,
             files: transfer.files,
+            items: transfer
+                .items
+                .iter()
+                .map(|item| pb::TransferredFile {
+                    path: item.path.clone(),
+                    size: item.size,
+                    crc64nvme: item.crc64nvme.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -134,6 +143,15 @@ impl From<pb::Transfer> for Transfer {
             uri: transfer.uri,
             bytes: transfer.bytes,
             files: transfer.files,
+            items: transfer
+                .items
+                .into_iter()
+                .map(|item| TransferredFile {
+                    path: item.path,
+                    size: item.size,
+                    crc64nvme: item.crc64nvme,
+                })
+                .collect(),
         }
     }
 }

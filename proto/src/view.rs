@@ -16,6 +16,19 @@ pub struct Transfer {
     pub bytes: u64,
     /// Files moved.
     pub files: u32,
+    /// Each file moved, relative to the URI, with its size and checksum.
+    pub items: Vec<TransferredFile>,
+}
+
+/// One file of a transfer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TransferredFile {
+    /// Path relative to the transfer's URI (or download folder).
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// CRC64NVME, base64 of the big-endian value (as S3 shows it).
+    pub crc64nvme: String,
 }
 
 /// One try at running a task.

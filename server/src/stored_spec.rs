@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use herd_proto::view::Transfer;
+use herd_proto::view::{Transfer, TransferredFile};
 use herd_proto::{TaskSpec, pb};
 use serde::{Deserialize, Serialize};
 
@@ -92,6 +92,15 @@ struct StoredTransfer {
     uri: String,
     bytes: u64,
     files: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    items: Vec<StoredFile>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredFile {
+    path: String,
+    size: u64,
+    crc64nvme: String,
 }
 
 /// Encodes an attempt's transfers for the `attempts.transfers` column.
@@ -103,6 +112,15 @@ pub fn encode_transfers(transfers: &[Transfer]) -> String {
             uri: transfer.uri.clone(),
             bytes: transfer.bytes,
             files: transfer.files,
+            items: transfer
+                .items
+                .iter()
+                .map(|item| StoredFile {
+                    path: item.path.clone(),
+                    size: item.size,
+                    crc64nvme: item.crc64nvme.clone(),
+                })
+                .collect(),
         })
         .collect();
     serde_json::to_string(&stored).expect("transfers always serialize")
@@ -122,6 +140,15 @@ pub fn decode_transfers(text: &str) -> Result<Vec<Transfer>, String> {
             uri: transfer.uri,
             bytes: transfer.bytes,
             files: transfer.files,
+            items: transfer
+                .items
+                .into_iter()
+                .map(|item| TransferredFile {
+                    path: item.path,
+                    size: item.size,
+                    crc64nvme: item.crc64nvme,
+                })
+                .collect(),
         })
         .collect())
 }

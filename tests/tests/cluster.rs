@@ -100,12 +100,28 @@ async fn inputs_are_staged_and_the_output_is_uploaded_even_on_failure() -> anyho
     );
     let attempt = &task.attempts[0];
     assert!(attempt.download_started_at.is_some());
-    assert!(
-        attempt
-            .transfers
-            .iter()
-            .any(|transfer| transfer.direction == "input" && transfer.bytes == 6)
+    let input = attempt
+        .transfers
+        .iter()
+        .find(|transfer| transfer.direction == "input")
+        .expect("the input transfer is recorded");
+    assert_eq!(input.bytes, 6);
+    assert_eq!(input.items.len(), 1);
+    assert_eq!(
+        (input.items[0].path.as_str(), input.items[0].size),
+        ("reads.txt", 6)
     );
+    assert_eq!(
+        input.items[0].crc64nvme,
+        herd_fetch::crc64nvme(b"a\nb\nc\n").to_base64()
+    );
+    let output = attempt
+        .transfers
+        .iter()
+        .find(|transfer| transfer.direction == "output")
+        .expect("the output transfer is recorded");
+    let paths: Vec<&str> = output.items.iter().map(|item| item.path.as_str()).collect();
+    assert_eq!(paths, vec!["count"]);
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use herd_fetch::{Resolver, TransferStats, Uri};
 use herd_proto::TaskSpec;
-use herd_proto::view::Transfer;
+use herd_proto::view::{Transfer, TransferredFile};
 use tokio::sync::OnceCell;
 
 use crate::executor::TaskDirs;
@@ -43,6 +43,15 @@ fn transfer(direction: &str, uri: &Uri, stats: &TransferStats) -> Transfer {
         uri: uri.redacted().to_string(),
         bytes: stats.bytes,
         files: u32::try_from(stats.files).unwrap_or(u32::MAX),
+        items: stats
+            .checksums
+            .iter()
+            .map(|file| TransferredFile {
+                path: file.path.clone(),
+                size: file.size,
+                crc64nvme: file.crc64nvme.to_base64(),
+            })
+            .collect(),
     }
 }
 
