@@ -424,6 +424,72 @@ impl Failure {
 /// The largest ENA report or other text document read into memory.
 const MAX_TEXT_BYTES: usize = 64 << 20;
 
+/// Settings of the [`HttpBackend`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    /// How failed tries are retried.
+    pub retry: RetryPolicy,
+    /// PEM files of certificate authorities to trust for `https://`, besides the system's
+    /// (a site or a cluster with a private CA).
+    pub ca_bundles: Vec<PathBuf>,
+}
+
+impl Config {
+    /// The environment variable naming extra CA bundles (PEM files, `:`-separated).
+    pub const CA_BUNDLE_VARIABLE: &'static str = "HERD_CA_BUNDLE";
+
+    /// The default retry policy, and the CA bundles of `HERD_CA_BUNDLE`.
+    pub fn from_env() -> Config {
+        let ca_bundles = std::env::var_os(Self::CA_BUNDLE_VARIABLE)
+            .map(|value| {
+                std::env::split_paths(&value)
+                    .filter(|path| !path.as_os_str().is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Config {
+            retry: RetryPolicy::DEFAULT,
+            ca_bundles,
+        }
+    }
+}
+
+fn build_client(ca_bundles: &[PathBuf]) -> std::result::Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("herd-fetch/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(HttpBackend::CONNECT_TIMEOUT)
+        .read_timeout(HttpBackend::READ_TIMEOUT);
+    for path in ca_bundles {
+        let variable = Config::CA_BUNDLE_VARIABLE;
+        let pem = std::fs::read(path).map_err(|error| {
+            format!(
+                "cannot read the CA bundle `{}` ({variable}): {error}; point {variable} to a PEM file of certificates",
+                path.display()
+            )
+        })?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .ok()
+            .filter(|certificates| !certificates.is_empty())
+            .ok_or_else(|| {
+                format!(
+                    "the CA bundle `{}` ({variable}) holds no PEM certificate; point {variable} to a PEM file of certificates",
+                    path.display()
+                )
+            })?;
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder.build().map_err(|error| {
+        Error::with_source(
+            ErrorKind::Unsupported,
+            "cannot set up the http client (tls)",
+            error.without_url(),
+        )
+        .report()
+    })
+}
+
 /// `http://` and `https://`: downloads and single-URL listings; uploads and deletions are
 /// refused (HTTP has no standard way to write or list here).
 ///
@@ -462,28 +528,28 @@ impl HttpBackend {
     /// How long a response may stay silent before the try fails.
     pub const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
-    /// The backend with [`RetryPolicy::DEFAULT`].
+    /// The backend configured from the environment ([`Config::from_env`]).
     pub fn new() -> Self {
-        HttpBackend::with_retry(RetryPolicy::DEFAULT)
+        HttpBackend::with_config(Config::from_env())
     }
 
-    /// The backend with the retry policy `retry`.
+    /// The backend with the retry policy `retry` and only the system's certificate authorities.
     pub fn with_retry(retry: RetryPolicy) -> Self {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("herd-fetch/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Self::CONNECT_TIMEOUT)
-            .read_timeout(Self::READ_TIMEOUT)
-            .build()
-            .map_err(|error| {
-                Error::with_source(
-                    ErrorKind::Unsupported,
-                    "cannot set up the http client (tls)",
-                    error.without_url(),
-                )
-                .report()
-            });
+        HttpBackend::with_config(Config {
+            retry,
+            ca_bundles: Vec::new(),
+        })
+    }
+
+    /// The backend with `config`. A client that cannot be set up (an unreadable CA bundle)
+    /// makes every call fail with the reason.
+    pub fn with_config(config: Config) -> Self {
+        let client = build_client(&config.ca_bundles);
         HttpBackend {
-            inner: Arc::new(Inner { client, retry }),
+            inner: Arc::new(Inner {
+                client,
+                retry: config.retry,
+            }),
         }
     }
 
@@ -860,6 +926,17 @@ impl std::fmt::Display for Causes {
 impl std::error::Error for Causes {}
 
 fn request_failure(shown: &str, error: reqwest::Error) -> Failure {
+    if is_certificate_error(&error) {
+        // Another try meets the same certificate: fail now, and say how to trust it.
+        let variable = Config::CA_BUNDLE_VARIABLE;
+        return Failure::fatal(Error::with_source(
+            ErrorKind::PermissionDenied,
+            format!(
+                "`{shown}`: the server's TLS certificate is not trusted; if it comes from a private certificate authority, set {variable} to that authority's PEM file"
+            ),
+            error.without_url(),
+        ));
+    }
     let transient = !(error.is_builder() || error.is_redirect());
     let what = if error.is_timeout() {
         "timed out"
@@ -879,6 +956,19 @@ fn request_failure(shown: &str, error: reqwest::Error) -> Failure {
         transient,
         retry_after: None,
     }
+}
+
+/// Whether the TLS handshake failed on the server's certificate (rustls reports
+/// "invalid peer certificate: ...", deep in the error's causes).
+fn is_certificate_error(error: &reqwest::Error) -> bool {
+    let mut cause: Option<&dyn std::error::Error> = Some(error);
+    while let Some(current) = cause {
+        if current.to_string().contains("invalid peer certificate") {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
 }
 
 /// The error for a response with an unwanted status: 404/410 → not found, 401/403 →

@@ -385,3 +385,31 @@ async fn refusals_and_credentials() {
     assert!(!error.report().contains(PASSWORD), "{}", error.report());
     assert_eq!(tree(local.path()), vec!["x.txt"]);
 }
+
+#[tokio::test]
+async fn a_broken_download_resumes_with_rest() {
+    let server = FtpServer::start_cutting_downloads_after(300_000);
+    let body = content(1_000_000, 21);
+    write(&server.root.join("runs/reads.fq.gz"), &body);
+    let temp = tempfile::tempdir().unwrap();
+
+    let fetched = resolver()
+        .fetch(&uri(&server.anonymous_url("runs/reads.fq.gz")), temp.path())
+        .await
+        .unwrap();
+    assert_eq!(fs::read(temp.path().join("reads.fq.gz")).unwrap(), body);
+    assert_eq!(fetched.stats.checksums[0].crc64nvme, crc64nvme(&body));
+    assert_eq!(tree(temp.path()), vec!["reads.fq.gz"]);
+
+    // The first RETR broke; the second asked for the rest with REST.
+    let log = server.log();
+    let retrievals = log.matches("<- RETR runs/reads.fq.gz").count();
+    assert_eq!(retrievals, 2, "{log}");
+    let offsets: Vec<u64> = log
+        .lines()
+        .filter_map(|line| line.split("REST ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(offsets.len(), 1, "{log}");
+    assert!(offsets[0] > 0 && offsets[0] <= 300_000, "{log}");
+}

@@ -330,3 +330,101 @@ async fn the_default_resolver_has_http_https_ftp_and_run_fastq() {
         assert!(schemes.contains(&scheme), "{scheme} in {schemes:?}");
     }
 }
+
+fn https_resolver(config: herd_fetch::http::Config) -> Resolver {
+    let mut resolver = Resolver::empty();
+    resolver.register(Scheme::Https, Arc::new(HttpBackend::with_config(config)));
+    resolver
+}
+
+fn trusting_the_test_ca() -> herd_fetch::http::Config {
+    herd_fetch::http::Config {
+        retry: FAST_RETRY,
+        ca_bundles: vec![support::http_server::tls_ca_path()],
+    }
+}
+
+#[tokio::test]
+async fn https_downloads_from_a_server_whose_ca_is_trusted_and_resumes() {
+    let server = HttpServer::start_tls().await;
+    assert!(server.url("/").starts_with("https://127.0.0.1:"));
+    let body = content(400_000, 11);
+    server.route("/secure/reads.fq", Route::File(body.clone()));
+    server.route(
+        "/secure/cut.bin",
+        Route::CutOnce {
+            body: body.clone(),
+            after: 100_000,
+            honour_range: true,
+        },
+    );
+    let temp = tempfile::tempdir().unwrap();
+    let resolver = https_resolver(trusting_the_test_ca());
+
+    let fetched = resolver
+        .fetch(&uri(&server.url("/secure/reads.fq")), temp.path())
+        .await
+        .unwrap();
+    assert_eq!(fs::read(temp.path().join("reads.fq")).unwrap(), body);
+    assert_eq!(fetched.stats.checksums[0].crc64nvme, crc64nvme(&body));
+
+    // A transfer cut in the middle resumes over TLS with a range.
+    resolver
+        .fetch(&uri(&server.url("/secure/cut.bin")), temp.path())
+        .await
+        .unwrap();
+    assert_eq!(fs::read(temp.path().join("cut.bin")).unwrap(), body);
+    let ranges: Vec<_> = server
+        .requests_to("/secure/cut.bin")
+        .into_iter()
+        .map(|logged| logged.range)
+        .collect();
+    assert_eq!(ranges, vec![None, Some("bytes=100000-".to_owned())]);
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_fails_at_once_and_says_how_to_trust_it() {
+    let server = HttpServer::start_tls().await;
+    server.route("/secure/reads.fq", Route::File(content(1000, 12)));
+    let temp = tempfile::tempdir().unwrap();
+    let resolver = https_resolver(herd_fetch::http::Config {
+        retry: FAST_RETRY,
+        ca_bundles: Vec::new(),
+    });
+
+    let error = resolver
+        .fetch(&uri(&server.url("/secure/reads.fq")), temp.path())
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::PermissionDenied, "{error}");
+    let message = error.to_string();
+    assert!(message.contains("TLS certificate is not trusted"), "{message}");
+    assert!(message.contains("HERD_CA_BUNDLE"), "{message}");
+    // No request got through the handshake, and nothing was retried or written.
+    assert!(server.log().is_empty(), "{:?}", server.log());
+    assert_eq!(tree(temp.path()), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn an_unreadable_or_empty_ca_bundle_is_a_clear_error() {
+    let temp = tempfile::tempdir().unwrap();
+    let not_pem = temp.path().join("not-a-bundle.pem");
+    fs::write(&not_pem, "hello\n").unwrap();
+    for (bundle, expected) in [
+        (temp.path().join("missing.pem"), "cannot read the CA bundle"),
+        (not_pem, "holds no PEM certificate"),
+    ] {
+        let resolver = https_resolver(herd_fetch::http::Config {
+            retry: FAST_RETRY,
+            ca_bundles: vec![bundle.clone()],
+        });
+        let error = resolver
+            .fetch(&uri("https://127.0.0.1:9/file"), temp.path())
+            .await
+            .unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains(expected), "{message}");
+        assert!(message.contains(&bundle.display().to_string()), "{message}");
+        assert!(message.contains("HERD_CA_BUNDLE"), "{message}");
+    }
+}

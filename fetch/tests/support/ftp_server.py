@@ -4,18 +4,58 @@ Serves ROOT on 127.0.0.1 only: USER/PASSWORD may read and write, anonymous may r
 data connections are on loopback too (pyftpdlib binds them to the control connection's
 address). Prints the port it listens on, alone on the first line of stdout, once it accepts
 connections. With --watch-stdin it exits when its standard input closes, so a test's server
-never outlives the test process. Commands are logged to --log (or stderr).
+never outlives the test process. Commands are logged to --log (or stderr). With
+--cut-retr-after N the first download of each file breaks after N bytes (the data connection
+closes and the server answers 426), as a flaky archive server would; later downloads of it,
+with or without REST, are whole.
 """
 
 import argparse
+import errno
 import logging
 import os
 import sys
 import threading
 
 from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.filesystems import AbstractedFS
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.servers import FTPServer
+
+
+class CutFile:
+    """A file opened for a download that fails after `limit` bytes."""
+
+    def __init__(self, file, limit):
+        self._file = file
+        self._left = limit
+
+    def read(self, size=-1):
+        if self._left <= 0:
+            raise OSError(errno.EIO, "download cut by the test server")
+        if size < 0 or size > self._left:
+            size = self._left
+        data = self._file.read(size)
+        self._left -= len(data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._file, name)
+
+
+def cutting_filesystem(limit):
+    """A filesystem whose first download of each file breaks after `limit` bytes."""
+    cut = set()
+
+    class CuttingFS(AbstractedFS):
+        def open(self, filename, mode):
+            file = super().open(filename, mode)
+            if "r" in mode and filename not in cut:
+                cut.add(filename)
+                return CutFile(file, limit)
+            return file
+
+    return CuttingFS
 
 
 def main():
@@ -27,6 +67,7 @@ def main():
     parser.add_argument("--log")
     parser.add_argument("--no-mlsd", action="store_true", help="hide MLSD/MLST (LIST only)")
     parser.add_argument("--watch-stdin", action="store_true")
+    parser.add_argument("--cut-retr-after", type=int, help="break each file's first download after N bytes")
     args = parser.parse_args()
 
     logging.basicConfig(
@@ -44,6 +85,10 @@ def main():
 
     Handler.authorizer = authorizer
     Handler.banner = "herd test ftp server ready"
+    if args.cut_retr_after is not None:
+        Handler.abstracted_fs = cutting_filesystem(args.cut_retr_after)
+        # sendfile() would send the file without reading it through CutFile.
+        Handler.use_sendfile = False
     if args.no_mlsd:
         Handler.proto_cmds = {
             name: info

@@ -44,6 +44,12 @@ impl FtpServer {
         FtpServer::launch(&["--no-mlsd"])
     }
 
+    /// A server whose first download of each file breaks after `bytes` bytes (the data
+    /// connection closes, the server answers 426); later downloads are whole.
+    pub fn start_cutting_downloads_after(bytes: u64) -> FtpServer {
+        FtpServer::launch(&["--cut-retr-after", &bytes.to_string()])
+    }
+
     fn launch(extra: &[&str]) -> FtpServer {
         let python = python();
         assert!(

@@ -1,15 +1,20 @@
 //! A small HTTP/1.1 server on 127.0.0.1 for the tests: serves files (honouring `Range`), can
 //! cut a response in the middle, announce more bytes than it sends, answer any status, check
 //! basic authentication, and serve ENA-format filereport TSVs. Every request is logged.
-//! One request per connection (`Connection: close`).
+//! One request per connection (`Connection: close`). [`HttpServer::start_tls`] serves the same
+//! over TLS with the certificate in `tests/fixtures/tls` (signed by a test CA, `ca.pem`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// What the server answers on a path.
 #[derive(Debug, Clone)]
@@ -67,39 +72,63 @@ pub const ENA_HEADER: &str = "run_accession\tfastq_ftp\tfastq_md5\tfastq_bytes";
 
 pub struct HttpServer {
     address: SocketAddr,
+    scheme: &'static str,
     state: Arc<Mutex<State>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl HttpServer {
     pub async fn start() -> HttpServer {
+        HttpServer::launch(None).await
+    }
+
+    /// The same server over TLS: `https://127.0.0.1:PORT`, with a certificate for 127.0.0.1
+    /// and localhost signed by the test CA [`tls_ca_path`].
+    pub async fn start_tls() -> HttpServer {
+        HttpServer::launch(Some(tls_acceptor())).await
+    }
+
+    async fn launch(tls: Option<TlsAcceptor>) -> HttpServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
         let shared = Arc::clone(&state);
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let state = Arc::clone(&shared);
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let _ = serve(stream, state).await;
+                    match tls {
+                        // A client that refuses the certificate ends here.
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = serve(stream, state).await;
+                            }
+                        }
+                        None => {
+                            let _ = serve(stream, state).await;
+                        }
+                    }
                 });
             }
         });
         HttpServer {
             address,
+            scheme,
             state,
             task,
         }
     }
 
-    /// `http://127.0.0.1:PORT{path}`.
+    /// `http://127.0.0.1:PORT{path}` (`https://` for [`start_tls`](Self::start_tls)).
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.address)
+        format!("{}://{}{path}", self.scheme, self.address)
     }
 
     /// `http://user:password@127.0.0.1:PORT{path}`.
     pub fn url_with_credentials(&self, user: &str, password: &str, path: &str) -> String {
-        format!("http://{user}:{password}@{}{path}", self.address)
+        format!("{}://{user}:{password}@{}{path}", self.scheme, self.address)
     }
 
     pub fn route(&self, path: &str, route: Route) {
@@ -135,7 +164,7 @@ struct Request {
     headers: HashMap<String, String>,
 }
 
-async fn read_request(stream: &mut TcpStream) -> Option<Request> {
+async fn read_request(stream: &mut (impl AsyncRead + Unpin)) -> Option<Request> {
     let mut buffer = Vec::new();
     let mut chunk = [0; 4096];
     while !buffer.windows(4).any(|window| window == b"\r\n\r\n") {
@@ -295,7 +324,10 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
+async fn serve(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    state: Arc<Mutex<State>>,
+) -> std::io::Result<()> {
     let Some(request) = read_request(&mut stream).await else {
         return Ok(());
     };
@@ -343,4 +375,26 @@ async fn serve(mut stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Resu
     }
     stream.flush().await?;
     stream.shutdown().await
+}
+
+/// The test CA's certificate (PEM): what a client must trust to reach [`HttpServer::start_tls`].
+pub fn tls_ca_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls/ca.pem")
+}
+
+fn tls_acceptor() -> TlsAcceptor {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let certificates = CertificateDer::pem_file_iter(fixtures.join("server.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(fixtures.join("server.key")).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certificates, key)
+        .unwrap();
+    TlsAcceptor::from(Arc::new(config))
 }
