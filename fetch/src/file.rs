@@ -7,18 +7,27 @@ use std::path::{Path, PathBuf};
 use crate::backend::{Backend, BoxFuture, Entry, FileChecksum, TransferStats};
 use crate::error::{Error, ErrorKind, IoContext as _, Result};
 use crate::local::{self, Cancel, run_blocking, slash_path};
+use crate::progress::Progress;
 use crate::uri::Uri;
 
 /// The local filesystem. Every file is written under a temporary name in its destination
 /// directory and renamed once complete, and checksummed (CRC64NVME) while copied. Symbolic
 /// links in a source tree are followed.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct FileBackend;
+#[derive(Debug, Clone, Default)]
+pub struct FileBackend {
+    progress: Progress,
+}
 
 impl FileBackend {
     /// The backend.
     pub fn new() -> Self {
-        FileBackend
+        FileBackend::default()
+    }
+
+    /// Counts what this backend moves in `progress`.
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = progress;
+        self
     }
 }
 
@@ -65,13 +74,14 @@ fn get_blocking(
     source: &Path,
     destination: &Path,
     cancel: &Cancel,
+    progress: &Progress,
 ) -> Result<TransferStats> {
     let metadata = fs::metadata(source).at("cannot read", source)?;
     if uri.is_dir() {
         if !metadata.is_dir() {
             return Err(not_a_directory(source));
         }
-        return local::copy_tree(source, destination, cancel);
+        return local::copy_tree(source, destination, cancel, progress);
     }
     if metadata.is_dir() {
         return Err(is_a_directory(source));
@@ -82,7 +92,8 @@ fn get_blocking(
             uri.redacted()
         )));
     };
-    let (crc64nvme, size) = local::copy_file(source, &destination.join(name), cancel)?;
+    progress.expect_file(metadata.len());
+    let (crc64nvme, size) = local::copy_file(source, &destination.join(name), cancel, progress)?;
     let mut stats = TransferStats::default();
     stats.add(FileChecksum {
         path: name.to_owned(),
@@ -97,10 +108,11 @@ fn put_blocking(
     uri: &Uri,
     destination: &Path,
     cancel: &Cancel,
+    progress: &Progress,
 ) -> Result<TransferStats> {
     let metadata = fs::metadata(source).at("cannot read", source)?;
     if metadata.is_dir() {
-        return local::copy_tree(source, destination, cancel);
+        return local::copy_tree(source, destination, cancel, progress);
     }
     let target = if uri.is_dir() {
         let Some(name) = source.file_name() else {
@@ -113,7 +125,8 @@ fn put_blocking(
     } else {
         destination.to_path_buf()
     };
-    let (crc64nvme, size) = local::copy_file(source, &target, cancel)?;
+    progress.expect_file(metadata.len());
+    let (crc64nvme, size) = local::copy_file(source, &target, cancel, progress)?;
     let name = target
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
@@ -233,7 +246,9 @@ impl Backend for FileBackend {
             let source = local_path(uri)?;
             let uri = uri.clone();
             let destination = destination.to_path_buf();
-            run_blocking(move |cancel| get_blocking(&uri, &source, &destination, cancel)).await
+            let progress = self.progress.clone();
+            run_blocking(move |cancel| get_blocking(&uri, &source, &destination, cancel, &progress))
+                .await
         })
     }
 
@@ -242,7 +257,9 @@ impl Backend for FileBackend {
             let destination = local_path(uri)?;
             let uri = uri.clone();
             let source = source.to_path_buf();
-            run_blocking(move |cancel| put_blocking(&source, &uri, &destination, cancel)).await
+            let progress = self.progress.clone();
+            run_blocking(move |cancel| put_blocking(&source, &uri, &destination, cancel, &progress))
+                .await
         })
     }
 

@@ -34,6 +34,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::http::{Expected, FileSink, RetryPolicy, Written, gave_up};
 use crate::local::{self, run_blocking, slash_path, temp_name};
 use crate::memory::join_key;
+use crate::progress::{Progress, TryCount};
 use crate::uri::{Scheme, Uri};
 
 /// Size of the buffers data is moved in.
@@ -65,6 +66,7 @@ macro_rules! retrying {
 #[derive(Clone)]
 pub struct FtpBackend {
     inner: Arc<Inner>,
+    progress: Progress,
 }
 
 struct Inner {
@@ -104,7 +106,14 @@ impl FtpBackend {
                 retry,
                 timeout: FtpBackend::TIMEOUT,
             }),
+            progress: Progress::disabled(),
         }
+    }
+
+    /// Counts what this backend moves in `progress`.
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = progress;
+        self
     }
 
     /// The retry policy.
@@ -161,7 +170,14 @@ impl FtpBackend {
         mut expected: Expected,
         size: Option<u64>,
     ) -> Result<Written> {
-        let mut sink = FileSink::create(path.to_path_buf(), expected.md5.is_some()).await?;
+        let announced = expected.size.or(size);
+        let mut sink = FileSink::create(
+            path.to_path_buf(),
+            expected.md5.is_some(),
+            &self.progress,
+            announced,
+        )
+        .await?;
         if let Err(error) = self.fill(link, remote, &mut sink).await {
             sink.abort().await;
             return Err(error);
@@ -261,9 +277,16 @@ impl FtpBackend {
         remote: &str,
     ) -> Result<(Crc64Nvme, u64)> {
         link.failures = 0;
+        let size = tokio::fs::metadata(local)
+            .await
+            .map_or(0, |metadata| metadata.len());
+        self.progress.expect_file(size);
         loop {
             match self.store_once(link, local, remote).await {
-                Ok(done) => return Ok(done),
+                Ok(done) => {
+                    self.progress.file_done();
+                    return Ok(done);
+                }
                 Err(failure) => link.recover(failure, false).await?,
             }
         }
@@ -291,7 +314,14 @@ impl FtpBackend {
             .len();
         let session = link.session().await?;
         let result = session
-            .store(&mut file, local, &temp, remote, &shown, timeout)
+            .store(
+                &mut file,
+                local,
+                (&temp, remote),
+                &shown,
+                timeout,
+                &self.progress,
+            )
             .await;
         let (checksum, sent) = match result {
             Ok(done) => done,
@@ -1118,15 +1148,17 @@ impl Session {
     }
 
     /// Sends `file` to `temp`, checks its size on the server, and renames it to `remote`.
+    /// What it sends is counted in `progress`, and taken back if it fails.
     async fn store(
         &mut self,
         file: &mut tokio::fs::File,
         local: &Path,
-        temp: &str,
-        remote: &str,
+        (temp, remote): (&str, &str),
         shown: &str,
         timeout: Duration,
+        progress: &Progress,
     ) -> std::result::Result<(Crc64Nvme, u64), Failure> {
+        let mut counted = TryCount::new(progress);
         let what = format!("cannot upload to `{remote}`");
         let mut stream = match timed(timeout, self.stream.put_with_stream(temp)).await {
             Ok(Ok(stream)) => stream,
@@ -1145,7 +1177,7 @@ impl Session {
             }
             hasher.update(&buffer[..count]);
             match tokio::time::timeout(timeout, stream.write_all(&buffer[..count])).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => counted.add(count as u64),
                 Ok(Err(error)) => {
                     return Err(Failure::transient(Error::with_source(
                         ErrorKind::Io,
@@ -1184,6 +1216,7 @@ impl Session {
                 Err(elapsed) => return Err(elapsed.failure(&what, shown)),
             }
         }
+        counted.keep();
         Ok((hasher.finish(), sent))
     }
 

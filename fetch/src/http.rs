@@ -26,6 +26,7 @@ use crate::backend::{Backend, BoxFuture, Entry, FileChecksum, TransferStats};
 use crate::checksum::Crc64Nvme;
 use crate::error::{Error, ErrorKind, IoContext as _, Result};
 use crate::local::{AtomicFile, run_blocking};
+use crate::progress::Progress;
 use crate::uri::{Scheme, Uri};
 
 /// How many times, and how patiently, a network transfer is tried.
@@ -106,21 +107,41 @@ pub(crate) struct FileSink {
     writer: Option<tokio::task::JoinHandle<Result<Written>>>,
     path: PathBuf,
     written: u64,
+    progress: Progress,
+    /// Whether the file's size was announced to `progress`.
+    announced: bool,
 }
 
 impl FileSink {
-    /// Starts the file that will be `path` (parent directories are created).
-    pub(crate) async fn create(path: PathBuf, with_md5: bool) -> Result<FileSink> {
+    /// Starts the file that will be `path` (parent directories are created), announced to
+    /// `progress` with its `size` when known (see [`announce`](Self::announce)).
+    pub(crate) async fn create(
+        path: PathBuf,
+        with_md5: bool,
+        progress: &Progress,
+        size: Option<u64>,
+    ) -> Result<FileSink> {
         let create_path = path.clone();
         let file = run_blocking(move |_| AtomicFile::create(&create_path)).await?;
         let (sender, receiver) = mpsc::channel(16);
         let writer = tokio::task::spawn_blocking(move || write_sink(file, receiver, with_md5));
+        progress.expect_file(size.unwrap_or(0));
         Ok(FileSink {
             sender: Some(sender),
             writer: Some(writer),
             path,
             written: 0,
+            progress: progress.clone(),
+            announced: size.is_some(),
         })
+    }
+
+    /// Announces the file's size to the progress counters, if it was not known at creation.
+    pub(crate) fn announce(&mut self, size: u64) {
+        if !self.announced {
+            self.announced = true;
+            self.progress.expect_bytes(size);
+        }
     }
 
     /// Bytes accepted since the file was started (or restarted).
@@ -133,12 +154,14 @@ impl FileSink {
         let length = bytes.len() as u64;
         self.send(SinkMessage::Data(bytes)).await?;
         self.written += length;
+        self.progress.transferred(length);
         Ok(())
     }
 
     /// Empties the file, to download it again from the start.
     pub(crate) async fn restart(&mut self) -> Result<()> {
         self.send(SinkMessage::Restart).await?;
+        self.progress.restarted(self.written);
         self.written = 0;
         Ok(())
     }
@@ -148,7 +171,9 @@ impl FileSink {
     pub(crate) async fn commit(mut self, expected: Expected) -> Result<Written> {
         self.send(SinkMessage::Commit(expected)).await?;
         self.sender = None;
-        self.join_writer().await
+        let written = self.join_writer().await?;
+        self.progress.file_done();
+        Ok(written)
     }
 
     /// Gives up the file: the temporary file is removed before this returns (a sink merely
@@ -499,6 +524,7 @@ fn build_client(ca_bundles: &[PathBuf]) -> std::result::Result<reqwest::Client, 
 #[derive(Clone)]
 pub struct HttpBackend {
     inner: Arc<Inner>,
+    progress: Progress,
 }
 
 struct Inner {
@@ -550,7 +576,14 @@ impl HttpBackend {
                 client,
                 retry: config.retry,
             }),
+            progress: Progress::disabled(),
         }
+    }
+
+    /// Counts what this backend downloads in `progress`.
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = progress;
+        self
     }
 
     /// The retry policy.
@@ -586,7 +619,13 @@ impl HttpBackend {
         path: &Path,
         expected: Expected,
     ) -> Result<Written> {
-        let mut sink = FileSink::create(path.to_path_buf(), expected.md5.is_some()).await?;
+        let mut sink = FileSink::create(
+            path.to_path_buf(),
+            expected.md5.is_some(),
+            &self.progress,
+            expected.size,
+        )
+        .await?;
         let total = match self.fill(target, &mut sink).await {
             Ok(total) => total,
             Err(error) => {
@@ -705,6 +744,9 @@ impl HttpBackend {
                 *total = header_length(&response);
             }
             status => return Err(status_failure(shown, &response, status)),
+        }
+        if let Some(size) = *total {
+            sink.announce(size);
         }
         loop {
             match response.chunk().await {

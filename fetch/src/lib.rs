@@ -36,6 +36,12 @@
 //!   by range, and the [`RetryPolicy`] the network backends share.
 //! - [`s3`]: [`S3Backend`], `s3://bucket/key` through aws-sdk-s3: path-style, a full-object
 //!   CRC64NVME on every upload and checked on download, parallel multipart transfers.
+//! - [`azure`]: [`AzureBackend`], `azure://container/path` on Azure Blob Storage, and [`gcs`]:
+//!   [`GcsBackend`], `gs://bucket/key` on Google Cloud Storage, both through the `object_store`
+//!   crate and configured from the usual `AZURE_*` / `GOOGLE_*` variables.
+//! - [`object`]: the driver the two share (CRC64NVME stored as the metadata `crc64nvme` and
+//!   checked on download, parallel multipart uploads and ranged downloads, paged listings, bulk
+//!   deletions, the one mapping of their errors, secrets kept out of messages).
 //! - [`ftp`]: [`FtpBackend`], `ftp://` (get, put through a temporary name, list, delete).
 //! - [`fastq`]: [`FastqBackend`], `run+fastq://ACCESSION` from ENA (ftp, https) or with
 //!   sra-tools, MD5-checked; [`EnaConfig`] says where ENA is.
@@ -61,19 +67,24 @@
 //!   not change.
 
 pub mod actions;
+pub mod azure;
 pub mod backend;
 pub mod checksum;
 pub mod error;
 pub mod fastq;
 pub mod file;
 pub mod ftp;
+pub mod gcs;
 pub mod http;
 pub mod local;
 pub mod memory;
+pub mod object;
+pub mod progress;
 pub mod resolver;
 pub mod s3;
 pub mod uri;
 
+pub use azure::AzureBackend;
 pub use backend::{Backend, BoxFuture, Entry, FileChecksum, TransferStats};
 pub use checksum::{
     Crc64Nvme, Crc64NvmeHasher, crc64nvme, crc64nvme_file, crc64nvme_reader, verify_crc64nvme_file,
@@ -82,9 +93,12 @@ pub use error::{Error, ErrorKind, Result};
 pub use fastq::{EnaConfig, FastqBackend};
 pub use file::FileBackend;
 pub use ftp::FtpBackend;
+pub use gcs::GcsBackend;
 pub use http::{HttpBackend, RetryPolicy};
 pub use local::AtomicFile;
 pub use memory::MemoryBackend;
+pub use object::{CHECKSUM_METADATA, Secret};
+pub use progress::Progress;
 pub use resolver::{Fetched, Resolver};
 pub use s3::S3Backend;
 pub use uri::{Action, Scheme, SchemeOption, SubDir, Uri};

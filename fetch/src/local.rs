@@ -15,6 +15,7 @@ use tracing::{debug, warn};
 use crate::backend::{FileChecksum, TransferStats};
 use crate::checksum::{BUFFER_SIZE, Crc64Nvme, HashingWriter};
 use crate::error::{Error, ErrorKind, IoContext as _, Result};
+use crate::progress::{CountingWriter, Progress};
 
 /// Prefix of the temporary names used in destination directories; a leftover one (after a
 /// crash) can be deleted safely.
@@ -207,10 +208,13 @@ pub(crate) fn copy_stream(
 /// Copies the regular file `source` to `destination` through an [`AtomicFile`], keeping the
 /// permission bits; fails, leaving nothing at `destination`, if the source changes size while
 /// it is read.
+///
+/// Bytes and the finished file are counted in `progress` (the caller announces the file).
 pub(crate) fn copy_file(
     source: &Path,
     destination: &Path,
     cancel: &Cancel,
+    progress: &Progress,
 ) -> Result<(Crc64Nvme, u64)> {
     cancel.check()?;
     let mut input = File::open(source).at("cannot open", source)?;
@@ -225,7 +229,11 @@ pub(crate) fn copy_file(
         ));
     }
     let mut output = AtomicFile::create(destination)?;
-    let copied = copy_stream(&mut input, &mut output, cancel).map_err(|error| {
+    let mut counted = CountingWriter {
+        inner: &mut output,
+        progress,
+    };
+    let copied = copy_stream(&mut input, &mut counted, cancel).map_err(|error| {
         if error.kind() == io::ErrorKind::Interrupted {
             Error::with_source(ErrorKind::Io, "the transfer was cancelled", error)
         } else {
@@ -252,6 +260,7 @@ pub(crate) fn copy_file(
     }
     output.set_mode(metadata.mode())?;
     let (checksum, length) = output.commit()?;
+    progress.file_done();
     debug!(source = %source.display(), destination = %destination.display(), bytes = length, "copied");
     Ok((checksum, length))
 }
@@ -358,17 +367,26 @@ pub(crate) fn slash_path(relative: &Path) -> String {
 }
 
 /// Copies the tree under `source` into `destination` (created if missing), file by file through
-/// [`AtomicFile`]s.
+/// [`AtomicFile`]s; every file is announced to `progress` before the first is copied.
 pub(crate) fn copy_tree(
     source: &Path,
     destination: &Path,
     cancel: &Cancel,
+    progress: &Progress,
 ) -> Result<TransferStats> {
     let files = walk_files(source, cancel)?;
     fs::create_dir_all(destination).at("cannot create the directory", destination)?;
+    for file in &files {
+        progress.expect_file(file.size);
+    }
     let mut stats = TransferStats::default();
     for file in files {
-        let (crc64nvme, size) = copy_file(&file.path, &destination.join(&file.relative), cancel)?;
+        let (crc64nvme, size) = copy_file(
+            &file.path,
+            &destination.join(&file.relative),
+            cancel,
+            progress,
+        )?;
         stats.add(FileChecksum {
             path: slash_path(&file.relative),
             size,

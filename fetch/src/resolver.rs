@@ -12,6 +12,7 @@ use crate::backend::{Backend, Entry, TransferStats};
 use crate::error::{Error, ErrorKind, Result};
 use crate::file::FileBackend;
 use crate::local::{self, StagingDir, run_blocking};
+use crate::progress::Progress;
 use crate::uri::{Scheme, Uri};
 
 /// What [`Resolver::fetch`] did.
@@ -26,7 +27,9 @@ pub struct Fetched {
 /// The backends of this build, keyed by scheme.
 ///
 /// `Resolver::default()` has every backend this build ships: `file` and plain paths, `s3`,
-/// `http`, `https`, `ftp` and `run+fastq`.
+/// `azure` (Azure Blob Storage) and `gs` (Google Cloud Storage), each configured from the
+/// environment (see [`S3Backend`](crate::S3Backend), [`AzureBackend`](crate::AzureBackend) and
+/// [`GcsBackend`](crate::GcsBackend)), `http`, `https`, `ftp` and `run+fastq`.
 /// Schemes without a backend fail with an error of kind [`ErrorKind::Unsupported`] that says so.
 #[derive(Clone)]
 pub struct Resolver {
@@ -44,22 +47,35 @@ impl std::fmt::Debug for Resolver {
 
 impl Default for Resolver {
     fn default() -> Self {
-        let mut resolver = Resolver::empty();
-        resolver.register(Scheme::File, Arc::new(FileBackend::new()));
-        let http = Arc::new(crate::http::HttpBackend::new());
-        resolver.register(Scheme::Http, http.clone());
-        resolver.register(Scheme::Https, http);
-        resolver.register(Scheme::Ftp, Arc::new(crate::ftp::FtpBackend::new()));
-        resolver.register(
-            Scheme::RunFastq,
-            Arc::new(crate::fastq::FastqBackend::default()),
-        );
-        resolver.register(Scheme::S3, Arc::new(crate::s3::S3Backend::from_env()));
-        resolver
+        Resolver::with_progress(Progress::disabled())
     }
 }
 
 impl Resolver {
+    /// Every backend this build ships, counting what they move in `progress` (what
+    /// `herd fetch` draws its progress bars from).
+    pub fn with_progress(progress: Progress) -> Self {
+        let mut resolver = Resolver::empty();
+        let file = FileBackend::new().with_progress(progress.clone());
+        resolver.register(Scheme::File, Arc::new(file));
+        let http = crate::http::HttpBackend::new().with_progress(progress.clone());
+        let http = Arc::new(http);
+        resolver.register(Scheme::Http, http.clone());
+        resolver.register(Scheme::Https, http);
+        let ftp = crate::ftp::FtpBackend::new().with_progress(progress.clone());
+        resolver.register(Scheme::Ftp, Arc::new(ftp));
+        let fastq = crate::fastq::FastqBackend::default().with_progress(progress.clone());
+        resolver.register(Scheme::RunFastq, Arc::new(fastq));
+        let s3 = crate::s3::S3Backend::from_env().with_progress(progress.clone());
+        resolver.register(Scheme::S3, Arc::new(s3));
+        resolver.register(
+            Scheme::Azure,
+            Arc::new(crate::azure::AzureBackend::from_env()),
+        );
+        resolver.register(Scheme::Gs, Arc::new(crate::gcs::GcsBackend::from_env()));
+        resolver
+    }
+
     /// Every backend this build ships.
     pub fn new() -> Self {
         Resolver::default()

@@ -57,6 +57,7 @@ use crate::checksum::{Crc64Nvme, Crc64NvmeHasher, crc64nvme};
 use crate::error::{Error, ErrorKind, IoContext as _, Result};
 use crate::local::{self, AtomicFile, run_blocking, slash_path};
 use crate::memory::join_key;
+use crate::progress::{Progress, TryCount};
 use crate::uri::{Scheme, Uri};
 
 const MIB: u64 = 1024 * 1024;
@@ -219,6 +220,7 @@ pub struct S3Backend {
     client: OnceCell<Client>,
     /// Bounds the requests in flight (and so the memory held by part buffers).
     requests: Arc<Semaphore>,
+    progress: Progress,
 }
 
 impl fmt::Debug for S3Backend {
@@ -258,7 +260,14 @@ impl S3Backend {
             config_error,
             client: OnceCell::new(),
             requests,
+            progress: Progress::disabled(),
         }
+    }
+
+    /// Counts what this backend moves in `progress`.
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = progress;
+        self
     }
 
     /// The configuration in use.
@@ -867,6 +876,7 @@ impl S3Backend {
             self.upload_whole(client, source, size, bucket, key).await
         };
         if let Ok((checksum, length)) = &result {
+            self.progress.file_done();
             debug!(source = %source.display(), uri = %object_uri(bucket, key), bytes = length, crc64nvme = %checksum, "uploaded");
         }
         result
@@ -906,6 +916,7 @@ impl S3Backend {
             .map_err(|error| map_error("cannot upload to", &target, error))?;
         let stored = stored_crc64nvme(response.checksum_crc64_nvme(), response.checksum_type());
         check_stored(stored, checksum, &target)?;
+        self.progress.transferred(size);
         Ok((checksum, size))
     }
 
@@ -1084,6 +1095,7 @@ impl S3Backend {
                 ),
             ));
         };
+        self.progress.transferred(length);
         Ok(UploadedPart {
             number,
             etag,
@@ -1187,6 +1199,7 @@ impl S3Backend {
             _ => self.download_whole(client, bucket, key, target).await,
         };
         if let Ok((checksum, length)) = &result {
+            self.progress.file_done();
             debug!(uri = %object_uri(bucket, key), target = %target.display(), bytes = length, crc64nvme = %checksum, "downloaded");
         }
         result
@@ -1226,8 +1239,11 @@ impl S3Backend {
             }
             Ok((file, hasher))
         });
+        let mut counted = TryCount::new(&self.progress);
+        let counter = &mut counted;
         let reader = async move {
             while let Some(chunk) = body.try_next().await? {
+                counter.add(chunk.len() as u64);
                 if sender.send(chunk).await.is_err() {
                     // The writer stopped; its error says why.
                     break;
@@ -1250,7 +1266,10 @@ impl S3Backend {
             ));
         }
         let actual = hasher.finish();
-        run_blocking(move |_| commit_verified(file, actual, expected, &shown)).await
+        let committed =
+            run_blocking(move |_| commit_verified(file, actual, expected, &shown)).await?;
+        counted.keep();
+        Ok(committed)
     }
 
     /// Parallel ranged GETs written at their offsets; the parts' CRCs combine into the whole
@@ -1336,12 +1355,14 @@ impl S3Backend {
             ));
         }
         let path = temp_path.to_path_buf();
-        run_blocking(move |_| {
+        let piece = run_blocking(move |_| {
             file.write_all_at(&content, offset)
                 .at("cannot write", &path)?;
             Ok((crc64nvme(&content), length))
         })
-        .await
+        .await?;
+        self.progress.transferred(length);
+        Ok(piece)
     }
 }
 
@@ -1489,12 +1510,14 @@ impl Backend for S3Backend {
                     ));
                 };
                 let target = destination.join(name);
+                self.progress.expect_file(head.size);
                 let (crc64nvme, size) = if self.is_large(head.size) {
                     self.download_ranges(client, bucket, key, &head, &target)
                         .await?
                 } else {
                     self.download_whole(client, bucket, key, &target).await?
                 };
+                self.progress.file_done();
                 stats.add(FileChecksum {
                     path: name.to_owned(),
                     size,
@@ -1508,6 +1531,9 @@ impl Backend for S3Backend {
             let downloads = download_plan(&prefix, listing.objects, destination)?;
             if downloads.is_empty() {
                 return Err(nothing_under(uri));
+            }
+            for (_, object, _) in &downloads {
+                self.progress.expect_file(object.size);
             }
             let tasks: Vec<_> = downloads
                 .iter()
@@ -1548,6 +1574,7 @@ impl Backend for S3Backend {
                 } else {
                     key.to_owned()
                 };
+                self.progress.expect_file(metadata.len());
                 let (crc64nvme, size) = self.upload_file(client, source, bucket, &key).await?;
                 let name = key.rsplit('/').next().unwrap_or_default().to_owned();
                 stats.add(FileChecksum {
@@ -1561,6 +1588,9 @@ impl Backend for S3Backend {
             let prefix = directory_prefix(key);
             let root = source.to_path_buf();
             let files = run_blocking(move |cancel| local::walk_files(&root, cancel)).await?;
+            for file in &files {
+                self.progress.expect_file(file.size);
+            }
             let uploads: Vec<(String, String, PathBuf)> = files
                 .into_iter()
                 .map(|file| {

@@ -413,3 +413,32 @@ async fn a_broken_download_resumes_with_rest() {
     assert_eq!(offsets.len(), 1, "{log}");
     assert!(offsets[0] > 0 && offsets[0] <= 300_000, "{log}");
 }
+
+#[tokio::test]
+async fn progress_counts_a_resumed_download_and_an_upload() {
+    let server = FtpServer::start_cutting_downloads_after(200_000);
+    let body = content(600_000, 22);
+    write(&server.root.join("in/reads.fq"), &body);
+    let progress = herd_fetch::Progress::new();
+    let backend = FtpBackend::with_retry(FAST_RETRY).with_progress(progress.clone());
+    let mut resolver = Resolver::empty();
+    resolver.register(Scheme::Ftp, Arc::new(backend));
+    let temp = tempfile::tempdir().unwrap();
+
+    resolver
+        .fetch(&uri(&server.url("in/reads.fq")), temp.path())
+        .await
+        .unwrap();
+    let now = progress.snapshot();
+    assert_eq!((now.files_expected, now.files_done), (1, 1));
+    assert_eq!((now.bytes_expected, now.bytes_done), (600_000, 600_000));
+
+    resolver
+        .put(&temp.path().join("reads.fq"), &uri(&server.url("out/")))
+        .await
+        .unwrap();
+    let now = progress.snapshot();
+    assert_eq!((now.files_expected, now.files_done), (2, 2));
+    assert_eq!((now.bytes_expected, now.bytes_done), (1_200_000, 1_200_000));
+    assert_eq!(fs::read(server.root.join("out/reads.fq")).unwrap(), body);
+}

@@ -398,7 +398,10 @@ async fn an_untrusted_certificate_fails_at_once_and_says_how_to_trust_it() {
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::PermissionDenied, "{error}");
     let message = error.to_string();
-    assert!(message.contains("TLS certificate is not trusted"), "{message}");
+    assert!(
+        message.contains("TLS certificate is not trusted"),
+        "{message}"
+    );
     assert!(message.contains("HERD_CA_BUNDLE"), "{message}");
     // No request got through the handshake, and nothing was retried or written.
     assert!(server.log().is_empty(), "{:?}", server.log());
@@ -427,4 +430,32 @@ async fn an_unreadable_or_empty_ca_bundle_is_a_clear_error() {
         assert!(message.contains(&bundle.display().to_string()), "{message}");
         assert!(message.contains("HERD_CA_BUNDLE"), "{message}");
     }
+}
+
+#[tokio::test]
+async fn progress_counts_each_byte_once_when_a_download_starts_again() {
+    let server = HttpServer::start().await;
+    let body = content(300_000, 13);
+    // The server ignores the range of the second try: the download starts again from zero.
+    server.route(
+        "/restart.bin",
+        Route::CutOnce {
+            body: body.clone(),
+            after: 120_000,
+            honour_range: false,
+        },
+    );
+    let progress = herd_fetch::Progress::new();
+    let backend = HttpBackend::with_retry(FAST_RETRY).with_progress(progress.clone());
+    let mut resolver = Resolver::empty();
+    resolver.register(Scheme::Http, Arc::new(backend));
+    let temp = tempfile::tempdir().unwrap();
+
+    resolver
+        .fetch(&uri(&server.url("/restart.bin")), temp.path())
+        .await
+        .unwrap();
+    let now = progress.snapshot();
+    assert_eq!((now.files_expected, now.files_done), (1, 1));
+    assert_eq!((now.bytes_expected, now.bytes_done), (300_000, 300_000));
 }

@@ -775,9 +775,10 @@ async fn failed_downloads_leave_no_partial_file() {
     remove_bucket(&client, &bucket).await;
 }
 
-/// Polls `condition` until it holds, failing after 10 s.
+/// Polls `condition` until it holds, failing after 60 s (generous: a 2-core CI machine runs
+/// every test binary at once, and an abort waits for the part in flight).
 async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -860,7 +861,7 @@ async fn interrupted_multipart_uploads_are_aborted() {
         result = backend.put(&source, &uri) => panic!("the upload finished before it could be interrupted: {result:?}"),
         () = started => {}
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while multipart_uploads_in_progress(&client, &bucket).await > 0 {
         assert!(
             Instant::now() < deadline,
@@ -885,4 +886,56 @@ async fn interrupted_multipart_uploads_are_aborted() {
 fn the_default_resolver_has_s3() {
     // Building it reads the environment only: the client is created by the first transfer.
     assert!(Resolver::default().schemes().contains(&Scheme::S3));
+}
+
+#[tokio::test]
+async fn progress_counts_multipart_uploads_ranged_downloads_and_trees() {
+    let store = store();
+    let client = sdk(&store);
+    let bucket = new_bucket(&client, "progress").await;
+    let small_parts = Config {
+        multipart_threshold: 5 * MIB,
+        part_size: 5 * MIB,
+        concurrency: 3,
+        ..config(&store)
+    };
+    let progress = herd_fetch::Progress::new();
+    let backend = S3Backend::new(small_parts)
+        .unwrap()
+        .with_progress(progress.clone());
+    let mut resolver = Resolver::empty();
+    resolver.register(Scheme::S3, Arc::new(backend));
+    let temp = tempfile::tempdir().unwrap();
+    let big = 11 * MIB + 7;
+    write(
+        &temp.path().join("up/big.bin"),
+        &pseudo_random(big as usize, 5),
+    );
+    write(&temp.path().join("up/small/a.txt"), b"123456789");
+    let total = big + 9;
+
+    let uri = Uri::parse(&format!("s3://{bucket}/tree/")).unwrap();
+    resolver.put(&temp.path().join("up"), &uri).await.unwrap();
+    let now = progress.snapshot();
+    assert_eq!((now.files_expected, now.files_done), (2, 2));
+    assert_eq!((now.bytes_expected, now.bytes_done), (total, total));
+
+    resolver
+        .fetch(&uri, &temp.path().join("down"))
+        .await
+        .unwrap();
+    let now = progress.snapshot();
+    assert_eq!((now.files_expected, now.files_done), (4, 4));
+    assert_eq!((now.bytes_expected, now.bytes_done), (2 * total, 2 * total));
+
+    let single = Uri::parse(&format!("s3://{bucket}/tree/big.bin")).unwrap();
+    resolver
+        .fetch(&single, &temp.path().join("one"))
+        .await
+        .unwrap();
+    let now = progress.snapshot();
+    assert_eq!((now.files_expected, now.files_done), (5, 5));
+    assert_eq!(now.bytes_done, 2 * total + big);
+    assert_eq!(now.bytes_expected, now.bytes_done);
+    remove_bucket(&client, &bucket).await;
 }

@@ -24,17 +24,18 @@ use crate::output;
 
 /// Runs one `herd fetch` command.
 pub async fn run(command: FetchCommand) -> anyhow::Result<Outcome> {
-    let resolver = Resolver::default();
+    let progress = counters();
+    let resolver = Resolver::with_progress(progress.clone());
     match command {
         FetchCommand::Copy {
             source,
             destination,
         } => {
             let (source, destination) = (parse(&source)?, parse(&destination)?);
-            let progress = Progress::start(format!("copying {}", source.redacted()));
+            let bar = Bar::start(format!("copying {}", source.redacted()), &progress);
             let started = Instant::now();
             let stats = copy(&resolver, &source, &destination).await;
-            progress.finish();
+            Bar::finish_option(bar);
             let stats = stats?;
             summary("copied", &stats, started.elapsed());
         }
@@ -53,9 +54,11 @@ pub async fn run(command: FetchCommand) -> anyhow::Result<Outcome> {
             exclude,
         } => {
             let (source, destination) = (parse(&source)?, parse(&destination)?);
+            let bar = Bar::start(format!("synchronising {}", source.redacted()), &progress);
             let started = Instant::now();
-            let stats = sync(&resolver, &source, &destination, &include, &exclude).await?;
-            summary("synchronised", &stats, started.elapsed());
+            let stats = sync(&resolver, &source, &destination, &include, &exclude).await;
+            Bar::finish_option(bar);
+            summary("synchronised", &stats?, started.elapsed());
         }
         FetchCommand::Delete { recursive, uri } => {
             let uri = parse(&uri)?;
@@ -68,7 +71,13 @@ pub async fn run(command: FetchCommand) -> anyhow::Result<Outcome> {
             resolver.delete(&uri, recursive).await.map_err(failed)?;
             note!("deleted {}", uri.redacted());
         }
-        FetchCommand::Checksum { uri } => checksum(&resolver, &parse(&uri)?).await?,
+        FetchCommand::Checksum { uri } => {
+            let uri = parse(&uri)?;
+            let bar = Bar::start(format!("reading {}", uri.redacted()), &progress);
+            let result = checksum(&resolver, &uri).await;
+            Bar::finish_option(bar);
+            result?
+        }
     }
     Ok(Outcome::Success)
 }
@@ -99,27 +108,77 @@ fn failed(error: herd_fetch::Error) -> anyhow::Error {
     exit::Error::failed(error.to_string()).into()
 }
 
-/// A spinner on stderr while a transfer runs, only when stderr is a terminal.
-struct Progress(Option<ProgressBar>);
+/// A progress bar on stderr while a transfer runs, fed by the resolver's counters: bytes moved
+/// of those announced, throughput, time left, files. Only when stderr is a terminal (the
+/// counters are then enabled; see [`counters`]).
+struct Bar {
+    bar: ProgressBar,
+    ticker: tokio::task::JoinHandle<()>,
+}
 
-impl Progress {
-    fn start(message: String) -> Self {
-        if !std::io::stderr().is_terminal() {
-            return Progress(None);
+/// The counters the resolver fills: counting only when a bar will show them.
+fn counters() -> herd_fetch::Progress {
+    if std::io::stderr().is_terminal() {
+        herd_fetch::Progress::new()
+    } else {
+        herd_fetch::Progress::disabled()
+    }
+}
+
+impl Bar {
+    /// How often the bar is redrawn from the counters.
+    const TICK: Duration = Duration::from_millis(150);
+
+    fn start(label: String, progress: &herd_fetch::Progress) -> Option<Bar> {
+        if !progress.is_enabled() {
+            return None;
         }
-        let bar = ProgressBar::new_spinner();
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {msg} {elapsed}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        let style = |template: &str| {
+            ProgressStyle::with_template(template)
+                .map(|style| style.progress_chars("=> "))
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+        };
+        // Until a size is known: a spinner and the bytes so far; then a bar with the time left.
+        let bar = ProgressBar::no_length().with_style(style("{spinner} {msg} {bytes}"));
+        let sized = style(
+            "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
         );
-        bar.set_message(message);
-        bar.enable_steady_tick(Duration::from_millis(120));
-        Progress(Some(bar))
+        bar.set_message(label.clone());
+        bar.enable_steady_tick(Bar::TICK);
+        let (shown, counters) = (bar.clone(), progress.clone());
+        let ticker = tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Bar::TICK);
+            let mut has_length = false;
+            loop {
+                interval.tick().await;
+                let now = counters.snapshot();
+                if now.bytes_expected > 0 {
+                    if !has_length {
+                        has_length = true;
+                        shown.set_style(sized.clone());
+                    }
+                    shown.set_length(now.bytes_expected.max(now.bytes_done));
+                }
+                shown.set_position(now.bytes_done);
+                if now.files_expected > 1 {
+                    shown.set_message(format!(
+                        "{label} · {}/{} files",
+                        now.files_done, now.files_expected
+                    ));
+                }
+            }
+        });
+        Some(Bar { bar, ticker })
     }
 
     fn finish(self) {
-        if let Some(bar) = self.0 {
-            bar.finish_and_clear();
+        self.ticker.abort();
+        self.bar.finish_and_clear();
+    }
+
+    fn finish_option(bar: Option<Bar>) {
+        if let Some(bar) = bar {
+            bar.finish();
         }
     }
 }

@@ -32,7 +32,7 @@ async fn copies_a_file_with_its_checksum_and_mode() {
     fs::set_permissions(&source, fs::Permissions::from_mode(0o750)).unwrap();
     let destination = temp.path().join("dest/deeper");
 
-    let stats = FileBackend
+    let stats = FileBackend::new()
         .get(&file_uri(&source, ""), &destination)
         .await
         .unwrap();
@@ -65,7 +65,7 @@ async fn copies_a_directory_tree_preserving_its_layout() {
     write(&source.join("sub/deeper/hello.txt"), b"Hello, World!");
     let destination = temp.path().join("dest");
 
-    let stats = FileBackend
+    let stats = FileBackend::new()
         .get(&dir_uri(&source), &destination)
         .await
         .unwrap();
@@ -104,7 +104,7 @@ async fn follows_symbolic_links_in_a_source_tree_and_refuses_loops() {
     std::os::unix::fs::symlink("real/file", source.join("link")).unwrap();
     std::os::unix::fs::symlink("/nonexistent/herd", source.join("dangling")).unwrap();
     let destination = temp.path().join("dest");
-    let stats = FileBackend
+    let stats = FileBackend::new()
         .get(&dir_uri(&source), &destination)
         .await
         .unwrap();
@@ -118,7 +118,7 @@ async fn follows_symbolic_links_in_a_source_tree_and_refuses_loops() {
     );
 
     std::os::unix::fs::symlink("..", source.join("real/up")).unwrap();
-    let error = FileBackend
+    let error = FileBackend::new()
         .get(&dir_uri(&source), &temp.path().join("loop"))
         .await
         .unwrap_err();
@@ -138,7 +138,7 @@ async fn a_directory_needs_its_trailing_slash_and_a_file_must_not_have_one() {
     write(&source.join("a.txt"), b"x");
     let destination = temp.path().join("dest");
 
-    let error = FileBackend
+    let error = FileBackend::new()
         .get(&file_uri(&source, ""), &destination)
         .await
         .unwrap_err();
@@ -151,7 +151,7 @@ async fn a_directory_needs_its_trailing_slash_and_a_file_must_not_have_one() {
         )
     );
 
-    let error = FileBackend
+    let error = FileBackend::new()
         .get(&dir_uri(&source.join("a.txt")), &destination)
         .await
         .unwrap_err();
@@ -170,7 +170,7 @@ async fn a_directory_needs_its_trailing_slash_and_a_file_must_not_have_one() {
 async fn a_missing_source_is_not_found() {
     let temp = tempfile::tempdir().unwrap();
     let missing = temp.path().join("missing.txt");
-    let error = FileBackend
+    let error = FileBackend::new()
         .get(&file_uri(&missing, ""), temp.path())
         .await
         .unwrap_err();
@@ -252,7 +252,7 @@ async fn a_source_changing_size_while_copied_leaves_no_file() {
     // another process looks like to a copy.
     let temp = tempfile::tempdir().unwrap();
     let uri = Uri::parse("file:///proc/self/status").unwrap();
-    let error = FileBackend.get(&uri, temp.path()).await.unwrap_err();
+    let error = FileBackend::new().get(&uri, temp.path()).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Io);
     let message = error.to_string();
     assert!(
@@ -283,7 +283,7 @@ async fn an_unwritable_destination_leaves_nothing() {
     // The destination's parent is a file: nothing can be created.
     let blocker = temp.path().join("blocker");
     write(&blocker, b"i am a file");
-    let error = FileBackend
+    let error = FileBackend::new()
         .get(&file_uri(&source.join("a.txt"), ""), &blocker.join("dest"))
         .await
         .unwrap_err();
@@ -301,7 +301,7 @@ async fn an_unwritable_destination_leaves_nothing() {
     // temporary file is removed, the directory is untouched.
     let destination = temp.path().join("dest");
     write(&destination.join("b.txt/keep"), b"keep me");
-    let error = FileBackend
+    let error = FileBackend::new()
         .get(&dir_uri(&source), &destination)
         .await
         .unwrap_err();
@@ -330,7 +330,9 @@ async fn a_read_only_destination_leaves_nothing() {
     fs::set_permissions(&destination, fs::Permissions::from_mode(0o555)).unwrap();
     // Root ignores permission bits: only check what can be checked.
     let enforced = fs::File::create(destination.join("probe")).is_err();
-    let result = FileBackend.get(&file_uri(&source, ""), &destination).await;
+    let result = FileBackend::new()
+        .get(&file_uri(&source, ""), &destination)
+        .await;
     fs::set_permissions(&destination, fs::Permissions::from_mode(0o755)).unwrap();
     if enforced {
         let error = result.unwrap_err();
@@ -351,7 +353,7 @@ async fn put_uploads_a_file_or_a_tree() {
     write(&output.join("logs/run.log"), b"");
     let store = temp.path().join("store");
 
-    let stats = FileBackend
+    let stats = FileBackend::new()
         .put(&output, &file_uri(&store.join("task1"), ""))
         .await
         .unwrap();
@@ -372,7 +374,7 @@ async fn put_uploads_a_file_or_a_tree() {
         ]
     );
 
-    let stats = FileBackend
+    let stats = FileBackend::new()
         .put(&output.join("result.txt"), &dir_uri(&store.join("single")))
         .await
         .unwrap();
@@ -380,7 +382,7 @@ async fn put_uploads_a_file_or_a_tree() {
         checksums(&stats),
         vec![("result.txt".to_owned(), 13, CRC_HELLO.to_owned())]
     );
-    let stats = FileBackend
+    let stats = FileBackend::new()
         .put(
             &output.join("result.txt"),
             &file_uri(&store.join("renamed.txt"), ""),
@@ -403,7 +405,7 @@ async fn put_uploads_a_file_or_a_tree() {
 
 #[tokio::test]
 async fn delete_refuses_the_root_directory() {
-    let error = FileBackend
+    let error = FileBackend::new()
         .delete(&Uri::parse("/").unwrap(), true)
         .await
         .unwrap_err();
@@ -423,7 +425,7 @@ async fn a_dropped_transfer_leaves_no_temporary_file() {
     write(&source, &vec![7u8; 64 << 20]);
     let destination = temp.path().join("dest");
     let uri = file_uri(&source, "");
-    let backend = FileBackend;
+    let backend = FileBackend::new();
     let transfer = backend.get(&uri, &destination);
     let _ = tokio::time::timeout(std::time::Duration::from_micros(1), transfer).await;
     // The blocking thread finishes (or aborts) shortly after; wait for the directory to settle.

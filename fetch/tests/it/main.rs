@@ -6,6 +6,7 @@ mod behaviour;
 mod checksum;
 mod file_backend;
 mod hostile_archives;
+mod progress;
 mod resolver;
 mod support;
 mod uri;

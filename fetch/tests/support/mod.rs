@@ -1,8 +1,12 @@
 //! Servers on loopback and helpers for the tests of the network backends (http, ftp,
-//! run+fastq). Each test binary uses part of it.
+//! run+fastq, azure, gs). Each test binary uses part of it.
 #![allow(dead_code)]
 
+pub mod azure_server;
+pub mod contract;
 pub mod ftp_server;
+pub mod gcs_shim;
+pub mod http1;
 pub mod http_server;
 
 use std::fs;
