@@ -7,7 +7,7 @@
 //! Phases without work (no inputs, no output URI) are skipped. Every log chunk reaches the
 //! server before the final report, so `herd task logs` after the end shows everything.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -287,16 +287,22 @@ fn task_env(config: &crate::Config) -> Vec<(String, String)> {
 
 async fn cleanup(dirs: &TaskDirs, succeeded: bool) {
     // A failed attempt keeps /tmp and /output for inspection; copies of inputs and resources go.
-    let targets: Vec<&Path> = if succeeded {
-        vec![dirs.root.as_path()]
+    let targets: Vec<PathBuf> = if succeeded {
+        vec![dirs.root.clone()]
     } else {
-        vec![dirs.input.as_path(), dirs.resource.as_path()]
+        vec![dirs.input.clone(), dirs.resource.clone()]
     };
-    for target in targets {
-        if let Err(error) = tokio::fs::remove_dir_all(target).await
-            && error.kind() != std::io::ErrorKind::NotFound
-        {
-            warn!(path = %target.display(), %error, "cannot clean up");
+    // One trip to the blocking pool for the whole removal.
+    let removal = tokio::task::spawn_blocking(move || {
+        for target in targets {
+            if let Err(error) = std::fs::remove_dir_all(&target)
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                warn!(path = %target.display(), %error, "cannot clean up");
+            }
         }
+    });
+    if let Err(error) = removal.await {
+        warn!(%error, "the clean-up task failed");
     }
 }
