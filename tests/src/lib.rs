@@ -5,6 +5,8 @@
 //!   database, a temporary data directory) and real workers, in-process. The server can be
 //!   stopped and started again on the same port and database, to test durability and
 //!   reconnection.
+//! - [`start_worker`]: an in-process worker of any server, e.g. a `herd server` process
+//!   (herd-bench runs its instant-executor worker that way).
 //! - [`postgres`]: a fresh PostgreSQL database per test (`HERD_TEST_POSTGRES_URL`).
 //! - [`executors`]: executors for tests and benchmarks (an instant one, and a wrapper that
 //!   records when attempts start).
@@ -243,44 +245,7 @@ impl Cluster {
 
     /// Starts an in-process worker.
     pub async fn add_worker(&self, options: WorkerOptions) -> anyhow::Result<WorkerHandle> {
-        let work_dir = tempfile::tempdir()?.keep();
-        let (cores, memory_bytes) = herd_worker::host_resources();
-        let config = herd_worker::Config {
-            server: self.url.clone(),
-            name: format!(
-                "test-worker-{}",
-                work_dir
-                    .file_name()
-                    .and_then(|name| name.to_str())
-                    .unwrap_or("x")
-            ),
-            batch: BatchName::new(options.batch)?,
-            concurrency: options.concurrency,
-            prefetch: options.prefetch,
-            executor: ExecutorKind::Bare,
-            allow_privileged: options.allow_privileged,
-            work_dir: work_dir.clone(),
-            cores,
-            memory_bytes,
-        };
-        let executors = match options.executors {
-            Some(executors) => executors,
-            None => herd_worker::executors(&config).await?,
-        };
-        let shutdown = self.workers_shutdown.child_token();
-        let task = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                if let Err(error) = herd_worker::run_with(config, executors, shutdown).await {
-                    tracing::error!(%error, "test worker failed");
-                }
-            }
-        });
-        Ok(WorkerHandle {
-            work_dir,
-            shutdown,
-            task,
-        })
+        start_worker(&self.url, options, self.workers_shutdown.child_token()).await
     }
 
     /// Queues tasks; returns their ids.
@@ -340,6 +305,52 @@ impl Drop for Cluster {
             shutdown.cancel();
         }
     }
+}
+
+/// Starts an in-process worker of the server at `server_url` (any server: in-process, or a
+/// `herd server` process); it stops when `shutdown` fires or its handle is stopped.
+pub async fn start_worker(
+    server_url: &str,
+    options: WorkerOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<WorkerHandle> {
+    let work_dir = tempfile::tempdir()?.keep();
+    let (cores, memory_bytes) = herd_worker::host_resources();
+    let config = herd_worker::Config {
+        server: server_url.to_owned(),
+        name: format!(
+            "test-worker-{}",
+            work_dir
+                .file_name()
+                .and_then(|name| name.to_str())
+                .unwrap_or("x")
+        ),
+        batch: BatchName::new(options.batch)?,
+        concurrency: options.concurrency,
+        prefetch: options.prefetch,
+        executor: ExecutorKind::Bare,
+        allow_privileged: options.allow_privileged,
+        work_dir: work_dir.clone(),
+        cores,
+        memory_bytes,
+    };
+    let executors = match options.executors {
+        Some(executors) => executors,
+        None => herd_worker::executors(&config).await?,
+    };
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            if let Err(error) = herd_worker::run_with(config, executors, shutdown).await {
+                tracing::error!(%error, "test worker failed");
+            }
+        }
+    });
+    Ok(WorkerHandle {
+        work_dir,
+        shutdown,
+        task,
+    })
 }
 
 /// A bare task in `batch` running `command` through `sh -c`.
