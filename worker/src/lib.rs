@@ -18,6 +18,7 @@ use herd_proto::BatchName;
 use tokio_util::sync::CancellationToken;
 
 pub mod executor;
+mod folders;
 mod runner;
 mod session;
 mod staging;

@@ -7,7 +7,6 @@
 //! Phases without work (no inputs, no output URI) are skipped. Every log chunk reaches the
 //! server before the final report, so `herd task logs` after the end shows everything.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +26,7 @@ pub(crate) async fn run(
     spec: Arc<TaskSpec>,
     cancel: CancellationToken,
 ) {
-    let dirs = task_dirs(&shared.config.work_dir, task_id, attempt);
+    let dirs = shared.folders.dirs(task_id, attempt);
     let report = match attempt_phases(&shared, task_id, attempt, &spec, &dirs, &cancel).await {
         Ok(report) => report,
         Err(report) => *report,
@@ -36,17 +35,11 @@ pub(crate) async fn run(
     debug!(%task_id, attempt, state = %report.state, "attempt ended");
     shared.report(report).await;
     shared.finished(task_id, attempt);
-    cleanup(&dirs, succeeded).await;
-}
-
-fn task_dirs(work_dir: &Path, task_id: TaskId, attempt: u32) -> TaskDirs {
-    let root = work_dir.join("tasks").join(format!("{task_id}-{attempt}"));
-    TaskDirs {
-        input: root.join("input"),
-        output: root.join("output"),
-        resource: root.join("resource"),
-        tmp: root.join("tmp"),
-        root,
+    let releasing = shared.clone();
+    let released =
+        tokio::task::spawn_blocking(move || releasing.folders.release(&dirs, succeeded)).await;
+    if let Err(error) = released {
+        warn!(%error, "the clean-up of an attempt's folders failed");
     }
 }
 
@@ -89,7 +82,11 @@ async fn attempt_phases(
             "canceled by the server".to_owned(),
         )
     };
-    staging::create_dirs(dirs).await.map_err(|error| {
+    let preparing = (shared.clone(), dirs.clone());
+    let prepared = tokio::task::spawn_blocking(move || preparing.0.folders.prepare(&preparing.1))
+        .await
+        .unwrap_or_else(|error| Err(std::io::Error::other(error)));
+    prepared.map_err(|error| {
         fail(
             TaskState::Failed,
             Reason::Executor,
@@ -285,24 +282,3 @@ fn task_env(config: &crate::Config) -> Vec<(String, String)> {
     ]
 }
 
-async fn cleanup(dirs: &TaskDirs, succeeded: bool) {
-    // A failed attempt keeps /tmp and /output for inspection; copies of inputs and resources go.
-    let targets: Vec<PathBuf> = if succeeded {
-        vec![dirs.root.clone()]
-    } else {
-        vec![dirs.input.clone(), dirs.resource.clone()]
-    };
-    // One trip to the blocking pool for the whole removal.
-    let removal = tokio::task::spawn_blocking(move || {
-        for target in targets {
-            if let Err(error) = std::fs::remove_dir_all(&target)
-                && error.kind() != std::io::ErrorKind::NotFound
-            {
-                warn!(path = %target.display(), %error, "cannot clean up");
-            }
-        }
-    });
-    if let Err(error) = removal.await {
-        warn!(%error, "the clean-up task failed");
-    }
-}

@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     pub resolver: Arc<herd_fetch::Resolver>,
     /// Resources fetched once per worker.
     pub resources: crate::staging::ResourceCache,
+    /// The attempts' folders, reused.
+    pub folders: crate::folders::Folders,
     held: Mutex<HashMap<(TaskId, u32), Held>>,
     /// The current connection's sender, `None` while disconnected.
     link: Mutex<Option<mpsc::Sender<pb::WorkerMessage>>>,
@@ -139,6 +141,10 @@ pub(crate) async fn run(config: Arc<Config>, executors: Executors, shutdown: Can
     let shared = Arc::new(Shared {
         slots: Semaphore::new(config.concurrency as usize),
         resources: crate::staging::ResourceCache::new(&config.work_dir, resolver.clone()),
+        folders: crate::folders::Folders::new(
+            &config.work_dir,
+            (config.concurrency + config.prefetch) as usize + 1,
+        ),
         resolver,
         config,
         executors,

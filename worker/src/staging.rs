@@ -21,30 +21,6 @@ use crate::executor::TaskDirs;
 /// Marker written once a cached resource is complete; holds the URI.
 const COMPLETE_MARKER: &str = ".herd-resource-complete";
 
-/// Creates an attempt's folders, writable by any user (tasks may run with `-u`).
-///
-/// All in one trip to the blocking pool: ten `tokio::fs` calls would be ten thread hand-offs,
-/// a real share of the cost of a short task.
-pub(crate) async fn create_dirs(dirs: &TaskDirs) -> std::io::Result<()> {
-    let dirs = dirs.clone();
-    tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::PermissionsExt;
-        for dir in [
-            &dirs.root,
-            &dirs.input,
-            &dirs.output,
-            &dirs.resource,
-            &dirs.tmp,
-        ] {
-            std::fs::create_dir_all(dir)?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))?;
-        }
-        Ok(())
-    })
-    .await
-    .map_err(std::io::Error::other)?
-}
-
 fn transfer(direction: &str, uri: &Uri, stats: &TransferStats) -> Transfer {
     Transfer {
         direction: direction.to_owned(),

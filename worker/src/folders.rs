@@ -1,0 +1,272 @@
+//! [`Folders`]: the attempts' folders (`WORK/tasks/TASK-ATTEMPT/{input,output,resource,tmp}`),
+//! reused from one attempt to the next.
+//!
+//! Creating five folders and deleting them again for every attempt costs more than a short
+//! task itself: on ext4, inode allocation after many deletions (`find_inode_bit`,
+//! `recently_deleted`) took over half the worker's CPU in the dispatch benchmark. So a
+//! succeeded attempt's folder is emptied (whatever the task wrote goes) and parked under
+//! `WORK/tasks/.spare/`; the next attempt renames a spare folder into place instead of creating
+//! one. A renamed directory keeps its inode and its sub-folders: no allocation at all.
+//!
+//! A failed or canceled attempt keeps its folder under its own name for inspection (its
+//! `/output` and `/tmp`; the copies of inputs and resources go), as before. Spare folders left
+//! by an earlier run of the worker are reused.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use herd_proto::TaskId;
+use tracing::warn;
+
+use crate::executor::TaskDirs;
+
+/// The sub-folders of an attempt's folder.
+const SUB_FOLDERS: [&str; 4] = ["input", "output", "resource", "tmp"];
+
+/// Where spare folders wait, under `WORK/tasks`.
+const SPARE: &str = ".spare";
+
+/// Attempt folders and the spare ones ready for reuse.
+#[derive(Debug)]
+pub(crate) struct Folders {
+    tasks: PathBuf,
+    spare: PathBuf,
+    free: Mutex<Vec<PathBuf>>,
+    /// Spare folders kept at most; more are deleted.
+    keep: usize,
+    next_name: AtomicU64,
+}
+
+impl Folders {
+    /// The folders under `work_dir`, keeping up to `keep` spare ones (the attempts a worker may
+    /// hold at once is the natural number).
+    pub(crate) fn new(work_dir: &Path, keep: usize) -> Folders {
+        let tasks = work_dir.join("tasks");
+        let spare = tasks.join(SPARE);
+        let free: Vec<PathBuf> = fs::read_dir(&spare)
+            .map(|entries| {
+                entries
+                    .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        // New spare names start above every name already there.
+        let next_name = free
+            .iter()
+            .filter_map(|path| path.file_name()?.to_str()?.parse::<u64>().ok())
+            .max()
+            .map_or(0, |highest| highest + 1);
+        Folders {
+            tasks,
+            spare,
+            free: Mutex::new(free),
+            keep,
+            next_name: AtomicU64::new(next_name),
+        }
+    }
+
+    fn free(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+        self.free
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The folders of attempt `attempt` of `task_id`, by name (nothing is created).
+    pub(crate) fn dirs(&self, task_id: TaskId, attempt: u32) -> TaskDirs {
+        let root = self.tasks.join(format!("{task_id}-{attempt}"));
+        TaskDirs {
+            input: root.join("input"),
+            output: root.join("output"),
+            resource: root.join("resource"),
+            tmp: root.join("tmp"),
+            root,
+        }
+    }
+
+    /// Makes `dirs` exist, empty and writable by any user (tasks may run with `-u`): a spare
+    /// folder renamed into place, or new folders.
+    pub(crate) fn prepare(&self, dirs: &TaskDirs) -> io::Result<()> {
+        let spare = self.free().pop();
+        if let Some(spare) = spare {
+            match fs::rename(&spare, &dirs.root) {
+                Ok(()) => return Ok(()),
+                // Taken by something else (an attempt folder left by an earlier run, say): drop
+                // the spare and make new folders.
+                Err(error) => {
+                    warn!(spare = %spare.display(), %error, "cannot reuse a spare attempt folder");
+                    let _ = fs::remove_dir_all(&spare);
+                }
+            }
+        }
+        for dir in [
+            &dirs.root,
+            &dirs.input,
+            &dirs.output,
+            &dirs.resource,
+            &dirs.tmp,
+        ] {
+            fs::create_dir_all(dir)?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o777))?;
+        }
+        Ok(())
+    }
+
+    /// After the attempt: a succeeded one's folder is emptied and kept as a spare (or deleted
+    /// when enough are kept); a failed one's loses its inputs and resources only.
+    pub(crate) fn release(&self, dirs: &TaskDirs, succeeded: bool) {
+        if !succeeded {
+            for target in [&dirs.input, &dirs.resource] {
+                remove_all(target);
+            }
+            return;
+        }
+        if self.free().len() >= self.keep || empty_for_reuse(&dirs.root).is_err() {
+            remove_all(&dirs.root);
+            return;
+        }
+        let name = self.next_name.fetch_add(1, Ordering::Relaxed);
+        let spare = self.spare.join(name.to_string());
+        let parked = fs::create_dir_all(&self.spare).and_then(|()| fs::rename(&dirs.root, &spare));
+        match parked {
+            Ok(()) => self.free().push(spare),
+            Err(error) => {
+                warn!(path = %dirs.root.display(), %error, "cannot keep an attempt folder for reuse");
+                remove_all(&dirs.root);
+            }
+        }
+    }
+}
+
+/// Leaves `root` with its four sub-folders, empty and writable by any user, and nothing else.
+fn empty_for_reuse(root: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(root)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let keep = SUB_FOLDERS.iter().any(|sub| name == *sub) && entry.file_type()?.is_dir();
+        if keep {
+            empty(&entry.path())?;
+        } else {
+            remove_entry(&entry.path(), entry.file_type()?.is_dir())?;
+        }
+    }
+    for sub in SUB_FOLDERS {
+        let dir = root.join(sub);
+        fs::create_dir_all(&dir)?;
+        // A task may have changed the mode of its folders.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777))?;
+    }
+    fs::set_permissions(root, fs::Permissions::from_mode(0o777))
+}
+
+/// Removes what `dir` holds, keeping `dir`.
+fn empty(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        remove_entry(&entry.path(), entry.file_type()?.is_dir())?;
+    }
+    Ok(())
+}
+
+fn remove_entry(path: &Path, is_dir: bool) -> io::Result<()> {
+    // A read-only folder inside (chmod by the task) would stop the removal of its content.
+    if is_dir {
+        let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    }
+}
+
+fn remove_all(path: &Path) {
+    if let Err(error) = fs::remove_dir_all(path)
+        && error.kind() != io::ErrorKind::NotFound
+    {
+        warn!(path = %path.display(), %error, "cannot clean up");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(root: &Path) -> Vec<String> {
+        let mut paths = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                paths.push(path.strip_prefix(root).unwrap().display().to_string());
+                if path.is_dir() {
+                    stack.push(path);
+                }
+            }
+        }
+        paths.sort();
+        paths
+    }
+
+    #[test]
+    fn a_succeeded_folder_is_emptied_and_reused_a_failed_one_is_kept() {
+        let work = tempfile::tempdir().unwrap();
+        let folders = Folders::new(work.path(), 2);
+        let first = folders.dirs(TaskId(1), 1);
+        folders.prepare(&first).unwrap();
+        let mode = fs::metadata(&first.output).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o777);
+        fs::write(first.output.join("result.txt"), "x").unwrap();
+        fs::create_dir_all(first.tmp.join("deep/er")).unwrap();
+        fs::write(first.root.join("in-cwd.txt"), "x").unwrap();
+        let inode = |path: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(path).unwrap());
+        let first_inode = inode(&first.root);
+        folders.release(&first, true);
+        assert!(!first.root.exists());
+
+        // The next attempt gets the same folder, empty, under its own name.
+        let second = folders.dirs(TaskId(2), 1);
+        folders.prepare(&second).unwrap();
+        assert_eq!(inode(&second.root), first_inode);
+        assert_eq!(
+            tree(&second.root),
+            vec!["input", "output", "resource", "tmp"]
+        );
+
+        // A failed attempt keeps /output and /tmp, loses inputs and resources, and is not reused.
+        fs::write(second.output.join("partial.txt"), "x").unwrap();
+        fs::write(second.input.join("reads.fq"), "x").unwrap();
+        folders.release(&second, false);
+        assert_eq!(
+            tree(&second.root),
+            vec!["output", "output/partial.txt", "tmp"]
+        );
+        let third = folders.dirs(TaskId(3), 1);
+        folders.prepare(&third).unwrap();
+        assert_ne!(inode(&third.root), first_inode);
+        assert_eq!(tree(&third.root), vec!["input", "output", "resource", "tmp"]);
+    }
+
+    #[test]
+    fn spare_folders_are_capped_and_survive_a_restart() {
+        let work = tempfile::tempdir().unwrap();
+        let folders = Folders::new(work.path(), 1);
+        let (a, b) = (folders.dirs(TaskId(1), 1), folders.dirs(TaskId(2), 1));
+        folders.prepare(&a).unwrap();
+        folders.prepare(&b).unwrap();
+        folders.release(&a, true);
+        folders.release(&b, true);
+        let spares = fs::read_dir(work.path().join("tasks/.spare")).unwrap().count();
+        assert_eq!(spares, 1, "one spare kept, the other deleted");
+        assert!(!b.root.exists());
+
+        // A new worker on the same folder reuses the spare.
+        let restarted = Folders::new(work.path(), 1);
+        let c = restarted.dirs(TaskId(3), 1);
+        restarted.prepare(&c).unwrap();
+        let spares = fs::read_dir(work.path().join("tasks/.spare")).unwrap().count();
+        assert_eq!(spares, 0);
+        assert_eq!(tree(&c.root), vec!["input", "output", "resource", "tmp"]);
+    }
+}
