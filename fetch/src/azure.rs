@@ -31,13 +31,15 @@ use std::sync::Arc;
 
 use object_store::azure::{MicrosoftAzureBuilder, split_sas};
 
-use crate::backend::{Backend, BoxFuture, Entry, TransferStats};
+use crate::bucket::{Limits, MIB, Naming};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::RetryPolicy;
 use crate::object::{
-    Cause, Limits, MAX_BATCH, MIB, ObjectBackend, Provider, Secret, Store, client_settings,
+    Cause, MAX_BATCH, ObjectBacked, ObjectBackend, Provider, Secret, Store, check_endpoint,
+    client_settings,
 };
-use crate::uri::{Scheme, Uri};
+use crate::progress::Progress;
+use crate::uri::Scheme;
 
 /// Azurite's well-known development account (public, documented by Microsoft).
 const DEVELOPMENT_ACCOUNT: &str = "devstoreaccount1";
@@ -210,28 +212,33 @@ impl Config {
                 "the azure SAS token is malformed: AZURE_STORAGE_SAS_TOKEN must be the query string of a SAS URL (sv=...&sig=...)",
             ));
         }
-        if let Some(endpoint) = &self.endpoint
-            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-        {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "the azure endpoint `{endpoint}` must start with http:// or https://: fix HERD_AZURE_ENDPOINT"
-                ),
-            ));
-        }
-        Ok(())
+        check_endpoint(self.endpoint.as_deref(), "azure", "HERD_AZURE_ENDPOINT")
     }
 }
 
-struct Azure {
+/// Azure Blob Storage, for the shared driver.
+pub(crate) struct Azure {
     config: Config,
 }
 
 impl Provider for Azure {
-    const SCHEME: Scheme = Scheme::Azure;
-    const CONTAINER: &'static str = "container";
-    const NAME: &'static str = "azure";
+    type Config = Config;
+    const NAMING: Naming = Naming {
+        scheme: Scheme::Azure,
+        backend: "azure",
+        article: "an",
+        container: "container",
+        key: "path",
+        object_name: "an object name",
+    };
+
+    fn new(config: Config) -> Self {
+        Azure { config }
+    }
+
+    fn config(&self) -> &Config {
+        &self.config
+    }
 
     fn connect(&self, container: &str) -> Result<Arc<dyn Store>> {
         let config = &self.config;
@@ -308,18 +315,11 @@ impl Provider for Azure {
 ///
 /// Clients are created on first use, one per container, so building one (and a `Resolver`)
 /// does no I/O.
-pub struct AzureBackend {
-    inner: ObjectBackend<Azure>,
-}
+pub struct AzureBackend(ObjectBackend<Azure>);
 
 impl fmt::Debug for AzureBackend {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter
-            .debug_struct("AzureBackend")
-            .field("config", &self.inner.provider.config)
-            .field("config_error", &self.inner.config_error())
-            .field("containers", &self.inner.connected())
-            .finish()
+        self.0.debug("AzureBackend", formatter)
     }
 }
 
@@ -327,61 +327,40 @@ impl AzureBackend {
     /// A backend with `config`, checked with [`Config::validate`].
     pub fn new(config: Config) -> Result<AzureBackend> {
         config.validate()?;
-        Ok(AzureBackend {
-            inner: ObjectBackend::new(Azure { config }, None),
-        })
+        Ok(AzureBackend(ObjectBackend::new(config)))
     }
 
     /// A backend configured by [`Config::from_env`]. It never fails: a configuration error is
     /// reported by every transfer instead.
     pub fn from_env() -> AzureBackend {
-        let (config, config_error) = match Config::from_env() {
-            Ok(config) => (config, None),
-            Err(error) => (
-                Config::default(),
-                Some((error.kind(), error.message().to_owned())),
-            ),
-        };
-        AzureBackend {
-            inner: ObjectBackend::new(Azure { config }, config_error),
-        }
+        AzureBackend(ObjectBackend::from_env(Config::from_env()))
+    }
+
+    /// Counts what this backend moves in `progress`.
+    pub fn with_progress(self, progress: Progress) -> Self {
+        AzureBackend(self.0.with_progress(progress))
     }
 
     /// The configuration in use.
     pub fn config(&self) -> &Config {
-        &self.inner.provider.config
+        self.0.config()
     }
 }
 
-impl Backend for AzureBackend {
-    fn get<'a>(
-        &'a self,
-        uri: &'a Uri,
-        destination: &'a std::path::Path,
-    ) -> BoxFuture<'a, Result<TransferStats>> {
-        Box::pin(self.inner.get(uri, destination))
-    }
+/// Its [`Backend`](crate::Backend) operations are the shared driver's.
+impl ObjectBacked for AzureBackend {
+    type Provider = Azure;
 
-    fn put<'a>(
-        &'a self,
-        source: &'a std::path::Path,
-        uri: &'a Uri,
-    ) -> BoxFuture<'a, Result<TransferStats>> {
-        Box::pin(self.inner.put(source, uri))
-    }
-
-    fn list<'a>(&'a self, uri: &'a Uri, recursive: bool) -> BoxFuture<'a, Result<Vec<Entry>>> {
-        Box::pin(self.inner.list(uri, recursive))
-    }
-
-    fn delete<'a>(&'a self, uri: &'a Uri, recursive: bool) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self.inner.delete(uri, recursive))
+    fn driver(&self) -> &ObjectBackend<Azure> {
+        &self.0
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Backend as _;
+    use crate::uri::Uri;
 
     #[test]
     fn connection_strings_give_account_key_and_endpoint() {

@@ -33,13 +33,15 @@ use std::sync::Arc;
 use object_store::StaticCredentialProvider;
 use object_store::gcp::{GcpCredential, GoogleCloudStorageBuilder};
 
-use crate::backend::{Backend, BoxFuture, Entry, TransferStats};
+use crate::bucket::{Limits, MIB, Naming};
 use crate::error::{Error, ErrorKind, Result};
 use crate::http::RetryPolicy;
 use crate::object::{
-    Cause, Limits, MAX_BATCH, MIB, ObjectBackend, Provider, Secret, Store, client_settings,
+    Cause, MAX_BATCH, ObjectBacked, ObjectBackend, Provider, Secret, Store, check_endpoint,
+    client_settings,
 };
-use crate::uri::{Scheme, Uri};
+use crate::progress::Progress;
+use crate::uri::Scheme;
 
 /// How [`GcsBackend`] authenticates. `Debug` hides the secrets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,28 +145,33 @@ impl Config {
     /// Checks the sizes and counts, and the endpoint's form.
     pub fn validate(&self) -> Result<()> {
         self.limits().validate("gcs")?;
-        if let Some(endpoint) = &self.endpoint
-            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-        {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "the gcs endpoint `{endpoint}` must start with http:// or https://: fix HERD_GCS_ENDPOINT"
-                ),
-            ));
-        }
-        Ok(())
+        check_endpoint(self.endpoint.as_deref(), "gcs", "HERD_GCS_ENDPOINT")
     }
 }
 
-struct Gcs {
+/// Google Cloud Storage, for the shared driver.
+pub(crate) struct Gcs {
     config: Config,
 }
 
 impl Provider for Gcs {
-    const SCHEME: Scheme = Scheme::Gs;
-    const CONTAINER: &'static str = "bucket";
-    const NAME: &'static str = "gcs";
+    type Config = Config;
+    const NAMING: Naming = Naming {
+        scheme: Scheme::Gs,
+        backend: "gcs",
+        article: "a",
+        container: "bucket",
+        key: "path",
+        object_name: "an object name",
+    };
+
+    fn new(config: Config) -> Self {
+        Gcs { config }
+    }
+
+    fn config(&self) -> &Config {
+        &self.config
+    }
 
     fn connect(&self, bucket: &str) -> Result<Arc<dyn Store>> {
         let config = &self.config;
@@ -258,18 +265,11 @@ impl Provider for Gcs {
 ///
 /// Clients are created on first use, one per bucket, so building one (and a `Resolver`) does
 /// no I/O.
-pub struct GcsBackend {
-    inner: ObjectBackend<Gcs>,
-}
+pub struct GcsBackend(ObjectBackend<Gcs>);
 
 impl fmt::Debug for GcsBackend {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter
-            .debug_struct("GcsBackend")
-            .field("config", &self.inner.provider.config)
-            .field("config_error", &self.inner.config_error())
-            .field("buckets", &self.inner.connected())
-            .finish()
+        self.0.debug("GcsBackend", formatter)
     }
 }
 
@@ -277,61 +277,40 @@ impl GcsBackend {
     /// A backend with `config`, checked with [`Config::validate`].
     pub fn new(config: Config) -> Result<GcsBackend> {
         config.validate()?;
-        Ok(GcsBackend {
-            inner: ObjectBackend::new(Gcs { config }, None),
-        })
+        Ok(GcsBackend(ObjectBackend::new(config)))
     }
 
     /// A backend configured by [`Config::from_env`]. It never fails: a configuration error is
     /// reported by every transfer instead.
     pub fn from_env() -> GcsBackend {
-        let (config, config_error) = match Config::from_env() {
-            Ok(config) => (config, None),
-            Err(error) => (
-                Config::default(),
-                Some((error.kind(), error.message().to_owned())),
-            ),
-        };
-        GcsBackend {
-            inner: ObjectBackend::new(Gcs { config }, config_error),
-        }
+        GcsBackend(ObjectBackend::from_env(Config::from_env()))
+    }
+
+    /// Counts what this backend moves in `progress`.
+    pub fn with_progress(self, progress: Progress) -> Self {
+        GcsBackend(self.0.with_progress(progress))
     }
 
     /// The configuration in use.
     pub fn config(&self) -> &Config {
-        &self.inner.provider.config
+        self.0.config()
     }
 }
 
-impl Backend for GcsBackend {
-    fn get<'a>(
-        &'a self,
-        uri: &'a Uri,
-        destination: &'a std::path::Path,
-    ) -> BoxFuture<'a, Result<TransferStats>> {
-        Box::pin(self.inner.get(uri, destination))
-    }
+/// Its [`Backend`](crate::Backend) operations are the shared driver's.
+impl ObjectBacked for GcsBackend {
+    type Provider = Gcs;
 
-    fn put<'a>(
-        &'a self,
-        source: &'a std::path::Path,
-        uri: &'a Uri,
-    ) -> BoxFuture<'a, Result<TransferStats>> {
-        Box::pin(self.inner.put(source, uri))
-    }
-
-    fn list<'a>(&'a self, uri: &'a Uri, recursive: bool) -> BoxFuture<'a, Result<Vec<Entry>>> {
-        Box::pin(self.inner.list(uri, recursive))
-    }
-
-    fn delete<'a>(&'a self, uri: &'a Uri, recursive: bool) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self.inner.delete(uri, recursive))
+    fn driver(&self) -> &ObjectBackend<Gcs> {
+        &self.0
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Backend as _;
+    use crate::uri::Uri;
 
     #[test]
     fn private_keys_count_as_secrets() {

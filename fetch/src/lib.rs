@@ -39,9 +39,14 @@
 //! - [`azure`]: [`AzureBackend`], `azure://container/path` on Azure Blob Storage, and [`gcs`]:
 //!   [`GcsBackend`], `gs://bucket/key` on Google Cloud Storage, both through the `object_store`
 //!   crate and configured from the usual `AZURE_*` / `GOOGLE_*` variables.
-//! - [`object`]: the driver the two share (CRC64NVME stored as the metadata `crc64nvme` and
-//!   checked on download, parallel multipart uploads and ranged downloads, paged listings, bulk
-//!   deletions, the one mapping of their errors, secrets kept out of messages).
+//! - [`object`]: the `object_store` driver the two share (CRC64NVME stored as the metadata
+//!   `crc64nvme`, parallel multipart uploads, paged listings, bulk deletions, the one mapping of
+//!   their errors, secrets kept out of messages).
+//! - `bucket` (private): what the three object-store backends share, written once over a small
+//!   trait of the requests their clients make differently: the four operations on objects and
+//!   prefixes, downloads streamed or by parallel ranges into a temporary file and checked
+//!   against the stored CRC64NVME, uploads, keys refused when they would escape the destination,
+//!   progress counting.
 //! - [`ftp`]: [`FtpBackend`], `ftp://` (get, put through a temporary name, list, delete).
 //! - [`fastq`]: [`FastqBackend`], `run+fastq://ACCESSION` from ENA (ftp, https) or with
 //!   sra-tools, MD5-checked; [`EnaConfig`] says where ENA is.
@@ -69,6 +74,7 @@
 pub mod actions;
 pub mod azure;
 pub mod backend;
+mod bucket;
 pub mod checksum;
 pub mod error;
 pub mod fastq;

@@ -92,21 +92,7 @@ impl AtomicFile {
         writer.flush().at("cannot write", &self.temp_path)?;
         let (checksum, length) = writer.finish();
         drop(writer);
-        if let Ok(existing) = fs::symlink_metadata(&self.final_path)
-            && existing.is_dir()
-        {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!(
-                    "cannot write `{}`: a directory is in the way; remove it or choose another destination",
-                    self.final_path.display()
-                ),
-            ));
-        }
-        fs::rename(&self.temp_path, &self.final_path).at(
-            "cannot move the finished file into place at",
-            &self.final_path,
-        )?;
+        rename_into_place(&self.temp_path, &self.final_path)?;
         // Renamed: nothing left for Drop to clean.
         self.temp_path = PathBuf::new();
         Ok((checksum, length))
@@ -139,6 +125,20 @@ impl Drop for AtomicFile {
             warn!(path = %self.temp_path.display(), %error, "cannot remove a temporary file");
         }
     }
+}
+
+/// Renames the finished file `temp_path` to `final_path`, refusing to replace a directory.
+pub(crate) fn rename_into_place(temp_path: &Path, final_path: &Path) -> Result<()> {
+    if fs::symlink_metadata(final_path).is_ok_and(|existing| existing.is_dir()) {
+        return Err(Error::new(
+            ErrorKind::Io,
+            format!(
+                "cannot write `{}`: a directory is in the way; remove it or choose another destination",
+                final_path.display()
+            ),
+        ));
+    }
+    fs::rename(temp_path, final_path).at("cannot move the finished file into place at", final_path)
 }
 
 /// Set when the future that started a blocking transfer is dropped (a timeout, a cancelled

@@ -68,11 +68,10 @@ impl Resolver {
         resolver.register(Scheme::RunFastq, Arc::new(fastq));
         let s3 = crate::s3::S3Backend::from_env().with_progress(progress.clone());
         resolver.register(Scheme::S3, Arc::new(s3));
-        resolver.register(
-            Scheme::Azure,
-            Arc::new(crate::azure::AzureBackend::from_env()),
-        );
-        resolver.register(Scheme::Gs, Arc::new(crate::gcs::GcsBackend::from_env()));
+        let azure = crate::azure::AzureBackend::from_env().with_progress(progress.clone());
+        resolver.register(Scheme::Azure, Arc::new(azure));
+        let gcs = crate::gcs::GcsBackend::from_env().with_progress(progress);
+        resolver.register(Scheme::Gs, Arc::new(gcs));
         resolver
     }
 

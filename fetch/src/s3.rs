@@ -24,15 +24,15 @@
 //!
 //! AWS SSO profiles and `credential_process` are not supported: this build leaves those parts of
 //! the SDK out.
+//!
+//! What a transfer does (single objects and prefixes, ranges, checks, progress, messages) is
+//! shared with `azure://` and `gs://` (the crate's private `bucket` module); this module makes
+//! S3's own requests for it.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::future::Future;
-use std::io::{self, Write as _};
-use std::os::unix::fs::FileExt as _;
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use aws_config::BehaviorVersion;
 use aws_credential_types::provider::error::CredentialsError;
@@ -46,31 +46,39 @@ use aws_sdk_s3::types::{
     ObjectIdentifier,
 };
 use bytes::Bytes;
-use crc_fast::CrcAlgorithm;
-use futures::StreamExt as _;
-use futures::stream::FuturesUnordered;
-use tokio::sync::{OnceCell, Semaphore, mpsc};
+use futures::{StreamExt as _, TryStreamExt as _};
+use tokio::sync::OnceCell;
 use tracing::{debug, warn};
 
-use crate::backend::{Backend, BoxFuture, Entry, FileChecksum, TransferStats};
-use crate::checksum::{Crc64Nvme, Crc64NvmeHasher, crc64nvme};
+use crate::backend::{Backend, BoxFuture, Entry, TransferStats};
+use crate::bucket::{
+    self, AbortOnDrop, Body, Bucket, FileIdentity, Head, Limits, Listed, Listing, MIB, Naming,
+    PendingUpload, Transfers, changed_while_read, combine_crc64nvme, file_identity,
+    parse_stored_crc64nvme, read_part, run_all, slot, split_uri,
+};
+use crate::checksum::Crc64Nvme;
 use crate::error::{Error, ErrorKind, IoContext as _, Result};
-use crate::local::{self, AtomicFile, run_blocking, slash_path};
-use crate::memory::join_key;
-use crate::progress::{Progress, TryCount};
+use crate::local::run_blocking;
+use crate::progress::Progress;
 use crate::uri::{Scheme, Uri};
 
-const MIB: u64 = 1024 * 1024;
 /// S3's smallest part (except the last one).
 const MIN_PART_SIZE: u64 = 5 * MIB;
 /// S3's largest part.
 const MAX_PART_SIZE: u64 = 5 * 1024 * MIB;
-/// S3's largest number of parts in one multipart upload.
-const MAX_PARTS: u64 = 10_000;
 /// S3's largest ListObjectsV2 page and DeleteObjects request.
 const MAX_BATCH: u32 = 1000;
 /// The region used when neither herd's nor the AWS configuration sets one.
 pub const DEFAULT_REGION: &str = "us-east-1";
+
+const NAMING: Naming = Naming {
+    scheme: Scheme::S3,
+    backend: "s3",
+    article: "an",
+    container: "bucket",
+    key: "key",
+    object_name: "an s3 key",
+};
 
 /// A static access key. `Debug` hides the secret.
 #[derive(Clone, PartialEq, Eq)]
@@ -178,6 +186,15 @@ impl Config {
         })
     }
 
+    fn limits(&self) -> Limits {
+        Limits {
+            multipart_threshold: self.multipart_threshold,
+            part_size: self.part_size,
+            concurrency: self.concurrency,
+            batch_size: self.batch_size as usize,
+        }
+    }
+
     /// Checks the sizes and counts against S3's limits.
     pub fn validate(&self) -> Result<()> {
         let problem = if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&self.part_size) {
@@ -218,9 +235,7 @@ pub struct S3Backend {
     /// A configuration error found by [`S3Backend::from_env`], reported by every transfer.
     config_error: Option<(ErrorKind, String)>,
     client: OnceCell<Client>,
-    /// Bounds the requests in flight (and so the memory held by part buffers).
-    requests: Arc<Semaphore>,
-    progress: Progress,
+    transfers: Transfers,
 }
 
 impl fmt::Debug for S3Backend {
@@ -254,19 +269,17 @@ impl S3Backend {
     }
 
     fn unchecked(config: Config, config_error: Option<(ErrorKind, String)>) -> S3Backend {
-        let requests = Arc::new(Semaphore::new(config.concurrency.max(1)));
         S3Backend {
+            transfers: Transfers::new(config.limits()),
             config,
             config_error,
             client: OnceCell::new(),
-            requests,
-            progress: Progress::disabled(),
         }
     }
 
     /// Counts what this backend moves in `progress`.
     pub fn with_progress(mut self, progress: Progress) -> Self {
-        self.progress = progress;
+        self.transfers.progress = progress;
         self
     }
 
@@ -280,24 +293,6 @@ impl S3Backend {
             return Err(Error::new(*kind, message.clone()));
         }
         Ok(self.client.get_or_init(|| build_client(&self.config)).await)
-    }
-
-    /// Waits for a request slot; held for the duration of one request and its buffer.
-    async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
-        self.requests.acquire().await.map_err(|error| {
-            Error::with_source(ErrorKind::Io, "the s3 backend was shut down", error)
-        })
-    }
-
-    /// The part size for a file of `size` bytes: the configured one, raised to stay within
-    /// S3's 10,000 parts.
-    fn part_size_for(&self, size: u64) -> u64 {
-        let smallest = size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
-        self.config.part_size.max(smallest)
-    }
-
-    fn is_large(&self, size: u64) -> bool {
-        size > 0 && size >= self.config.multipart_threshold
     }
 }
 
@@ -328,61 +323,6 @@ async fn build_client(config: &Config) -> Client {
         "s3 client created"
     );
     Client::from_conf(builder.build())
-}
-
-/// The bucket and key of an `s3://` URI (`s3://bucket` has an empty key).
-fn location(uri: &Uri) -> Result<(&str, &str)> {
-    if uri.scheme() != Scheme::S3 {
-        return Err(Error::new(
-            ErrorKind::Unsupported,
-            format!(
-                "the s3 backend cannot handle `{}`: it is not an s3:// uri",
-                uri.redacted()
-            ),
-        ));
-    }
-    let (bucket, key) = uri.path().split_once('/').unwrap_or((uri.path(), ""));
-    if bucket.is_empty() {
-        return Err(Error::invalid_uri(format!(
-            "`{}` has no bucket: write s3://bucket/key",
-            uri.redacted()
-        )));
-    }
-    Ok((bucket, key))
-}
-
-/// The key prefix of a directory URI's content: `key/`, or nothing for a whole bucket.
-fn directory_prefix(key: &str) -> String {
-    if key.is_empty() || key.ends_with('/') {
-        key.to_owned()
-    } else {
-        format!("{key}/")
-    }
-}
-
-fn object_uri(bucket: &str, key: &str) -> String {
-    format!("s3://{bucket}/{key}")
-}
-
-fn names_a_bucket(uri: &Uri) -> Error {
-    Error::invalid_uri(format!(
-        "`{}` names a bucket, not an object: add a key, or end it with `/` for the bucket's content",
-        uri.redacted()
-    ))
-}
-
-fn prefix_without_slash(uri: &Uri) -> Error {
-    Error::invalid_uri(format!(
-        "`{}` is a directory: end the uri with `/` to transfer it recursively",
-        uri.redacted()
-    ))
-}
-
-fn nothing_under(uri: &Uri) -> Error {
-    Error::new(
-        ErrorKind::NotFound,
-        format!("nothing under `{}`: check the uri", uri.redacted()),
-    )
 }
 
 /// A failed S3 call, reduced to what [`map_error`] classifies.
@@ -573,7 +513,6 @@ fn map_error(doing: &str, target: &str, failure: impl Into<Failure>) -> Error {
         failure.source,
     )
 }
-
 /// The full-object CRC64NVME stored with an object, if it has one. Composite checksums (per
 /// part, written `value-N`) cannot be compared with a whole file's CRC and count as none.
 fn stored_crc64nvme(
@@ -584,546 +523,7 @@ fn stored_crc64nvme(
     if matches!(checksum_type, Some(ChecksumType::Composite)) || value.contains('-') {
         return None;
     }
-    match Crc64Nvme::from_base64(value) {
-        Ok(checksum) => Some(checksum),
-        Err(_) => {
-            warn!(
-                value,
-                "ignoring a stored crc64nvme that is not base64 of 8 bytes"
-            );
-            None
-        }
-    }
-}
-
-/// Fails with [`ErrorKind::Checksum`] when the stored checksum (if any) is not `actual`.
-fn check_crc64nvme(expected: Option<Crc64Nvme>, actual: Crc64Nvme, target: &str) -> Result<()> {
-    match expected {
-        Some(expected) if expected != actual => Err(Error::new(
-            ErrorKind::Checksum,
-            format!(
-                "`{target}` came down with crc64nvme {actual} but the object's stored checksum is {expected}: the data was corrupted on the way or the object is damaged; retry, and if it persists upload the object again"
-            ),
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// Renames a downloaded file into place if its checksum matches the stored one; otherwise
-/// removes it and fails with [`ErrorKind::Checksum`].
-fn commit_verified(
-    file: AtomicFile,
-    actual: Crc64Nvme,
-    expected: Option<Crc64Nvme>,
-    target: &str,
-) -> Result<(Crc64Nvme, u64)> {
-    check_crc64nvme(expected, actual, target)?;
-    let (written, length) = file.commit()?;
-    if written != actual {
-        return Err(Error::new(
-            ErrorKind::Io,
-            format!("`{target}` changed on disk while it was written: retry"),
-        ));
-    }
-    Ok((written, length))
-}
-
-/// The CRC64NVME of the concatenation of pieces, from their CRCs and lengths, in order.
-fn combine_crc64nvme(pieces: impl IntoIterator<Item = (Crc64Nvme, u64)>) -> (Crc64Nvme, u64) {
-    let mut total = Crc64Nvme::EMPTY;
-    let mut length = 0;
-    for (checksum, piece_length) in pieces {
-        total = Crc64Nvme::from_u64(crc_fast::checksum_combine(
-            CrcAlgorithm::Crc64Nvme,
-            total.as_u64(),
-            checksum.as_u64(),
-            piece_length,
-        ));
-        length += piece_length;
-    }
-    (total, length)
-}
-
-/// Runs `tasks` with at most `limit` at once and returns their results in the tasks' order; the
-/// first error drops (cancels) the others. (A loop rather than stream combinators: closures held
-/// across awaits make the backend's futures fail the `Send` check.)
-async fn run_all<T, F>(tasks: Vec<F>, limit: usize) -> Result<Vec<T>>
-where
-    F: Future<Output = Result<T>>,
-{
-    let mut results: Vec<Option<T>> = std::iter::repeat_with(|| None).take(tasks.len()).collect();
-    let mut waiting = tasks.into_iter().enumerate();
-    let mut running = FuturesUnordered::new();
-    loop {
-        while running.len() < limit.max(1) {
-            let Some((index, task)) = waiting.next() else {
-                break;
-            };
-            running.push(async move { (index, task.await) });
-        }
-        let Some((index, result)) = running.next().await else {
-            break;
-        };
-        results[index] = Some(result?);
-    }
-    Ok(results.into_iter().flatten().collect())
-}
-
-/// What HeadObject says about an object.
-#[derive(Debug, Clone)]
-struct Head {
-    size: u64,
-    etag: Option<String>,
-    crc64nvme: Option<Crc64Nvme>,
-}
-
-/// One object of a listing.
-#[derive(Debug, Clone)]
-struct Listed {
-    key: String,
-    size: u64,
-}
-
-/// A listing: objects, and the sub-prefixes when listed with the `/` delimiter.
-#[derive(Debug, Default)]
-struct Listing {
-    objects: Vec<Listed>,
-    prefixes: Vec<String>,
-}
-
-/// The size and modification time of a file, to notice it changing while it is uploaded.
-fn file_identity(path: &Path) -> Result<(u64, Option<SystemTime>)> {
-    let metadata = fs::metadata(path).at("cannot read", path)?;
-    Ok((metadata.len(), metadata.modified().ok()))
-}
-
-fn changed_while_read(path: &Path) -> Error {
-    Error::new(
-        ErrorKind::Io,
-        format!(
-            "`{}` changed while it was uploaded: something is still writing it; retry once it is complete",
-            path.display()
-        ),
-    )
-}
-
-/// A part uploaded to S3.
-struct UploadedPart {
-    number: i32,
-    etag: String,
-    crc64nvme: Crc64Nvme,
-    length: u64,
-}
-
-/// Aborts a multipart upload that neither completed nor was aborted by hand: when the upload's
-/// future is dropped (a timeout, a cancelled task), from a task spawned on the runtime.
-struct AbortOnDrop {
-    client: Client,
-    bucket: String,
-    key: String,
-    upload_id: Option<String>,
-}
-
-impl AbortOnDrop {
-    fn disarm(&mut self) {
-        self.upload_id = None;
-    }
-
-    async fn abort(&mut self) {
-        if let Some(upload_id) = self.upload_id.take() {
-            abort_upload(&self.client, &self.bucket, &self.key, &upload_id).await;
-        }
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        let Some(upload_id) = self.upload_id.take() else {
-            return;
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                let (client, bucket, key) =
-                    (self.client.clone(), self.bucket.clone(), self.key.clone());
-                runtime
-                    .spawn(async move { abort_upload(&client, &bucket, &key, &upload_id).await });
-            }
-            Err(_) => warn!(
-                uri = %object_uri(&self.bucket, &self.key),
-                upload_id,
-                "cannot abort an interrupted multipart upload outside a runtime; a lifecycle rule will have to"
-            ),
-        }
-    }
-}
-
-async fn abort_upload(client: &Client, bucket: &str, key: &str, upload_id: &str) {
-    let result = client
-        .abort_multipart_upload()
-        .bucket(bucket)
-        .key(key)
-        .upload_id(upload_id)
-        .send()
-        .await;
-    match result {
-        Ok(_) => debug!(uri = %object_uri(bucket, key), upload_id, "multipart upload aborted"),
-        Err(error) => {
-            let error = map_error(
-                "cannot abort the multipart upload to",
-                &object_uri(bucket, key),
-                error,
-            );
-            warn!(upload_id, error = %error.report(), "a multipart upload may be left over");
-        }
-    }
-}
-
-/// A file filled at offsets by parallel ranged GETs, under a temporary name in its destination
-/// directory: renamed into place by [`commit`](Self::commit), removed if dropped before. (An
-/// [`AtomicFile`] writes in sequence only.)
-struct PartialFile {
-    final_path: PathBuf,
-    temp_path: PathBuf,
-    file: Arc<File>,
-    committed: bool,
-}
-
-impl PartialFile {
-    fn create(final_path: &Path, size: u64) -> Result<PartialFile> {
-        let directory = match final_path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        fs::create_dir_all(&directory).at("cannot create the directory", &directory)?;
-        let temp_path = directory.join(local::temp_name("file"));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp_path)
-            .at("cannot create a file in", &directory)?;
-        let partial = PartialFile {
-            final_path: final_path.to_path_buf(),
-            temp_path,
-            file: Arc::new(file),
-            committed: false,
-        };
-        partial
-            .file
-            .set_len(size)
-            .at("cannot allocate", &partial.temp_path)?;
-        Ok(partial)
-    }
-
-    fn commit(mut self) -> Result<()> {
-        if fs::symlink_metadata(&self.final_path).is_ok_and(|existing| existing.is_dir()) {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!(
-                    "cannot write `{}`: a directory is in the way; remove it or choose another destination",
-                    self.final_path.display()
-                ),
-            ));
-        }
-        fs::rename(&self.temp_path, &self.final_path).at(
-            "cannot move the finished file into place at",
-            &self.final_path,
-        )?;
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for PartialFile {
-    fn drop(&mut self) {
-        if !self.committed
-            && let Err(error) = fs::remove_file(&self.temp_path)
-            && error.kind() != io::ErrorKind::NotFound
-        {
-            warn!(path = %self.temp_path.display(), %error, "cannot remove a temporary file");
-        }
-    }
-}
-
-// Uploads.
-impl S3Backend {
-    /// Uploads the local file `source` to `bucket/key`; returns its checksum and size.
-    async fn upload_file(
-        &self,
-        client: &Client,
-        source: &Path,
-        bucket: &str,
-        key: &str,
-    ) -> Result<(Crc64Nvme, u64)> {
-        let path = source.to_path_buf();
-        let (size, modified) = run_blocking(move |_| {
-            let metadata = fs::metadata(&path).at("cannot read", &path)?;
-            if !metadata.is_file() {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    format!(
-                        "`{}` is not a regular file (a fifo, socket or device): only files and directories can be uploaded",
-                        path.display()
-                    ),
-                ));
-            }
-            Ok((metadata.len(), metadata.modified().ok()))
-        })
-        .await?;
-        let result = if self.is_large(size) {
-            self.upload_multipart(client, source, (size, modified), bucket, key)
-                .await
-        } else {
-            self.upload_whole(client, source, size, bucket, key).await
-        };
-        if let Ok((checksum, length)) = &result {
-            self.progress.file_done();
-            debug!(source = %source.display(), uri = %object_uri(bucket, key), bytes = length, crc64nvme = %checksum, "uploaded");
-        }
-        result
-    }
-
-    /// One PutObject carrying the CRC64NVME computed while the file was read.
-    async fn upload_whole(
-        &self,
-        client: &Client,
-        source: &Path,
-        size: u64,
-        bucket: &str,
-        key: &str,
-    ) -> Result<(Crc64Nvme, u64)> {
-        let target = object_uri(bucket, key);
-        let _slot = self.slot().await?;
-        let path = source.to_path_buf();
-        let (content, checksum) = run_blocking(move |_| {
-            let content = fs::read(&path).at("cannot read", &path)?;
-            if content.len() as u64 != size {
-                return Err(changed_while_read(&path));
-            }
-            let checksum = crc64nvme(&content);
-            Ok((content, checksum))
-        })
-        .await?;
-        let response = client
-            .put_object()
-            .bucket(bucket)
-            .key(key)
-            .content_length(size as i64)
-            .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
-            .checksum_crc64_nvme(checksum.to_base64())
-            .body(ByteStream::from(content))
-            .send()
-            .await
-            .map_err(|error| map_error("cannot upload to", &target, error))?;
-        let stored = stored_crc64nvme(response.checksum_crc64_nvme(), response.checksum_type());
-        check_stored(stored, checksum, &target)?;
-        self.progress.transferred(size);
-        Ok((checksum, size))
-    }
-
-    /// A multipart upload with a full-object CRC64NVME; aborted on any failure.
-    async fn upload_multipart(
-        &self,
-        client: &Client,
-        source: &Path,
-        identity: (u64, Option<SystemTime>),
-        bucket: &str,
-        key: &str,
-    ) -> Result<(Crc64Nvme, u64)> {
-        let target = object_uri(bucket, key);
-        let (size, _) = identity;
-        let part_size = self.part_size_for(size);
-        let created = client
-            .create_multipart_upload()
-            .bucket(bucket)
-            .key(key)
-            .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
-            .checksum_type(ChecksumType::FullObject)
-            .send()
-            .await
-            .map_err(|error| map_error("cannot start a multipart upload to", &target, error))?;
-        let Some(upload_id) = created.upload_id().map(str::to_owned) else {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!(
-                    "cannot upload to `{target}`: the server started a multipart upload without an upload id; retry"
-                ),
-            ));
-        };
-        let mut guard = AbortOnDrop {
-            client: client.clone(),
-            bucket: bucket.to_owned(),
-            key: key.to_owned(),
-            upload_id: Some(upload_id.clone()),
-        };
-        let result = self
-            .send_parts(client, source, identity, part_size, bucket, key, &upload_id)
-            .await;
-        match result {
-            Ok(done) => {
-                guard.disarm();
-                Ok(done)
-            }
-            Err(error) => {
-                guard.abort().await;
-                Err(error)
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn send_parts(
-        &self,
-        client: &Client,
-        source: &Path,
-        identity: (u64, Option<SystemTime>),
-        part_size: u64,
-        bucket: &str,
-        key: &str,
-        upload_id: &str,
-    ) -> Result<(Crc64Nvme, u64)> {
-        let target = object_uri(bucket, key);
-        let (size, _) = identity;
-        let path = source.to_path_buf();
-        let file =
-            Arc::new(run_blocking(move |_| File::open(&path).at("cannot open", &path)).await?);
-        let count = size.div_ceil(part_size);
-        let uploads: Vec<_> = (0..count)
-            .map(|index| {
-                let offset = index * part_size;
-                let length = part_size.min(size - offset);
-                self.send_part(
-                    client,
-                    Arc::clone(&file),
-                    source,
-                    (offset, length),
-                    index as i32 + 1,
-                    (bucket, key, upload_id),
-                )
-            })
-            .collect();
-        let parts = run_all(uploads, self.config.concurrency).await?;
-        let (checksum, length) =
-            combine_crc64nvme(parts.iter().map(|part| (part.crc64nvme, part.length)));
-        let path = source.to_path_buf();
-        let now = run_blocking(move |_| file_identity(&path)).await?;
-        if length != size || now != identity {
-            return Err(changed_while_read(source));
-        }
-        let completed: Vec<CompletedPart> = parts
-            .iter()
-            .map(|part| {
-                CompletedPart::builder()
-                    .part_number(part.number)
-                    .e_tag(&part.etag)
-                    .checksum_crc64_nvme(part.crc64nvme.to_base64())
-                    .build()
-            })
-            .collect();
-        let response = client
-            .complete_multipart_upload()
-            .bucket(bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .checksum_type(ChecksumType::FullObject)
-            .checksum_crc64_nvme(checksum.to_base64())
-            .mpu_object_size(size as i64)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(completed))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|error| {
-                map_error("cannot complete the multipart upload to", &target, error)
-            })?;
-        let stored = stored_crc64nvme(response.checksum_crc64_nvme(), response.checksum_type());
-        check_stored(stored, checksum, &target)?;
-        Ok((checksum, size))
-    }
-
-    async fn send_part(
-        &self,
-        client: &Client,
-        file: Arc<File>,
-        source: &Path,
-        (offset, length): (u64, u64),
-        number: i32,
-        (bucket, key, upload_id): (&str, &str, &str),
-    ) -> Result<UploadedPart> {
-        let _slot = self.slot().await?;
-        let path = source.to_path_buf();
-        let (content, checksum) = run_blocking(move |cancel| {
-            cancel.check()?;
-            let mut content = vec![0; length as usize];
-            match file.read_exact_at(&mut content, offset) {
-                Ok(()) => {}
-                Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
-                    return Err(changed_while_read(&path));
-                }
-                Err(error) => return Err(Error::io("cannot read", &path, error)),
-            }
-            let checksum = crc64nvme(&content);
-            Ok((content, checksum))
-        })
-        .await?;
-        let response = client
-            .upload_part()
-            .bucket(bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .part_number(number)
-            .content_length(length as i64)
-            .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
-            .checksum_crc64_nvme(checksum.to_base64())
-            .body(ByteStream::from(content))
-            .send()
-            .await
-            .map_err(|error| {
-                map_error(
-                    &format!("cannot upload part {number} of"),
-                    &object_uri(bucket, key),
-                    error,
-                )
-            })?;
-        let Some(etag) = response.e_tag().map(str::to_owned) else {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!(
-                    "cannot upload part {number} of `{}`: the server answered without an etag; retry",
-                    object_uri(bucket, key)
-                ),
-            ));
-        };
-        self.progress.transferred(length);
-        Ok(UploadedPart {
-            number,
-            etag,
-            crc64nvme: checksum,
-            length,
-        })
-    }
-}
-
-/// Where each object listed under `prefix` lands under `destination`: (relative path, object,
-/// local path). Keys that would land outside `destination` (`..`, empty components) fail the
-/// whole download with [`ErrorKind::Unsafe`] before anything is written; zero-byte "folder"
-/// markers (keys ending with `/`, which consoles create) are skipped.
-fn download_plan(
-    prefix: &str,
-    objects: Vec<Listed>,
-    destination: &Path,
-) -> Result<Vec<(String, Listed, PathBuf)>> {
-    let mut downloads = Vec::new();
-    for object in objects {
-        let relative = object.key[prefix.len()..].to_owned();
-        if relative.is_empty() || relative.ends_with('/') {
-            continue;
-        }
-        let target = join_key(destination, &relative)?;
-        downloads.push((relative, object, target));
-    }
-    Ok(downloads)
+    parse_stored_crc64nvme(value)
 }
 
 /// Fails when the store reports, for what it just stored, a full-object checksum other than the
@@ -1140,13 +540,36 @@ fn check_stored(stored: Option<Crc64Nvme>, sent: Crc64Nvme, target: &str) -> Res
     }
 }
 
-// Downloads.
-impl S3Backend {
-    /// HeadObject with the stored checksum; `None` when there is no such object.
-    async fn head(&self, client: &Client, bucket: &str, key: &str) -> Result<Option<Head>> {
-        let response = client
+/// One bucket, through the backend's client: what the functions of [`bucket`] drive.
+struct S3Bucket<'a> {
+    backend: &'a S3Backend,
+    client: &'a Client,
+    name: &'a str,
+}
+
+impl Bucket for S3Bucket<'_> {
+    /// The key itself.
+    type Location = String;
+    const NAMING: Naming = NAMING;
+
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn transfers(&self) -> &Transfers {
+        &self.backend.transfers
+    }
+
+    fn locate(&self, key: &str, _target: &str) -> Result<String> {
+        Ok(key.to_owned())
+    }
+
+    /// HeadObject with checksum mode.
+    async fn head(&self, key: &String, target: &str) -> Result<Option<Head>> {
+        let response = self
+            .client
             .head_object()
-            .bucket(bucket)
+            .bucket(self.name)
             .key(key)
             .checksum_mode(ChecksumMode::Enabled)
             .send()
@@ -1158,7 +581,7 @@ impl S3Backend {
                 crc64nvme: stored_crc64nvme(head.checksum_crc64_nvme(), head.checksum_type()),
             })),
             Err(error) => {
-                let error = map_error("cannot read", &object_uri(bucket, key), error);
+                let error = map_error("cannot read", target, error);
                 if error.kind() == ErrorKind::NotFound {
                     Ok(None)
                 } else {
@@ -1168,224 +591,22 @@ impl S3Backend {
         }
     }
 
-    /// Downloads `bucket/key` to the local file `target`, by ranges when `size_hint` (from a
-    /// listing) says it is large.
-    async fn download(
-        &self,
-        client: &Client,
-        bucket: &str,
-        key: &str,
-        size_hint: Option<u64>,
-        target: &Path,
-    ) -> Result<(Crc64Nvme, u64)> {
-        let result = match size_hint {
-            Some(size) if self.is_large(size) => {
-                let Some(head) = self.head(client, bucket, key).await? else {
-                    return Err(Error::new(
-                        ErrorKind::NotFound,
-                        format!(
-                            "`{}` vanished while it was downloaded: retry",
-                            object_uri(bucket, key)
-                        ),
-                    ));
-                };
-                if self.is_large(head.size) {
-                    self.download_ranges(client, bucket, key, &head, target)
-                        .await
-                } else {
-                    self.download_whole(client, bucket, key, target).await
-                }
-            }
-            _ => self.download_whole(client, bucket, key, target).await,
-        };
-        if let Ok((checksum, length)) = &result {
-            self.progress.file_done();
-            debug!(uri = %object_uri(bucket, key), target = %target.display(), bytes = length, crc64nvme = %checksum, "downloaded");
-        }
-        result
-    }
-
-    /// One GetObject, streamed through an [`AtomicFile`].
-    async fn download_whole(
-        &self,
-        client: &Client,
-        bucket: &str,
-        key: &str,
-        target: &Path,
-    ) -> Result<(Crc64Nvme, u64)> {
-        let shown = object_uri(bucket, key);
-        let _slot = self.slot().await?;
-        let response = client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .checksum_mode(ChecksumMode::Enabled)
-            .send()
-            .await
-            .map_err(|error| map_error("cannot download", &shown, error))?;
-        let expected = stored_crc64nvme(response.checksum_crc64_nvme(), response.checksum_type());
-        let expected_length = response.content_length().map(|length| length.max(0) as u64);
-        let mut body = response.body;
-
-        let (sender, mut receiver) = mpsc::channel::<Bytes>(16);
-        let path = target.to_path_buf();
-        let writer = run_blocking(move |cancel| {
-            let mut file = AtomicFile::create(&path)?;
-            let mut hasher = Crc64NvmeHasher::new();
-            while let Some(chunk) = receiver.blocking_recv() {
-                cancel.check()?;
-                file.write_all(&chunk).at("cannot write", &path)?;
-                hasher.update(&chunk);
-            }
-            Ok((file, hasher))
-        });
-        let mut counted = TryCount::new(&self.progress);
-        let counter = &mut counted;
-        let reader = async move {
-            while let Some(chunk) = body.try_next().await? {
-                counter.add(chunk.len() as u64);
-                if sender.send(chunk).await.is_err() {
-                    // The writer stopped; its error says why.
-                    break;
-                }
-            }
-            Ok::<(), ByteStreamError>(())
-        };
-        let (written, read) = tokio::join!(writer, reader);
-        let (file, hasher) = written?;
-        read.map_err(|error| map_error("cannot download", &shown, error))?;
-        if let Some(expected_length) = expected_length
-            && hasher.length() != expected_length
-        {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!(
-                    "cannot download `{shown}`: {} of {expected_length} bytes arrived; retry",
-                    hasher.length()
-                ),
-            ));
-        }
-        let actual = hasher.finish();
-        let committed =
-            run_blocking(move |_| commit_verified(file, actual, expected, &shown)).await?;
-        counted.keep();
-        Ok(committed)
-    }
-
-    /// Parallel ranged GETs written at their offsets; the parts' CRCs combine into the whole
-    /// file's, checked against the stored one before the file is renamed into place.
-    async fn download_ranges(
-        &self,
-        client: &Client,
-        bucket: &str,
-        key: &str,
-        head: &Head,
-        target: &Path,
-    ) -> Result<(Crc64Nvme, u64)> {
-        let shown = object_uri(bucket, key);
-        let size = head.size;
-        let path = target.to_path_buf();
-        let partial = run_blocking(move |_| PartialFile::create(&path, size)).await?;
-        let part_size = self.part_size_for(size);
-        let count = size.div_ceil(part_size);
-        let ranges: Vec<_> = (0..count)
-            .map(|index| {
-                let offset = index * part_size;
-                let length = part_size.min(size - offset);
-                self.download_range(
-                    client,
-                    (bucket, key),
-                    head.etag.as_deref(),
-                    (offset, length),
-                    Arc::clone(&partial.file),
-                    &partial.temp_path,
-                )
-            })
-            .collect();
-        let pieces = run_all(ranges, self.config.concurrency).await?;
-        let (actual, length) = combine_crc64nvme(pieces);
-        if length != size {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!("cannot download `{shown}`: {length} of {size} bytes arrived; retry"),
-            ));
-        }
-        check_crc64nvme(head.crc64nvme, actual, &shown)?;
-        run_blocking(move |_| partial.commit()).await?;
-        Ok((actual, size))
-    }
-
-    async fn download_range(
-        &self,
-        client: &Client,
-        (bucket, key): (&str, &str),
-        etag: Option<&str>,
-        (offset, length): (u64, u64),
-        file: Arc<File>,
-        temp_path: &Path,
-    ) -> Result<(Crc64Nvme, u64)> {
-        let shown = object_uri(bucket, key);
-        let _slot = self.slot().await?;
-        let mut request = client
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .range(format!("bytes={offset}-{}", offset + length - 1));
-        if let Some(etag) = etag {
-            // Every range from the same version of the object, or a PreconditionFailed error.
-            request = request.if_match(etag);
-        }
-        let response = request
-            .send()
-            .await
-            .map_err(|error| map_error("cannot download", &shown, error))?;
-        let content = response
-            .body
-            .collect()
-            .await
-            .map_err(|error| map_error("cannot download", &shown, error))?
-            .into_bytes();
-        if content.len() as u64 != length {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!(
-                    "cannot download `{shown}`: bytes {offset}+{length} came back as {} bytes; retry",
-                    content.len()
-                ),
-            ));
-        }
-        let path = temp_path.to_path_buf();
-        let piece = run_blocking(move |_| {
-            file.write_all_at(&content, offset)
-                .at("cannot write", &path)?;
-            Ok((crc64nvme(&content), length))
-        })
-        .await?;
-        self.progress.transferred(length);
-        Ok(piece)
-    }
-}
-
-// Listings and deletions.
-impl S3Backend {
-    /// Every object under `prefix` (ListObjectsV2, page after page); with `delimited`, only
-    /// those directly under it, plus its sub-prefixes.
+    /// ListObjectsV2, page after page.
     async fn list_prefix(
         &self,
-        client: &Client,
-        bucket: &str,
         prefix: &str,
         delimited: bool,
+        (doing, target): (&str, &str),
     ) -> Result<Listing> {
-        let shown = object_uri(bucket, prefix);
         let mut listing = Listing::default();
         let mut token: Option<String> = None;
         loop {
-            let mut request = client
+            let mut request = self
+                .client
                 .list_objects_v2()
-                .bucket(bucket)
+                .bucket(self.name)
                 .prefix(prefix)
-                .max_keys(self.config.batch_size as i32);
+                .max_keys(self.backend.config.batch_size as i32);
             if delimited {
                 request = request.delimiter("/");
             }
@@ -1395,7 +616,7 @@ impl S3Backend {
             let page = request
                 .send()
                 .await
-                .map_err(|error| map_error("cannot list", &shown, error))?;
+                .map_err(|error| map_error(doing, target, error))?;
             for object in page.contents() {
                 if let Some(key) = object.key() {
                     listing.objects.push(Listed {
@@ -1420,18 +641,12 @@ impl S3Backend {
         Ok(listing)
     }
 
-    /// Whether anything is stored under `prefix`; errors say `doing` `target`, the URI the
-    /// caller was given.
-    async fn has_prefix(
-        &self,
-        client: &Client,
-        bucket: &str,
-        prefix: &str,
-        (doing, target): (&str, &str),
-    ) -> Result<bool> {
-        let page = client
+    /// One ListObjectsV2 request for one key.
+    async fn has_prefix(&self, prefix: &str, (doing, target): (&str, &str)) -> Result<bool> {
+        let page = self
+            .client
             .list_objects_v2()
-            .bucket(bucket)
+            .bucket(self.name)
             .prefix(prefix)
             .max_keys(1)
             .send()
@@ -1440,10 +655,151 @@ impl S3Backend {
         Ok(!page.contents().is_empty() || !page.common_prefixes().is_empty())
     }
 
-    /// Deletes `keys`, `batch_size` per DeleteObjects request.
-    async fn delete_keys(&self, client: &Client, bucket: &str, keys: Vec<String>) -> Result<()> {
-        for batch in keys.chunks(self.config.batch_size as usize) {
-            let shown = object_uri(bucket, &batch[0]);
+    /// GetObject with checksum mode.
+    async fn get_whole(&self, key: &String, target: &str) -> Result<Body> {
+        let response = self
+            .client
+            .get_object()
+            .bucket(self.name)
+            .key(key)
+            .checksum_mode(ChecksumMode::Enabled)
+            .send()
+            .await
+            .map_err(|error| map_error("cannot download", target, error))?;
+        let crc64nvme = stored_crc64nvme(response.checksum_crc64_nvme(), response.checksum_type());
+        let length = response.content_length().map(|length| length.max(0) as u64);
+        let shown = target.to_owned();
+        let chunks = futures::stream::try_unfold(response.body, |mut body| async move {
+            Ok(body.try_next().await?.map(|chunk| (chunk, body)))
+        })
+        .map_err(move |error: ByteStreamError| map_error("cannot download", &shown, error))
+        .boxed();
+        Ok(Body {
+            crc64nvme,
+            length,
+            chunks,
+        })
+    }
+
+    /// A ranged GetObject, `If-Match` the etag.
+    async fn get_range(
+        &self,
+        key: &String,
+        etag: Option<&str>,
+        (offset, length): (u64, u64),
+        target: &str,
+    ) -> Result<Bytes> {
+        let mut request = self
+            .client
+            .get_object()
+            .bucket(self.name)
+            .key(key)
+            .range(format!("bytes={offset}-{}", offset + length - 1));
+        if let Some(etag) = etag {
+            // Every range from the same version of the object, or a PreconditionFailed error.
+            request = request.if_match(etag);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| map_error("cannot download", target, error))?;
+        Ok(response
+            .body
+            .collect()
+            .await
+            .map_err(|error| map_error("cannot download", target, error))?
+            .into_bytes())
+    }
+
+    /// One PutObject carrying the CRC64NVME.
+    async fn put_whole(
+        &self,
+        key: &String,
+        content: Vec<u8>,
+        checksum: Crc64Nvme,
+        target: &str,
+    ) -> Result<()> {
+        let response = self
+            .client
+            .put_object()
+            .bucket(self.name)
+            .key(key)
+            .content_length(content.len() as i64)
+            .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+            .checksum_crc64_nvme(checksum.to_base64())
+            .body(ByteStream::from(content))
+            .send()
+            .await
+            .map_err(|error| map_error("cannot upload to", target, error))?;
+        let stored = stored_crc64nvme(response.checksum_crc64_nvme(), response.checksum_type());
+        check_stored(stored, checksum, target)
+    }
+
+    /// A multipart upload created for a full-object CRC64NVME, its parts sent in parallel.
+    async fn put_multipart(
+        &self,
+        key: &String,
+        source: &Path,
+        identity: FileIdentity,
+        target: &str,
+    ) -> Result<(Crc64Nvme, u64)> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(self.name)
+            .key(key)
+            .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+            .checksum_type(ChecksumType::FullObject)
+            .send()
+            .await
+            .map_err(|error| map_error("cannot start a multipart upload to", target, error))?;
+        let Some(upload_id) = created.upload_id().map(str::to_owned) else {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "cannot upload to `{target}`: the server started a multipart upload without an upload id; retry"
+                ),
+            ));
+        };
+        let mut guard = AbortOnDrop::new(S3Upload {
+            client: self.client.clone(),
+            bucket: self.name.to_owned(),
+            key: key.clone(),
+            upload_id: upload_id.clone(),
+            target: target.to_owned(),
+        });
+        let result = self
+            .send_parts(source, identity, key, &upload_id, target)
+            .await;
+        match result {
+            Ok(done) => {
+                guard.disarm();
+                Ok(done)
+            }
+            Err(error) => {
+                guard.abort().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// DeleteObject.
+    async fn delete_object(&self, key: &String, target: &str) -> Result<()> {
+        self.client
+            .delete_object()
+            .bucket(self.name)
+            .key(key)
+            .send()
+            .await
+            .map_err(|error| map_error("cannot delete", target, error))?;
+        Ok(())
+    }
+
+    /// DeleteObjects, `batch_size` keys per request.
+    async fn delete_keys(&self, keys: Vec<String>) -> Result<()> {
+        let bucket = self.name;
+        for batch in keys.chunks(self.backend.config.batch_size as usize) {
+            let shown = self.object_uri(&batch[0]);
             let identifiers = batch
                 .iter()
                 .map(|key| ObjectIdentifier::builder().key(key).build())
@@ -1454,7 +810,8 @@ impl S3Backend {
                 .quiet(true)
                 .build()
                 .map_err(|error| map_error("cannot delete", &shown, error))?;
-            let response = client
+            let response = self
+                .client
                 .delete_objects()
                 .bucket(bucket)
                 .delete(delete)
@@ -1465,13 +822,184 @@ impl S3Backend {
                 let key = failed.key().unwrap_or_default().to_owned();
                 return Err(map_error(
                     &format!("cannot delete ({} keys failed)", response.errors().len()),
-                    &object_uri(bucket, &key),
+                    &self.object_uri(&key),
                     failed.clone(),
                 ));
             }
             debug!(bucket, keys = batch.len(), "deleted");
         }
         Ok(())
+    }
+}
+
+/// A part uploaded to S3.
+struct UploadedPart {
+    number: i32,
+    etag: String,
+    crc64nvme: Crc64Nvme,
+    length: u64,
+}
+
+impl S3Bucket<'_> {
+    async fn send_parts(
+        &self,
+        source: &Path,
+        identity: FileIdentity,
+        key: &str,
+        upload_id: &str,
+        target: &str,
+    ) -> Result<(Crc64Nvme, u64)> {
+        let (size, _) = identity;
+        let limits = &self.backend.transfers.limits;
+        let part_size = limits.part_size_for(size);
+        let path = source.to_path_buf();
+        let file =
+            Arc::new(run_blocking(move |_| File::open(&path).at("cannot open", &path)).await?);
+        let count = size.div_ceil(part_size);
+        let uploads: Vec<_> = (0..count)
+            .map(|index| {
+                let offset = index * part_size;
+                let length = part_size.min(size - offset);
+                self.send_part(
+                    Arc::clone(&file),
+                    source,
+                    (offset, length),
+                    index as i32 + 1,
+                    (key, upload_id, target),
+                )
+            })
+            .collect();
+        let parts = run_all(uploads, limits.concurrency).await?;
+        let (checksum, length) =
+            combine_crc64nvme(parts.iter().map(|part| (part.crc64nvme, part.length)));
+        let path = source.to_path_buf();
+        let now = run_blocking(move |_| file_identity(&path)).await?;
+        if length != size || now != identity {
+            return Err(changed_while_read(source));
+        }
+        let completed: Vec<CompletedPart> = parts
+            .iter()
+            .map(|part| {
+                CompletedPart::builder()
+                    .part_number(part.number)
+                    .e_tag(&part.etag)
+                    .checksum_crc64_nvme(part.crc64nvme.to_base64())
+                    .build()
+            })
+            .collect();
+        let response = self
+            .client
+            .complete_multipart_upload()
+            .bucket(self.name)
+            .key(key)
+            .upload_id(upload_id)
+            .checksum_type(ChecksumType::FullObject)
+            .checksum_crc64_nvme(checksum.to_base64())
+            .mpu_object_size(size as i64)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(completed))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|error| map_error("cannot complete the multipart upload to", target, error))?;
+        let stored = stored_crc64nvme(response.checksum_crc64_nvme(), response.checksum_type());
+        check_stored(stored, checksum, target)?;
+        Ok((checksum, size))
+    }
+
+    async fn send_part(
+        &self,
+        file: Arc<File>,
+        source: &Path,
+        (offset, length): (u64, u64),
+        number: i32,
+        (key, upload_id, target): (&str, &str, &str),
+    ) -> Result<UploadedPart> {
+        let _slot = slot(self).await?;
+        let (content, checksum) = read_part(file, source, (offset, length)).await?;
+        let response = self
+            .client
+            .upload_part()
+            .bucket(self.name)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .content_length(length as i64)
+            .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+            .checksum_crc64_nvme(checksum.to_base64())
+            .body(ByteStream::from(content))
+            .send()
+            .await
+            .map_err(|error| {
+                map_error(&format!("cannot upload part {number} of"), target, error)
+            })?;
+        let Some(etag) = response.e_tag().map(str::to_owned) else {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "cannot upload part {number} of `{target}`: the server answered without an etag; retry"
+                ),
+            ));
+        };
+        self.backend.transfers.progress.transferred(length);
+        Ok(UploadedPart {
+            number,
+            etag,
+            crc64nvme: checksum,
+            length,
+        })
+    }
+}
+
+/// A multipart upload S3 knows by its id.
+struct S3Upload {
+    client: Client,
+    bucket: String,
+    key: String,
+    upload_id: String,
+    target: String,
+}
+
+impl PendingUpload for S3Upload {
+    fn target(&self) -> &str {
+        &self.target
+    }
+
+    async fn abort(&mut self) {
+        let result = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .send()
+            .await;
+        let upload_id = &self.upload_id;
+        match result {
+            Ok(_) => debug!(uri = %self.target, upload_id, "multipart upload aborted"),
+            Err(error) => {
+                let error = map_error("cannot abort the multipart upload to", &self.target, error);
+                warn!(upload_id, error = %error.report(), "a multipart upload may be left over");
+            }
+        }
+    }
+}
+
+impl S3Backend {
+    /// The bucket a URI names and its key; fails with the configuration error, if any.
+    async fn open<'a>(&'a self, uri: &'a Uri) -> Result<(S3Bucket<'a>, &'a str)> {
+        let (bucket, key) = split_uri(uri, &NAMING)?;
+        let client = self.client().await?;
+        Ok((
+            S3Bucket {
+                backend: self,
+                client,
+                name: bucket,
+            },
+            key,
+        ))
     }
 }
 
@@ -1482,242 +1010,29 @@ impl Backend for S3Backend {
         destination: &'a Path,
     ) -> BoxFuture<'a, Result<TransferStats>> {
         Box::pin(async move {
-            let (bucket, key) = location(uri)?;
-            let client = self.client().await?;
-            let mut stats = TransferStats::default();
-            if !uri.is_dir() {
-                if key.is_empty() {
-                    return Err(names_a_bucket(uri));
-                }
-                let Some(name) = uri.file_name() else {
-                    return Err(Error::invalid_uri(format!(
-                        "`{}` does not end with a file name",
-                        uri.redacted()
-                    )));
-                };
-                let Some(head) = self.head(client, bucket, key).await? else {
-                    let shown = uri.redacted().to_string();
-                    let prefix = format!("{key}/");
-                    if self
-                        .has_prefix(client, bucket, &prefix, ("cannot download", &shown))
-                        .await?
-                    {
-                        return Err(prefix_without_slash(uri));
-                    }
-                    return Err(Error::new(
-                        ErrorKind::NotFound,
-                        format!("`{}` does not exist: check the uri", uri.redacted()),
-                    ));
-                };
-                let target = destination.join(name);
-                self.progress.expect_file(head.size);
-                let (crc64nvme, size) = if self.is_large(head.size) {
-                    self.download_ranges(client, bucket, key, &head, &target)
-                        .await?
-                } else {
-                    self.download_whole(client, bucket, key, &target).await?
-                };
-                self.progress.file_done();
-                stats.add(FileChecksum {
-                    path: name.to_owned(),
-                    size,
-                    crc64nvme,
-                });
-                return Ok(stats);
-            }
-
-            let prefix = directory_prefix(key);
-            let listing = self.list_prefix(client, bucket, &prefix, false).await?;
-            let downloads = download_plan(&prefix, listing.objects, destination)?;
-            if downloads.is_empty() {
-                return Err(nothing_under(uri));
-            }
-            for (_, object, _) in &downloads {
-                self.progress.expect_file(object.size);
-            }
-            let tasks: Vec<_> = downloads
-                .iter()
-                .map(|(_, object, target)| {
-                    self.download(client, bucket, &object.key, Some(object.size), target)
-                })
-                .collect();
-            let results = run_all(tasks, self.config.concurrency).await?;
-            for ((relative, _, _), (crc64nvme, size)) in downloads.into_iter().zip(results) {
-                stats.add(FileChecksum {
-                    path: relative,
-                    size,
-                    crc64nvme,
-                });
-            }
-            Ok(stats)
+            let (bucket, key) = self.open(uri).await?;
+            bucket::get(&bucket, uri, key, destination).await
         })
     }
 
     fn put<'a>(&'a self, source: &'a Path, uri: &'a Uri) -> BoxFuture<'a, Result<TransferStats>> {
         Box::pin(async move {
-            let (bucket, key) = location(uri)?;
-            let client = self.client().await?;
-            let source_path = source.to_path_buf();
-            let metadata =
-                run_blocking(move |_| fs::metadata(&source_path).at("cannot read", &source_path))
-                    .await?;
-            let mut stats = TransferStats::default();
-            if !metadata.is_dir() {
-                let key = if uri.is_dir() || key.is_empty() {
-                    let Some(name) = source.file_name().and_then(|name| name.to_str()) else {
-                        return Err(Error::invalid_uri(format!(
-                            "`{}` has no file name that can be an s3 key: rename it or give the full key",
-                            source.display()
-                        )));
-                    };
-                    format!("{}{name}", directory_prefix(key))
-                } else {
-                    key.to_owned()
-                };
-                self.progress.expect_file(metadata.len());
-                let (crc64nvme, size) = self.upload_file(client, source, bucket, &key).await?;
-                let name = key.rsplit('/').next().unwrap_or_default().to_owned();
-                stats.add(FileChecksum {
-                    path: name,
-                    size,
-                    crc64nvme,
-                });
-                return Ok(stats);
-            }
-
-            let prefix = directory_prefix(key);
-            let root = source.to_path_buf();
-            let files = run_blocking(move |cancel| local::walk_files(&root, cancel)).await?;
-            for file in &files {
-                self.progress.expect_file(file.size);
-            }
-            let uploads: Vec<(String, String, PathBuf)> = files
-                .into_iter()
-                .map(|file| {
-                    let relative = slash_path(&file.relative);
-                    (format!("{prefix}{relative}"), relative, file.path)
-                })
-                .collect();
-            let tasks: Vec<_> = uploads
-                .iter()
-                .map(|(key, _, path)| self.upload_file(client, path, bucket, key))
-                .collect();
-            let results = run_all(tasks, self.config.concurrency).await?;
-            for ((_, relative, _), (crc64nvme, size)) in uploads.into_iter().zip(results) {
-                stats.add(FileChecksum {
-                    path: relative,
-                    size,
-                    crc64nvme,
-                });
-            }
-            Ok(stats)
+            let (bucket, key) = self.open(uri).await?;
+            bucket::put(&bucket, source, uri, key).await
         })
     }
 
     fn list<'a>(&'a self, uri: &'a Uri, recursive: bool) -> BoxFuture<'a, Result<Vec<Entry>>> {
         Box::pin(async move {
-            let (bucket, key) = location(uri)?;
-            let client = self.client().await?;
-            let base = uri.without_actions();
-            if !uri.is_dir()
-                && !key.is_empty()
-                && let Some(head) = self.head(client, bucket, key).await?
-            {
-                let name = uri.file_name().unwrap_or_default().to_owned();
-                return Ok(vec![Entry {
-                    uri: base,
-                    path: name,
-                    size: head.size,
-                }]);
-            }
-            let prefix = directory_prefix(key);
-            let listing = self
-                .list_prefix(client, bucket, &prefix, !recursive)
-                .await?;
-            let mut entries = Vec::new();
-            for object in listing.objects {
-                let relative = &object.key[prefix.len()..];
-                if relative.is_empty() || relative.ends_with('/') {
-                    continue;
-                }
-                entries.push(Entry {
-                    uri: base.join(relative)?,
-                    path: relative.to_owned(),
-                    size: object.size,
-                });
-            }
-            for sub in listing.prefixes {
-                let relative = &sub[prefix.len()..];
-                if relative.is_empty() || relative == "/" {
-                    continue;
-                }
-                entries.push(Entry {
-                    uri: base.join(relative)?,
-                    path: relative.to_owned(),
-                    size: 0,
-                });
-            }
-            if entries.is_empty() {
-                return Err(nothing_under(uri));
-            }
-            entries.sort_by(|left, right| left.path.cmp(&right.path));
-            Ok(entries)
+            let (bucket, key) = self.open(uri).await?;
+            bucket::list(&bucket, uri, key, recursive).await
         })
     }
 
     fn delete<'a>(&'a self, uri: &'a Uri, recursive: bool) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let (bucket, key) = location(uri)?;
-            let client = self.client().await?;
-            // Deleting what does not exist (even the bucket) succeeds.
-            let absent = |error: Error| {
-                if error.kind() == ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(error)
-                }
-            };
-            if !uri.is_dir() {
-                if key.is_empty() {
-                    return Err(names_a_bucket(uri));
-                }
-                match self.head(client, bucket, key).await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
-                        let shown = uri.redacted().to_string();
-                        let prefix = format!("{key}/");
-                        let found = self
-                            .has_prefix(client, bucket, &prefix, ("cannot delete", &shown))
-                            .await;
-                        return match found {
-                            Ok(true) => Err(prefix_without_slash(uri)),
-                            Ok(false) => Ok(()),
-                            Err(error) => absent(error),
-                        };
-                    }
-                    Err(error) => return absent(error),
-                }
-                client
-                    .delete_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .send()
-                    .await
-                    .map_err(|error| map_error("cannot delete", &object_uri(bucket, key), error))?;
-                debug!(uri = %uri.redacted(), "deleted");
-                return Ok(());
-            }
-            let prefix = directory_prefix(key);
-            let listing = match self.list_prefix(client, bucket, &prefix, !recursive).await {
-                Ok(listing) => listing,
-                Err(error) => return absent(error),
-            };
-            let keys: Vec<String> = listing
-                .objects
-                .into_iter()
-                .map(|object| object.key)
-                .collect();
-            self.delete_keys(client, bucket, keys).await
+            let (bucket, key) = self.open(uri).await?;
+            bucket::delete(&bucket, uri, key, recursive).await
         })
     }
 }
@@ -1725,63 +1040,7 @@ impl Backend for S3Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_mismatch_fails_with_checksum_and_leaves_no_file() {
-        let temp = tempfile::tempdir().unwrap();
-        let target = temp.path().join("object.bin");
-        let mut file = AtomicFile::create(&target).unwrap();
-        file.write_all(b"123456789").unwrap();
-        let actual = crc64nvme(b"123456789");
-        let stored = crc64nvme(b"something else");
-        let error = commit_verified(file, actual, Some(stored), "s3://b/object.bin").unwrap_err();
-        assert_eq!(error.kind(), ErrorKind::Checksum);
-        assert!(error.to_string().contains(&stored.to_base64()), "{error}");
-        assert!(error.kind().is_retryable());
-        let left: Vec<_> = fs::read_dir(temp.path()).unwrap().collect();
-        assert!(left.is_empty(), "nothing may be left: {left:?}");
-    }
-
-    #[test]
-    fn a_match_or_no_stored_checksum_commits() {
-        let temp = tempfile::tempdir().unwrap();
-        for (name, stored) in [("a", Some(crc64nvme(b"abc"))), ("b", None)] {
-            let mut file = AtomicFile::create(temp.path().join(name)).unwrap();
-            file.write_all(b"abc").unwrap();
-            let (checksum, size) =
-                commit_verified(file, crc64nvme(b"abc"), stored, "s3://b/x").unwrap();
-            assert_eq!((checksum, size), (crc64nvme(b"abc"), 3));
-            assert_eq!(fs::read(temp.path().join(name)).unwrap(), b"abc");
-        }
-    }
-
-    #[test]
-    fn an_unfinished_ranged_download_leaves_no_file() {
-        let temp = tempfile::tempdir().unwrap();
-        let target = temp.path().join("big.bin");
-        let partial = PartialFile::create(&target, 1 << 20).unwrap();
-        partial.file.write_all_at(b"start", 0).unwrap();
-        assert_eq!(fs::read_dir(temp.path()).unwrap().count(), 1);
-        drop(partial);
-        assert_eq!(fs::read_dir(temp.path()).unwrap().count(), 0);
-        let partial = PartialFile::create(&target, 3).unwrap();
-        partial.file.write_all_at(b"xyz", 0).unwrap();
-        partial.commit().unwrap();
-        assert_eq!(fs::read(&target).unwrap(), b"xyz");
-    }
-
-    #[test]
-    fn crcs_of_pieces_combine_into_the_whole() {
-        let data: Vec<u8> = (0..100_000u32).map(|index| (index * 7 + 3) as u8).collect();
-        let pieces = [0..1, 1..40_000, 40_000..40_000, 40_000..100_000];
-        let combined = combine_crc64nvme(
-            pieces
-                .iter()
-                .map(|range| (crc64nvme(&data[range.clone()]), range.len() as u64)),
-        );
-        assert_eq!(combined, (crc64nvme(&data), data.len() as u64));
-        assert_eq!(combine_crc64nvme([]), (Crc64Nvme::EMPTY, 0));
-    }
+    use crate::checksum::crc64nvme;
 
     #[test]
     fn stored_checksums_count_only_when_full_object() {
@@ -1799,16 +1058,6 @@ mod tests {
         assert_eq!(stored_crc64nvme(Some("rosUhgp5mIg=-3"), None), None);
         assert_eq!(stored_crc64nvme(Some("not base64"), None), None);
         assert_eq!(stored_crc64nvme(None, None), None);
-    }
-
-    #[test]
-    fn part_sizes_stay_within_ten_thousand_parts() {
-        let backend = S3Backend::new(Config::default()).unwrap();
-        assert_eq!(backend.part_size_for(100 * MIB), 16 * MIB);
-        let huge = 5 * 1024 * 1024 * MIB; // 5 TiB, S3's largest object
-        let part = backend.part_size_for(huge);
-        assert!(huge.div_ceil(part) <= MAX_PARTS);
-        assert_eq!(part % MIB, 0);
     }
 
     #[test]
@@ -1847,45 +1096,6 @@ mod tests {
         let shown = format!("{backend:?}");
         assert!(shown.contains("AKIDEXAMPLE"), "{shown}");
         assert!(!shown.contains("wJalrXUtnFEMI"), "{shown}");
-    }
-
-    #[test]
-    fn keys_that_would_escape_the_destination_are_refused() {
-        let listed = |key: &str| Listed {
-            key: key.to_owned(),
-            size: 1,
-        };
-        let destination = Path::new("/scratch/target");
-        let plan = download_plan(
-            "p/",
-            vec![
-                listed("p/"),
-                listed("p/a"),
-                listed("p/sub/"),
-                listed("p/sub/b"),
-            ],
-            destination,
-        )
-        .unwrap();
-        let planned: Vec<(&str, &Path)> = plan
-            .iter()
-            .map(|(relative, _, path)| (relative.as_str(), path.as_path()))
-            .collect();
-        assert_eq!(
-            planned,
-            vec![
-                ("a", Path::new("/scratch/target/a")),
-                ("sub/b", Path::new("/scratch/target/sub/b"))
-            ]
-        );
-        for hostile in ["p/../escape", "p/a/../../escape", "p//absolute", "p/./a/"] {
-            let result = download_plan("p/", vec![listed("p/a"), listed(hostile)], destination);
-            if hostile.ends_with('/') {
-                assert!(result.is_ok(), "{hostile}");
-                continue;
-            }
-            assert_eq!(result.unwrap_err().kind(), ErrorKind::Unsafe, "{hostile}");
-        }
     }
 
     #[test]
@@ -1970,15 +1180,22 @@ mod tests {
     #[test]
     fn uris_split_into_bucket_and_key() {
         let uri = Uri::parse("s3://bucket/dir/key.txt").unwrap();
-        assert_eq!(location(&uri).unwrap(), ("bucket", "dir/key.txt"));
+        assert_eq!(split_uri(&uri, &NAMING).unwrap(), ("bucket", "dir/key.txt"));
         let uri = Uri::parse("s3://bucket").unwrap();
-        assert_eq!(location(&uri).unwrap(), ("bucket", ""));
+        assert_eq!(split_uri(&uri, &NAMING).unwrap(), ("bucket", ""));
         let uri = Uri::parse("s3:///key").unwrap();
-        assert_eq!(location(&uri).unwrap_err().kind(), ErrorKind::InvalidUri);
+        let error = split_uri(&uri, &NAMING).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidUri);
+        assert_eq!(
+            error.to_string(),
+            "`s3:///key` has no bucket: write s3://bucket/key"
+        );
         let uri = Uri::parse("/local/file").unwrap();
-        assert_eq!(location(&uri).unwrap_err().kind(), ErrorKind::Unsupported);
-        assert_eq!(directory_prefix(""), "");
-        assert_eq!(directory_prefix("a"), "a/");
-        assert_eq!(directory_prefix("a/"), "a/");
+        let error = split_uri(&uri, &NAMING).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Unsupported);
+        assert!(
+            error.to_string().ends_with("it is not an s3:// uri"),
+            "{error}"
+        );
     }
 }

@@ -3,23 +3,23 @@
 //! fake's module documentation says what it implements). The fake checks every SharedKey
 //! signature, so these tests also prove the credentials path.
 //!
-//! The contract part follows `tests/it/behaviour.rs` step by step; the rest checks what the
-//! backend adds: the CRC64NVME stored as `x-ms-meta-crc64nvme` and verified on download, blocks
-//! and ranged downloads, pagination, error kinds, and secrets kept out of messages.
+//! It runs the contract (`support/contract.rs`) and the steps every object store shares
+//! (`support/stores.rs`), and checks what the fake shows of them: the CRC64NVME stored as
+//! `x-ms-meta-crc64nvme` and verified on download, blocks and ranged downloads, pages and blob
+//! batches, anonymous access.
 
 mod support;
 
 use std::fs;
-use std::sync::Arc;
 
 use herd_fetch::azure::{Config, Credentials};
 use herd_fetch::{
-    AzureBackend, Backend as _, CHECKSUM_METADATA, ErrorKind, Resolver, Scheme, Secret, Uri,
-    crc64nvme, crc64nvme_file,
+    AzureBackend, Backend as _, CHECKSUM_METADATA, ErrorKind, Progress, Resolver, Scheme, Secret,
+    crc64nvme,
 };
 
 use support::azure_server::AzureServer;
-use support::{FAST_RETRY, content, contract, tree, write};
+use support::{FAST_RETRY, content, contract, paths, resolver_with, stores, tree, uri, write};
 
 const MIB: u64 = 1024 * 1024;
 const ACCOUNT: &str = "herdtest";
@@ -45,17 +45,7 @@ fn small_parts(server: &AzureServer) -> Config {
 }
 
 fn resolver(config: Config) -> Resolver {
-    let mut resolver = Resolver::empty();
-    resolver.register(Scheme::Azure, Arc::new(AzureBackend::new(config).unwrap()));
-    resolver
-}
-
-fn uri(text: &str) -> Uri {
-    Uri::parse(text).unwrap()
-}
-
-fn paths(entries: &[herd_fetch::Entry]) -> Vec<&str> {
-    entries.iter().map(|entry| entry.path.as_str()).collect()
+    resolver_with(Scheme::Azure, AzureBackend::new(config).unwrap())
 }
 
 #[tokio::test]
@@ -86,22 +76,14 @@ async fn files_and_trees_round_trip_with_their_crc64nvme_stored_as_metadata() {
         ("dir/deeper/odd.bin", 11 * MIB as usize + 17),
         ("odd names/a b+c%20é.txt", 10),
     ];
-    for (index, (path, size)) in sizes.iter().enumerate() {
-        write(&source.join(path), &content(*size, index as u64));
-    }
+    stores::write_files(&source, &sizes);
 
-    let stats = resolver
-        .put(&source, &uri("azure://data/tree/"))
-        .await
-        .unwrap();
-    assert_eq!(stats.files, sizes.len() as u64);
+    let stats = stores::put_tree(&resolver, &source, "azure://data/tree/", sizes.len()).await;
     for file in &stats.checksums {
-        let local = crc64nvme_file(source.join(&file.path)).unwrap();
-        assert_eq!(file.crc64nvme.to_base64(), local, "{}", file.path);
         let blob = server.blob("data", &format!("tree/{}", file.path)).unwrap();
         assert_eq!(
             blob.metadata.get(CHECKSUM_METADATA),
-            Some(&local),
+            Some(&file.crc64nvme.to_base64()),
             "{}",
             file.path
         );
@@ -122,19 +104,14 @@ async fn files_and_trees_round_trip_with_their_crc64nvme_stored_as_metadata() {
         1
     );
 
-    let target = temp.path().join("downloaded");
-    let fetched = resolver
-        .fetch(&uri("azure://data/tree/"), &target)
-        .await
-        .unwrap();
-    assert_eq!(fetched.stats.files, sizes.len() as u64);
-    for (path, _) in sizes {
-        assert_eq!(
-            fs::read(target.join(path)).unwrap(),
-            fs::read(source.join(path)).unwrap(),
-            "{path}"
-        );
-    }
+    stores::fetch_tree(
+        &resolver,
+        "azure://data/tree/",
+        &temp.path().join("downloaded"),
+        &source,
+        &sizes.map(|(path, _)| path),
+    )
+    .await;
     // The large blob came down as ranges pinned to its etag.
     let ranged: Vec<_> = server
         .log()
@@ -145,19 +122,13 @@ async fn files_and_trees_round_trip_with_their_crc64nvme_stored_as_metadata() {
     assert!(ranged.iter().all(|logged| logged.status == 206));
 
     // A single file, to an exact name and back.
-    let single = uri("azure://data/single/copy.bin");
-    resolver
-        .put(&source.join("dir/deeper/odd.bin"), &single)
-        .await
-        .unwrap();
-    let fetched = resolver
-        .fetch(&single, &temp.path().join("single"))
-        .await
-        .unwrap();
-    assert_eq!(
-        fetched.stats.checksums[0].crc64nvme.to_base64(),
-        crc64nvme_file(source.join("dir/deeper/odd.bin")).unwrap()
-    );
+    stores::round_trip_one(
+        &resolver,
+        &source.join("dir/deeper/odd.bin"),
+        "azure://data/single/copy.bin",
+        &temp.path().join("single"),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -215,57 +186,17 @@ async fn listings_and_deletions_go_page_by_page() {
         ..config(&server)
     });
     let temp = tempfile::tempdir().unwrap();
-    let source = temp.path().join("source");
-    let files = [
-        "a1", "a2", "a3", "b/1", "b/2", "b/3", "c/d/1", "c/d/2", "e/1",
-    ];
-    for file in files {
-        write(&source.join(file), file.as_bytes());
-    }
-    let base = uri("azure://data/p/");
-    resolver.put(&source, &base).await.unwrap();
-
-    let listed = resolver.list(&base, true).await.unwrap();
-    assert_eq!(paths(&listed), files.to_vec());
-    let listed = resolver.list(&base, false).await.unwrap();
-    assert_eq!(paths(&listed), vec!["a1", "a2", "a3", "b/", "c/", "e/"]);
-    assert!(listed[3].is_dir());
-    assert_eq!(listed[3].uri, uri("azure://data/p/b/"));
-    let pages = server
-        .log()
+    stores::listings_and_deletions(&resolver, "azure://data/", temp.path()).await;
+    let log = server.log();
+    let pages = log
         .iter()
         .filter(|logged| logged.target.contains("comp=list") && logged.target.contains("marker="))
         .count();
     assert!(pages >= 4, "{pages} follow-up pages");
-    // The whole container, and a prefix named without its slash.
-    let listed = resolver.list(&uri("azure://data/"), false).await.unwrap();
-    assert_eq!(paths(&listed), vec!["p/"]);
-    let listed = resolver.list(&uri("azure://data/p/b"), true).await.unwrap();
-    assert_eq!(paths(&listed), vec!["1", "2", "3"]);
-
-    let fetched = resolver
-        .fetch(&base, &temp.path().join("target"))
-        .await
-        .unwrap();
-    assert_eq!(fetched.stats.files, files.len() as u64);
-
-    // Non-recursive: only the blobs directly under the prefix; then everything, in one batch.
-    resolver.delete(&base, false).await.unwrap();
-    let listed = resolver.list(&base, true).await.unwrap();
-    assert_eq!(
-        paths(&listed),
-        vec!["b/1", "b/2", "b/3", "c/d/1", "c/d/2", "e/1"]
-    );
-    resolver.delete(&base, true).await.unwrap();
-    assert_eq!(
-        resolver.list(&base, true).await.unwrap_err().kind(),
-        ErrorKind::NotFound
-    );
+    // Everything was deleted in blob batches.
     assert!(server.blob_names("data").is_empty());
     assert!(
-        server
-            .log()
-            .iter()
+        log.iter()
             .any(|logged| logged.target.contains("comp=batch") && logged.status == 202)
     );
 }
@@ -277,50 +208,24 @@ async fn missing_blobs_and_containers_are_not_found() {
     let resolver = resolver(config(&server));
     let temp = tempfile::tempdir().unwrap();
 
-    let missing = uri("azure://data/no/such/blob.txt");
-    let error = resolver.fetch(&missing, temp.path()).await.unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::NotFound, "{}", error.report());
-    assert_eq!(
-        error.to_string(),
-        "`azure://data/no/such/blob.txt` does not exist: check the uri"
-    );
-    assert!(!error.kind().is_retryable());
-    let error = resolver.list(&missing, false).await.unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::NotFound, "{}", error.report());
-    let error = resolver
-        .fetch(&uri("azure://data/no/"), temp.path())
-        .await
-        .unwrap_err();
-    assert_eq!(
-        error.to_string(),
-        "nothing under `azure://data/no/`: check the uri"
-    );
-
-    let in_missing_container = uri("azure://absent/blob.txt");
-    let error = resolver
-        .fetch(&in_missing_container, temp.path())
-        .await
-        .unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::NotFound, "{}", error.report());
-    assert!(
-        error.to_string().contains("the container does not exist"),
-        "{}",
-        error.report()
-    );
+    stores::missing_objects_and_buckets(
+        &resolver,
+        "azure://data/",
+        "azure://absent/",
+        "container",
+        temp.path(),
+    )
+    .await;
     write(&temp.path().join("file.txt"), b"data");
     let error = resolver
-        .put(&temp.path().join("file.txt"), &in_missing_container)
+        .put(
+            &temp.path().join("file.txt"),
+            &uri("azure://absent/blob.txt"),
+        )
         .await
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::NotFound, "{}", error.report());
     assert!(error.to_string().contains("the container does not exist"));
-    // Deleting what does not exist succeeds, as on every backend.
-    resolver.delete(&in_missing_container, false).await.unwrap();
-    resolver
-        .delete(&uri("azure://absent/"), true)
-        .await
-        .unwrap();
-    resolver.delete(&missing, false).await.unwrap();
     assert_eq!(tree(temp.path()), vec!["file.txt"]);
 }
 
@@ -338,41 +243,19 @@ async fn a_wrong_key_is_refused_by_the_server_and_never_shown() {
         credentials: Credentials::AccessKey(Secret::new(wrong_key)),
         ..config(&server)
     });
-    let file = uri("azure://data/file.txt");
-    let prefix = uri("azure://data/");
-    let target = temp.path().join("target");
-    let errors = [
-        resolver.fetch(&file, &target).await.unwrap_err(),
-        resolver.fetch(&prefix, &target).await.unwrap_err(),
-        resolver
-            .put(&temp.path().join("file.txt"), &file)
-            .await
-            .unwrap_err(),
-        resolver.list(&prefix, true).await.unwrap_err(),
-        resolver.delete(&file, false).await.unwrap_err(),
-        resolver.delete(&prefix, true).await.unwrap_err(),
-    ];
+    let errors = stores::denied_everywhere(
+        &resolver,
+        "azure://data/",
+        temp.path(),
+        &[wrong_key, &server.key],
+    )
+    .await;
     for error in errors {
-        assert_eq!(
-            error.kind(),
-            ErrorKind::PermissionDenied,
-            "{}",
-            error.report()
-        );
-        assert!(
-            error.to_string().contains("check the credentials"),
-            "{error}"
-        );
         assert!(
             error.to_string().contains("AZURE_STORAGE_ACCOUNT_KEY"),
             "{error}"
         );
-        for shown in [error.to_string(), error.report(), format!("{error:?}")] {
-            assert!(!shown.contains(wrong_key), "the key leaked: {shown}");
-            assert!(!shown.contains(&server.key), "a key leaked: {shown}");
-        }
     }
-    assert!(!target.exists() || tree(&target).is_empty());
     assert!(
         server.log().iter().any(|logged| logged.status == 403),
         "the server refused the signature"
@@ -449,6 +332,25 @@ async fn an_unreachable_endpoint_is_an_io_error_that_names_the_setting() {
     assert_eq!(error.kind(), ErrorKind::Io, "{}", error.report());
     assert!(error.kind().is_retryable());
     assert!(error.to_string().contains("HERD_AZURE_ENDPOINT"), "{error}");
+}
+
+#[tokio::test]
+async fn progress_counts_block_uploads_ranged_downloads_and_trees() {
+    let server = AzureServer::start(ACCOUNT).await;
+    server.create_container("data");
+    let progress = Progress::new();
+    let backend = AzureBackend::new(small_parts(&server))
+        .unwrap()
+        .with_progress(progress.clone());
+    let resolver = resolver_with(Scheme::Azure, backend);
+    let temp = tempfile::tempdir().unwrap();
+    stores::progress_counts_trees_parts_and_ranges(
+        &resolver,
+        &progress,
+        "azure://data/",
+        temp.path(),
+    )
+    .await;
 }
 
 #[test]

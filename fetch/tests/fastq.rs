@@ -7,16 +7,15 @@ mod support;
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
-use std::sync::Arc;
 
 use herd_fetch::{
-    EnaConfig, ErrorKind, FastqBackend, FtpBackend, HttpBackend, Resolver, Scheme, Uri, crc64nvme,
+    EnaConfig, ErrorKind, FastqBackend, FtpBackend, HttpBackend, Resolver, Scheme, crc64nvme,
     crc64nvme_file,
 };
 
 use support::ftp_server::FtpServer;
 use support::http_server::{ENA_HEADER, HttpServer, Route};
-use support::{FAST_RETRY, content, md5_hex, tree, write};
+use support::{FAST_RETRY, content, md5_hex, resolver_with, tree, uri, write};
 
 const RUN: &str = "ERR3857002";
 const DIRECTORY: &str = "vol1/fastq/ERR385/002/ERR3857002";
@@ -74,9 +73,7 @@ impl Ena {
                 FtpBackend::with_retry(FAST_RETRY),
             )
             .with_fasterq_dump(fasterq_dump);
-        let mut resolver = Resolver::empty();
-        resolver.register(Scheme::RunFastq, Arc::new(backend));
-        resolver
+        resolver_with(Scheme::RunFastq, backend)
     }
 
     /// The GETs of FASTQ files the HTTP server saw (not the report).
@@ -90,10 +87,6 @@ impl Ena {
 }
 
 const NO_FASTERQ_DUMP: &str = "/nonexistent/herd-test/fasterq-dump";
-
-fn uri(text: &str) -> Uri {
-    Uri::parse(text).unwrap()
-}
 
 #[tokio::test]
 async fn a_run_is_downloaded_over_ena_ftp_with_md5_checks() {

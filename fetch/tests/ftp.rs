@@ -6,21 +6,14 @@ mod support;
 
 use std::fs;
 use std::path::Path;
-use std::sync::Arc;
 
-use herd_fetch::{ErrorKind, FtpBackend, Resolver, Scheme, Uri, crc64nvme, crc64nvme_file};
+use herd_fetch::{ErrorKind, FtpBackend, Resolver, Scheme, crc64nvme, crc64nvme_file};
 
 use support::ftp_server::{FtpServer, PASSWORD};
-use support::{FAST_RETRY, content, tree, write};
+use support::{FAST_RETRY, content, resolver_with, tree, uri, write};
 
 fn resolver() -> Resolver {
-    let mut resolver = Resolver::empty();
-    resolver.register(Scheme::Ftp, Arc::new(FtpBackend::with_retry(FAST_RETRY)));
-    resolver
-}
-
-fn uri(text: &str) -> Uri {
-    Uri::parse(text).unwrap()
+    resolver_with(Scheme::Ftp, FtpBackend::with_retry(FAST_RETRY))
 }
 
 /// `root/pub/`: a.txt, sub/b.txt, sub/deeper/c.txt (empty), sub/big.bin.
@@ -421,8 +414,7 @@ async fn progress_counts_a_resumed_download_and_an_upload() {
     write(&server.root.join("in/reads.fq"), &body);
     let progress = herd_fetch::Progress::new();
     let backend = FtpBackend::with_retry(FAST_RETRY).with_progress(progress.clone());
-    let mut resolver = Resolver::empty();
-    resolver.register(Scheme::Ftp, Arc::new(backend));
+    let resolver = resolver_with(Scheme::Ftp, backend);
     let temp = tempfile::tempdir().unwrap();
 
     resolver

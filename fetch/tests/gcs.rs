@@ -7,25 +7,25 @@
 //! tests reach it through `support::gcs_shim`, which turns those writes into the JSON-API
 //! uploads fake-gcs-server has and passes everything else through unchanged.
 //!
-//! Each test works in a bucket of its own. The contract part follows `tests/it/behaviour.rs`
-//! step by step; the rest checks the CRC64NVME stored as `x-goog-meta-crc64nvme` and verified
-//! on download, multipart uploads and ranged downloads, error kinds and credentials.
+//! Each test works in a bucket of its own. It runs the contract (`support/contract.rs`) and the
+//! steps every object store shares (`support/stores.rs`), and checks the CRC64NVME stored as
+//! `x-goog-meta-crc64nvme` and verified on download, multipart uploads and ranged downloads,
+//! service account keys.
 
 mod support;
 
-use std::fs;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use herd_fetch::gcs::{Config, Credentials};
 use herd_fetch::{
-    Backend as _, ErrorKind, GcsBackend, Resolver, Scheme, Secret, Uri, crc64nvme, crc64nvme_file,
+    Backend as _, ErrorKind, GcsBackend, Progress, Resolver, Scheme, Secret, crc64nvme,
 };
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
 use support::gcs_shim::GcsShim;
-use support::{FAST_RETRY, content, contract, tree, write};
+use support::{
+    FAST_RETRY, content, contract, resolver_with, stores, tree, unique_bucket, uri, wait_for, write,
+};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -41,18 +41,8 @@ fn upstream() -> String {
 
 /// A shim in front of the test server, and a new bucket with a name no other test uses.
 async fn setup(purpose: &str) -> (GcsShim, String) {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
     let upstream = upstream();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let name = format!(
-        "herd-{purpose}-{}-{nanos}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    let name: String = name.chars().take(63).collect();
+    let name = unique_bucket(purpose);
     let answer = reqwest::Client::new()
         .post(format!("{upstream}/storage/v1/b"))
         .header("content-type", "application/json")
@@ -86,17 +76,7 @@ fn small_parts(shim: &GcsShim) -> Config {
 }
 
 fn resolver(config: Config) -> Resolver {
-    let mut resolver = Resolver::empty();
-    resolver.register(Scheme::Gs, Arc::new(GcsBackend::new(config).unwrap()));
-    resolver
-}
-
-fn uri(text: &str) -> Uri {
-    Uri::parse(text).unwrap()
-}
-
-fn paths(entries: &[herd_fetch::Entry]) -> Vec<&str> {
-    entries.iter().map(|entry| entry.path.as_str()).collect()
+    resolver_with(Scheme::Gs, GcsBackend::new(config).unwrap())
 }
 
 /// The `crc64nvme` metadata of an object, as fake-gcs-server's JSON API shows it.
@@ -124,16 +104,6 @@ async fn insert(bucket: &str, object: &str, content: &[u8], metadata: &[(&str, &
         request = request.header(format!("x-goog-meta-{key}"), *value);
     }
     assert!(request.send().await.unwrap().status().is_success());
-}
-
-/// Polls `condition` until it holds, failing after 60 s (generous: a 2-core CI machine runs
-/// every test binary at once, and an abort waits for the part in flight).
-async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -171,21 +141,19 @@ async fn files_and_trees_round_trip_with_their_crc64nvme_stored_as_metadata() {
         ("dir/deeper/odd.bin", 11 * MIB as usize + 17),
         ("odd names/a b+c%20é.txt", 10),
     ];
-    for (index, (path, size)) in sizes.iter().enumerate() {
-        write(&source.join(path), &content(*size, index as u64));
-    }
+    stores::write_files(&source, &sizes);
 
-    let stats = resolver
-        .put(&source, &uri(&format!("gs://{bucket}/tree/")))
-        .await
-        .unwrap();
-    assert_eq!(stats.files, sizes.len() as u64);
+    let stats = stores::put_tree(
+        &resolver,
+        &source,
+        &format!("gs://{bucket}/tree/"),
+        sizes.len(),
+    )
+    .await;
     for file in &stats.checksums {
-        let local = crc64nvme_file(source.join(&file.path)).unwrap();
-        assert_eq!(file.crc64nvme.to_base64(), local, "{}", file.path);
         assert_eq!(
             stored_checksum(&bucket, &format!("tree/{}", file.path)).await,
-            Some(local),
+            Some(file.crc64nvme.to_base64()),
             "{}",
             file.path
         );
@@ -204,19 +172,14 @@ async fn files_and_trees_round_trip_with_their_crc64nvme_stored_as_metadata() {
     );
     assert_eq!(shim.open_uploads(), 0);
 
-    let target = temp.path().join("downloaded");
-    let fetched = resolver
-        .fetch(&uri(&format!("gs://{bucket}/tree/")), &target)
-        .await
-        .unwrap();
-    assert_eq!(fetched.stats.files, sizes.len() as u64);
-    for (path, _) in sizes {
-        assert_eq!(
-            fs::read(target.join(path)).unwrap(),
-            fs::read(source.join(path)).unwrap(),
-            "{path}"
-        );
-    }
+    stores::fetch_tree(
+        &resolver,
+        &format!("gs://{bucket}/tree/"),
+        &temp.path().join("downloaded"),
+        &source,
+        &sizes.map(|(path, _)| path),
+    )
+    .await;
     // The large object came down as three ranged GETs, answered by fake-gcs-server.
     let ranged = shim
         .log()
@@ -226,20 +189,13 @@ async fn files_and_trees_round_trip_with_their_crc64nvme_stored_as_metadata() {
     assert_eq!(ranged, 3);
 
     // A single file, to an exact name and back.
-    let single = uri(&format!("gs://{bucket}/single/copy.bin"));
-    resolver
-        .put(&source.join("dir/small.bin"), &single)
-        .await
-        .unwrap();
-    let fetched = resolver
-        .fetch(&single, &temp.path().join("single"))
-        .await
-        .unwrap();
-    assert_eq!(fetched.items, vec!["copy.bin"]);
-    assert_eq!(
-        fetched.stats.checksums[0].crc64nvme.to_base64(),
-        crc64nvme_file(source.join("dir/small.bin")).unwrap()
-    );
+    stores::round_trip_one(
+        &resolver,
+        &source.join("dir/small.bin"),
+        &format!("gs://{bucket}/single/copy.bin"),
+        &temp.path().join("single"),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -288,42 +244,7 @@ async fn listings_and_deletions_cover_prefixes() {
         ..config(&shim)
     });
     let temp = tempfile::tempdir().unwrap();
-    let source = temp.path().join("source");
-    let files = [
-        "a1", "a2", "a3", "b/1", "b/2", "b/3", "c/d/1", "c/d/2", "e/1",
-    ];
-    for file in files {
-        write(&source.join(file), file.as_bytes());
-    }
-    let base = uri(&format!("gs://{bucket}/p/"));
-    resolver.put(&source, &base).await.unwrap();
-
-    let listed = resolver.list(&base, true).await.unwrap();
-    assert_eq!(paths(&listed), files.to_vec());
-    let listed = resolver.list(&base, false).await.unwrap();
-    assert_eq!(paths(&listed), vec!["a1", "a2", "a3", "b/", "c/", "e/"]);
-    let listed = resolver
-        .list(&uri(&format!("gs://{bucket}/")), false)
-        .await
-        .unwrap();
-    assert_eq!(paths(&listed), vec!["p/"]);
-    let listed = resolver
-        .list(&uri(&format!("gs://{bucket}/p/b")), true)
-        .await
-        .unwrap();
-    assert_eq!(paths(&listed), vec!["1", "2", "3"]);
-
-    resolver.delete(&base, false).await.unwrap();
-    let listed = resolver.list(&base, true).await.unwrap();
-    assert_eq!(
-        paths(&listed),
-        vec!["b/1", "b/2", "b/3", "c/d/1", "c/d/2", "e/1"]
-    );
-    resolver.delete(&base, true).await.unwrap();
-    assert_eq!(
-        resolver.list(&base, true).await.unwrap_err().kind(),
-        ErrorKind::NotFound
-    );
+    stores::listings_and_deletions(&resolver, &format!("gs://{bucket}/"), temp.path()).await;
 }
 
 #[tokio::test]
@@ -332,26 +253,20 @@ async fn missing_objects_and_buckets_are_not_found() {
     let resolver = resolver(config(&shim));
     let temp = tempfile::tempdir().unwrap();
 
-    let missing = uri(&format!("gs://{bucket}/no/such/key.txt"));
-    let error = resolver.fetch(&missing, temp.path()).await.unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::NotFound, "{}", error.report());
-    assert_eq!(
-        error.to_string(),
-        format!("`gs://{bucket}/no/such/key.txt` does not exist: check the uri")
-    );
-    let error = resolver.list(&missing, false).await.unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::NotFound, "{}", error.report());
-
-    let no_bucket = format!("{bucket}-absent");
-    let in_missing_bucket = uri(&format!("gs://{no_bucket}/key.txt"));
-    let error = resolver
-        .fetch(&in_missing_bucket, temp.path())
-        .await
-        .unwrap_err();
-    assert_eq!(error.kind(), ErrorKind::NotFound, "{}", error.report());
+    stores::missing_objects_and_buckets(
+        &resolver,
+        &format!("gs://{bucket}/"),
+        &format!("gs://{bucket}-absent/"),
+        "bucket",
+        temp.path(),
+    )
+    .await;
     write(&temp.path().join("file.txt"), b"data");
     let error = resolver
-        .put(&temp.path().join("file.txt"), &in_missing_bucket)
+        .put(
+            &temp.path().join("file.txt"),
+            &uri(&format!("gs://{bucket}-absent/key.txt")),
+        )
         .await
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::NotFound, "{}", error.report());
@@ -360,8 +275,6 @@ async fn missing_objects_and_buckets_are_not_found() {
         "{}",
         error.report()
     );
-    resolver.delete(&in_missing_bucket, false).await.unwrap();
-    resolver.delete(&missing, false).await.unwrap();
     assert_eq!(tree(temp.path()), vec!["file.txt"]);
 }
 
@@ -422,9 +335,7 @@ async fn a_service_account_key_is_used_and_never_shown() {
         "{refused}"
     );
     for error in errors.iter().chain([&refused]) {
-        for shown in [error.to_string(), error.report(), format!("{error:?}")] {
-            assert!(!shown.contains(marker), "the private key leaked: {shown}");
-        }
+        stores::assert_never_shown(error, &[marker]);
     }
     assert!(!format!("{malformed:?}").contains(marker));
 }
@@ -442,8 +353,11 @@ async fn interrupted_multipart_uploads_are_aborted() {
     let source = temp.path().join("big.bin");
     write(&source, &content(40 * MIB as usize, 7));
     let target = uri(&format!("gs://{bucket}/dropped.bin"));
+    // Interrupted once a part has arrived: before that, the backend may not have the upload's
+    // id yet (the answer to the initiation may still be on its way), and a dropped request
+    // cannot abort what it never heard of.
     let started = async {
-        while shim.open_uploads() == 0 {
+        while !shim.log().iter().any(|logged| logged.handling == "part") {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     };
@@ -453,6 +367,7 @@ async fn interrupted_multipart_uploads_are_aborted() {
         }
         () = started => {}
     }
+    assert_eq!(shim.open_uploads(), 1);
     wait_for(
         || shim.open_uploads() == 0,
         "the dropped upload to be aborted",
@@ -464,6 +379,24 @@ async fn interrupted_multipart_uploads_are_aborted() {
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::NotFound, "no object may appear");
     assert!(shim.log().iter().any(|logged| logged.handling == "abort"));
+}
+
+#[tokio::test]
+async fn progress_counts_multipart_uploads_ranged_downloads_and_trees() {
+    let (shim, bucket) = setup("progress").await;
+    let progress = Progress::new();
+    let backend = GcsBackend::new(small_parts(&shim))
+        .unwrap()
+        .with_progress(progress.clone());
+    let resolver = resolver_with(Scheme::Gs, backend);
+    let temp = tempfile::tempdir().unwrap();
+    stores::progress_counts_trees_parts_and_ranges(
+        &resolver,
+        &progress,
+        &format!("gs://{bucket}/"),
+        temp.path(),
+    )
+    .await;
 }
 
 #[test]

@@ -7,11 +7,11 @@ use std::fs;
 use std::sync::Arc;
 
 use herd_fetch::{
-    Backend as _, ErrorKind, HttpBackend, Resolver, Scheme, Uri, crc64nvme, crc64nvme_file,
+    Backend as _, ErrorKind, HttpBackend, Resolver, Scheme, crc64nvme, crc64nvme_file,
 };
 
 use support::http_server::{HttpServer, Route};
-use support::{FAST_RETRY, content, tree};
+use support::{FAST_RETRY, content, resolver_with, tree, uri};
 
 fn resolver() -> Resolver {
     let backend = Arc::new(HttpBackend::with_retry(FAST_RETRY));
@@ -19,10 +19,6 @@ fn resolver() -> Resolver {
     resolver.register(Scheme::Http, backend.clone());
     resolver.register(Scheme::Https, backend);
     resolver
-}
-
-fn uri(text: &str) -> Uri {
-    Uri::parse(text).unwrap()
 }
 
 #[tokio::test]
@@ -332,9 +328,7 @@ async fn the_default_resolver_has_http_https_ftp_and_run_fastq() {
 }
 
 fn https_resolver(config: herd_fetch::http::Config) -> Resolver {
-    let mut resolver = Resolver::empty();
-    resolver.register(Scheme::Https, Arc::new(HttpBackend::with_config(config)));
-    resolver
+    resolver_with(Scheme::Https, HttpBackend::with_config(config))
 }
 
 fn trusting_the_test_ca() -> herd_fetch::http::Config {
@@ -447,8 +441,7 @@ async fn progress_counts_each_byte_once_when_a_download_starts_again() {
     );
     let progress = herd_fetch::Progress::new();
     let backend = HttpBackend::with_retry(FAST_RETRY).with_progress(progress.clone());
-    let mut resolver = Resolver::empty();
-    resolver.register(Scheme::Http, Arc::new(backend));
+    let resolver = resolver_with(Scheme::Http, backend);
     let temp = tempfile::tempdir().unwrap();
 
     resolver

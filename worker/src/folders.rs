@@ -245,7 +245,10 @@ mod tests {
         let third = folders.dirs(TaskId(3), 1);
         folders.prepare(&third).unwrap();
         assert_ne!(inode(&third.root), first_inode);
-        assert_eq!(tree(&third.root), vec!["input", "output", "resource", "tmp"]);
+        assert_eq!(
+            tree(&third.root),
+            vec!["input", "output", "resource", "tmp"]
+        );
     }
 
     #[test]
@@ -257,7 +260,9 @@ mod tests {
         folders.prepare(&b).unwrap();
         folders.release(&a, true);
         folders.release(&b, true);
-        let spares = fs::read_dir(work.path().join("tasks/.spare")).unwrap().count();
+        let spares = fs::read_dir(work.path().join("tasks/.spare"))
+            .unwrap()
+            .count();
         assert_eq!(spares, 1, "one spare kept, the other deleted");
         assert!(!b.root.exists());
 
@@ -265,7 +270,9 @@ mod tests {
         let restarted = Folders::new(work.path(), 1);
         let c = restarted.dirs(TaskId(3), 1);
         restarted.prepare(&c).unwrap();
-        let spares = fs::read_dir(work.path().join("tasks/.spare")).unwrap().count();
+        let spares = fs::read_dir(work.path().join("tasks/.spare"))
+            .unwrap()
+            .count();
         assert_eq!(spares, 0);
         assert_eq!(tree(&c.root), vec!["input", "output", "resource", "tmp"]);
     }

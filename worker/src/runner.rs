@@ -281,4 +281,3 @@ fn task_env(config: &crate::Config) -> Vec<(String, String)> {
         ),
     ]
 }
-

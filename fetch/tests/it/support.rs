@@ -8,45 +8,14 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use herd_fetch::Uri;
 
-/// The known CRC64NVME values (base64, as S3 shows them).
-pub const CRC_123456789: &str = "rosUhgp5mIg=";
-pub const CRC_EMPTY: &str = "AAAAAAAAAAA=";
-pub const CRC_HELLO: &str = "1Km+Qyat0k0=";
+/// The `Backend` contract, shared with the test binaries of the remote schemes.
+#[path = "../support/contract.rs"]
+pub mod contract;
+#[path = "../support/files.rs"]
+mod files;
 
-pub fn write(path: &Path, content: &[u8]) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, content).unwrap();
-}
-
-/// Every path under `root` (files, directories and links), relative, sorted; directories end with `/`.
-pub fn tree(root: &Path) -> Vec<String> {
-    let mut paths = Vec::new();
-    collect(root, root, &mut paths);
-    paths.sort();
-    paths
-}
-
-fn collect(root: &Path, directory: &Path, paths: &mut Vec<String>) {
-    let Ok(entries) = fs::read_dir(directory) else {
-        return;
-    };
-    for entry in entries {
-        let entry = entry.unwrap();
-        let path = entry.path();
-        let relative = path
-            .strip_prefix(root)
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let file_type = entry.file_type().unwrap();
-        if file_type.is_dir() {
-            paths.push(format!("{relative}/"));
-            collect(root, &path, paths);
-        } else {
-            paths.push(relative);
-        }
-    }
-}
+pub use contract::{CRC_123456789, CRC_EMPTY, CRC_HELLO};
+pub use files::{tree, write};
 
 /// The URI of a local directory (with its trailing `/`).
 pub fn dir_uri(path: &Path) -> Uri {

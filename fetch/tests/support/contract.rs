@@ -1,5 +1,7 @@
-//! The steps of the `Backend` contract, as `tests/it/behaviour.rs` runs them on the local
-//! backends, for the test binaries of the remote schemes (azure, gs).
+//! The steps of the `Backend` contract: one behaviour suite, run on every backend, local
+//! (`tests/it/behaviour.rs`, which includes this file) and remote (`tests/s3.rs`,
+//! `tests/azure.rs`, `tests/gcs.rs`). It needs `write` and `tree` from the support module it
+//! is part of.
 
 use std::fs;
 use std::path::Path;
@@ -125,15 +127,8 @@ pub async fn suite(resolver: &Resolver, base: &Uri, local: &Path) {
         .put(&source.join("a.txt"), &base.join("renamed.txt").unwrap())
         .await
         .unwrap();
-    let listed: Vec<String> = resolver
-        .list(base, true)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|entry| entry.path)
-        .collect();
     assert_eq!(
-        listed,
+        listed_paths(resolver, base).await,
         vec![
             "a.txt",
             "renamed.txt",
@@ -161,15 +156,8 @@ pub async fn suite(resolver: &Resolver, base: &Uri, local: &Path) {
         .delete(&base.join("sub/").unwrap(), false)
         .await
         .unwrap();
-    let listed: Vec<String> = resolver
-        .list(base, true)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|entry| entry.path)
-        .collect();
     assert_eq!(
-        listed,
+        listed_paths(resolver, base).await,
         vec!["renamed.txt", "single/a.txt", "sub/deeper/c.txt"]
     );
     resolver.delete(base, true).await.unwrap();
@@ -177,4 +165,15 @@ pub async fn suite(resolver: &Resolver, base: &Uri, local: &Path) {
         resolver.list(base, true).await.unwrap_err().kind(),
         ErrorKind::NotFound
     );
+}
+
+/// The paths of everything under `base`, recursively.
+async fn listed_paths(resolver: &Resolver, base: &Uri) -> Vec<String> {
+    resolver
+        .list(base, true)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.path)
+        .collect()
 }

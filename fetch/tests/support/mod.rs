@@ -1,20 +1,24 @@
 //! Servers on loopback and helpers for the tests of the network backends (http, ftp,
-//! run+fastq, azure, gs). Each test binary uses part of it.
+//! run+fastq, s3, azure, gs). Each test binary uses part of it.
 #![allow(dead_code)]
 
 pub mod azure_server;
 pub mod contract;
+mod files;
 pub mod ftp_server;
 pub mod gcs_shim;
 pub mod http1;
 pub mod http_server;
+pub mod stores;
 
-use std::fs;
-use std::path::Path;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use herd_fetch::RetryPolicy;
+use herd_fetch::{Backend, Entry, Resolver, RetryPolicy, Scheme, Uri};
 use md5::{Digest as _, Md5};
+
+pub use files::{tree, write};
 
 /// Quick retries, so that failure paths take milliseconds.
 pub const FAST_RETRY: RetryPolicy = RetryPolicy {
@@ -38,40 +42,49 @@ pub fn content(size: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// A resolver with `backend` for `scheme` only.
+pub fn resolver_with(scheme: Scheme, backend: impl Backend) -> Resolver {
+    let mut resolver = Resolver::empty();
+    resolver.register(scheme, Arc::new(backend));
+    resolver
+}
+
+pub fn uri(text: &str) -> Uri {
+    Uri::parse(text).unwrap()
+}
+
+/// The paths of listed entries.
+pub fn paths(entries: &[Entry]) -> Vec<&str> {
+    entries.iter().map(|entry| entry.path.as_str()).collect()
+}
+
+/// A bucket name no other test (or earlier run) uses: `herd-PURPOSE-...`, at most 63
+/// characters.
+pub fn unique_bucket(purpose: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let name = format!(
+        "herd-{purpose}-{}-{nanos}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    name.chars().take(63).collect()
+}
+
+/// Polls `condition` until it holds, failing after 60 s (generous: a 2-core CI machine runs
+/// every test binary at once, and an abort waits for the part in flight).
+pub async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn md5_hex(bytes: &[u8]) -> String {
     let digest: [u8; 16] = Md5::digest(bytes).into();
     digest.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-pub fn write(path: &Path, content: &[u8]) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, content).unwrap();
-}
-
-/// Every path under `root` (files and directories), relative, sorted; directories end with `/`.
-pub fn tree(root: &Path) -> Vec<String> {
-    let mut paths = Vec::new();
-    collect(root, root, &mut paths);
-    paths.sort();
-    paths
-}
-
-fn collect(root: &Path, directory: &Path, paths: &mut Vec<String>) {
-    let Ok(entries) = fs::read_dir(directory) else {
-        return;
-    };
-    for entry in entries {
-        let path = entry.unwrap().path();
-        let relative = path
-            .strip_prefix(root)
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        if path.is_dir() {
-            paths.push(format!("{relative}/"));
-            collect(root, &path, paths);
-        } else {
-            paths.push(relative);
-        }
-    }
 }
