@@ -110,7 +110,9 @@ pub(crate) struct State {
     next_task_id: u64,
     next_worker_id: u64,
     next_connection: u64,
-    pub tasks: HashMap<TaskId, Task>,
+    /// Boxed: a hash map keeps up to half its slots empty, and an empty slot costs the size of
+    /// its value; a pointer there instead of a whole task saves ~150 bytes a task at a million.
+    pub tasks: HashMap<TaskId, Box<Task>>,
     pub batches: BTreeMap<BatchName, Batch>,
     pub workers: BTreeMap<WorkerId, Worker>,
 }
@@ -242,7 +244,7 @@ impl State {
                     }
                 }
             }
-            self.tasks.insert(id, task);
+            self.tasks.insert(id, Box::new(task));
         }
         Ok(())
     }
@@ -466,7 +468,7 @@ impl State {
             batches.insert(spec.batch.clone());
             self.tasks.insert(
                 id,
-                Task {
+                Box::new(Task {
                     spec: Arc::new(spec),
                     spec_json: spec_json.into(),
                     state: TaskState::Pending,
@@ -478,7 +480,7 @@ impl State {
                     created_at: now,
                     updated_at: now,
                     attempts: Vec::new(),
-                },
+                }),
             );
             change.task(id);
             ids.push(id);
