@@ -178,6 +178,11 @@ impl Cluster {
 
     /// Starts a bare-process worker for `batch` and waits until the server lists it connected.
     fn start_worker(&mut self, batch: &str) {
+        self.start_worker_with(batch, &[]);
+    }
+
+    /// [`start_worker`](Self::start_worker) with extra environment variables.
+    fn start_worker_with(&mut self, batch: &str, environment: &[(&str, String)]) {
         let name = format!("test-worker-{batch}");
         let worker = KillOnDrop::spawn(
             self.command(&[
@@ -192,7 +197,8 @@ impl Cluster {
                 &name,
             ])
             .arg("--work-dir")
-            .arg(self.path(&format!("work-{batch}"))),
+            .arg(self.path(&format!("work-{batch}")))
+            .envs(environment.iter().map(|(name, value)| (name, value))),
             self.path(&format!("worker-{batch}.log")),
         );
         self.workers.push(worker);
@@ -661,4 +667,141 @@ fn a_server_killed_mid_run_loses_nothing_it_acknowledged() {
             .trim(),
         "finished"
     );
+}
+
+/// The S3 server of `scripts/start-seaweedfs.sh` as `HERD_S3_*` settings for herd processes.
+/// Without it the test fails and says how to start it: a skipped test would hide a broken
+/// staging path.
+fn s3_settings() -> Vec<(&'static str, String)> {
+    let variable = |name: &str| match std::env::var(name) {
+        Ok(value) if !value.is_empty() => value,
+        _ => panic!(
+            "{name} is not set: this test needs a real S3 server; run\n    eval \"$(bash scripts/start-seaweedfs.sh)\"\nand run the tests again"
+        ),
+    };
+    vec![
+        ("HERD_S3_ENDPOINT", variable("HERD_TEST_S3_ENDPOINT")),
+        ("HERD_S3_ACCESS_KEY_ID", variable("HERD_TEST_S3_ACCESS_KEY")),
+        (
+            "HERD_S3_SECRET_ACCESS_KEY",
+            variable("HERD_TEST_S3_SECRET_KEY"),
+        ),
+        ("HERD_S3_REGION", "us-east-1".to_owned()),
+    ]
+}
+
+#[test]
+fn a_task_stages_its_input_and_resource_from_s3_and_uploads_its_output_there() {
+    let s3 = s3_settings();
+    let mut cluster = Cluster::start();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .subsec_nanos();
+    // SeaweedFS makes a bucket on its first upload.
+    let bucket = format!("herd-cli-{}-{nanos}", std::process::id());
+    let fetch = |args: &[&str]| {
+        let finished = run(herd_command()
+            .arg("fetch")
+            .args(args)
+            .envs(s3.iter().map(|(name, value)| (name, value))));
+        assert_eq!(finished.code, 0, "herd fetch {args:?}: {finished:?}");
+        finished
+    };
+
+    // An input, and a resource packed as a .tar.gz, put in the bucket with `herd fetch`.
+    let local = cluster.path("local");
+    std::fs::create_dir_all(local.join("ref")).expect("create the local folders");
+    write_file(&local.join("reads.txt"), "r1\nr2\nr3\n");
+    write_file(&local.join("ref/genome.txt"), "ACGT\n");
+    let packed = Command::new("tar")
+        .arg("czf")
+        .arg(local.join("ref.tar.gz"))
+        .arg("-C")
+        .arg(&local)
+        .arg("ref")
+        .status()
+        .expect("tar runs");
+    assert!(packed.success());
+    let input = format!("s3://{bucket}/in/reads.txt");
+    let resource = format!("s3://{bucket}/db/ref.tar.gz");
+    fetch(&[
+        "copy",
+        &local.join("reads.txt").display().to_string(),
+        &input,
+    ]);
+    fetch(&[
+        "copy",
+        &local.join("ref.tar.gz").display().to_string(),
+        &resource,
+    ]);
+
+    cluster.start_worker_with("remote", &s3);
+    let launched = cluster.herd(&[
+        "launch",
+        "-b",
+        "remote",
+        "-i",
+        &input,
+        "-r",
+        &format!("{resource}|untar"),
+        "-o",
+        &format!("s3://{bucket}/out/"),
+        "sh",
+        "-c",
+        "wc -l < $INPUT/reads.txt > $OUTPUT/lines; cat $RESOURCE/ref/genome.txt > $OUTPUT/genome",
+    ]);
+    assert_eq!(launched.code, 0, "{launched:?}");
+    let id = launched.stdout.trim().to_owned();
+    let waited = cluster.herd(&["batch", "wait", "remote"]);
+    assert_eq!(
+        waited.code,
+        0,
+        "{waited:?}\nworker log:\n{}",
+        cluster.workers[0].log()
+    );
+
+    // The output is in the bucket.
+    let downloaded = cluster.path("downloaded");
+    fetch(&[
+        "copy",
+        &format!("s3://{bucket}/out/"),
+        &format!("{}/", downloaded.display()),
+    ]);
+    let read = |name: &str| {
+        std::fs::read_to_string(downloaded.join(name))
+            .unwrap_or_else(|error| panic!("{name} was uploaded: {error}"))
+    };
+    assert_eq!(read("lines").trim(), "3");
+    assert_eq!(read("genome"), "ACGT\n");
+
+    // Every transfer is recorded with the attempt, with each file's size and CRC64NVME.
+    let task = cluster.task(&id);
+    let transfers = task["attempts"][0]["transfers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("transfers recorded: {task:#}"))
+        .clone();
+    let direction = |name: &str| {
+        transfers
+            .iter()
+            .find(|transfer| transfer["direction"] == name)
+            .unwrap_or_else(|| panic!("a {name} transfer: {task:#}"))
+            .clone()
+    };
+    let staged = direction("input");
+    assert_eq!(staged["uri"], input.as_str(), "{task:#}");
+    assert_eq!(staged["items"][0]["size"], 9, "{task:#}");
+    let local_crc = run(herd_command()
+        .args(["fetch", "checksum"])
+        .arg(local.join("reads.txt")));
+    assert!(
+        local_crc
+            .stdout
+            .starts_with(staged["items"][0]["crc64nvme"].as_str().unwrap_or("-")),
+        "{local_crc:?} {task:#}"
+    );
+    assert_eq!(direction("resource")["files"], 1, "{task:#}");
+    assert_eq!(direction("output")["files"], 2, "{task:#}");
+
+    fetch(&["delete", "--recursive", &format!("s3://{bucket}/")]);
 }
