@@ -819,15 +819,34 @@ impl<P: Provider> Bucket for Container<'_, P> {
             attributes: checksum_attributes(checksum),
             ..PutMultipartOptions::default()
         };
-        let upload = self
-            .store
-            .put_multipart_opts(location, options)
-            .await
-            .map_err(|error| self.fail("cannot start a multipart upload to", target, error))?;
-        let mut guard = AbortOnDrop::new(ObjectUpload {
-            upload,
-            target: target.to_owned(),
+        // Started by a task of its own: were this future dropped while the request is in flight,
+        // the store would hold an upload nobody knows of. The task gets the upload whatever
+        // happens, and if no one is left to receive it, drops the guard, which aborts.
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let (store, owned_location, owned_target) =
+            (Arc::clone(&self.store), location.clone(), target.to_owned());
+        tokio::spawn(async move {
+            let started = store
+                .put_multipart_opts(&owned_location, options)
+                .await
+                .map(|upload| {
+                    AbortOnDrop::new(ObjectUpload {
+                        upload,
+                        target: owned_target,
+                    })
+                });
+            // Unreceived, the guard comes back in the error and is dropped here: aborted.
+            let _ = sender.send(started);
         });
+        let mut guard = receiver
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!("cannot upload to `{target}`: the task starting the multipart upload failed; retry"),
+                )
+            })?
+            .map_err(|error| self.fail("cannot start a multipart upload to", target, error))?;
         let result = self
             .send_parts(&mut guard, Arc::new(file), source, identity, checksum)
             .await;

@@ -743,31 +743,58 @@ impl Bucket for S3Bucket<'_> {
         identity: FileIdentity,
         target: &str,
     ) -> Result<(Crc64Nvme, u64)> {
-        let created = self
+        // The upload is created by a task of its own: were this future dropped while the request
+        // is in flight, the server would hold an upload nobody knows of. The task gets the id
+        // whatever happens, and if no one is left to receive it, drops the guard, which aborts.
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let request = self
             .client
             .create_multipart_upload()
             .bucket(self.name)
             .key(key)
             .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
-            .checksum_type(ChecksumType::FullObject)
-            .send()
-            .await
-            .map_err(|error| map_error("cannot start a multipart upload to", target, error))?;
-        let Some(upload_id) = created.upload_id().map(str::to_owned) else {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!(
-                    "cannot upload to `{target}`: the server started a multipart upload without an upload id; retry"
-                ),
-            ));
-        };
-        let mut guard = AbortOnDrop::new(S3Upload {
-            client: self.client.clone(),
-            bucket: self.name.to_owned(),
-            key: key.clone(),
-            upload_id: upload_id.clone(),
-            target: target.to_owned(),
+            .checksum_type(ChecksumType::FullObject);
+        let (client, bucket, owned_key, owned_target) = (
+            self.client.clone(),
+            self.name.to_owned(),
+            key.clone(),
+            target.to_owned(),
+        );
+        tokio::spawn(async move {
+            let created = match request.send().await {
+                Ok(created) => created,
+                Err(error) => {
+                    let error =
+                        map_error("cannot start a multipart upload to", &owned_target, error);
+                    let _ = sender.send(Err(error));
+                    return;
+                }
+            };
+            let Some(upload_id) = created.upload_id().map(str::to_owned) else {
+                let _ = sender.send(Err(Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "cannot upload to `{owned_target}`: the server started a multipart upload without an upload id; retry"
+                    ),
+                )));
+                return;
+            };
+            let guard = AbortOnDrop::new(S3Upload {
+                client,
+                bucket,
+                key: owned_key,
+                upload_id: upload_id.clone(),
+                target: owned_target,
+            });
+            // Unreceived, the guard comes back in the error and is dropped here: aborted.
+            let _ = sender.send(Ok((upload_id, guard)));
         });
+        let (upload_id, mut guard) = receiver.await.map_err(|_| {
+            Error::new(
+                ErrorKind::Io,
+                format!("cannot upload to `{target}`: the task starting the multipart upload failed; retry"),
+            )
+        })??;
         let result = self
             .send_parts(source, identity, key, &upload_id, target)
             .await;
