@@ -87,21 +87,28 @@ impl Folders {
         }
     }
 
-    /// Makes `dirs` exist, empty and writable by any user (tasks may run with `-u`): a spare
-    /// folder renamed into place, or new folders.
-    pub(crate) fn prepare(&self, dirs: &TaskDirs) -> io::Result<()> {
-        let spare = self.free().pop();
-        if let Some(spare) = spare {
-            match fs::rename(&spare, &dirs.root) {
-                Ok(()) => return Ok(()),
-                // Taken by something else (an attempt folder left by an earlier run, say): drop
-                // the spare and make new folders.
-                Err(error) => {
-                    warn!(spare = %spare.display(), %error, "cannot reuse a spare attempt folder");
-                    let _ = fs::remove_dir_all(&spare);
-                }
+    /// Makes `dirs` exist by renaming a spare folder into place: one `rename`, cheap enough
+    /// to run on the async threads. False when there is no spare folder (or it could not be
+    /// used): [`Folders::create`] must make them.
+    pub(crate) fn reuse_spare(&self, dirs: &TaskDirs) -> bool {
+        let Some(spare) = self.free().pop() else {
+            return false;
+        };
+        match fs::rename(&spare, &dirs.root) {
+            Ok(()) => true,
+            // Taken by something else (an attempt folder left by an earlier run, say): drop the
+            // spare; new folders will be made.
+            Err(error) => {
+                warn!(spare = %spare.display(), %error, "cannot reuse a spare attempt folder");
+                let _ = fs::remove_dir_all(&spare);
+                false
             }
         }
+    }
+
+    /// Makes `dirs` exist, empty and writable by any user (tasks may run with `-u`): new
+    /// folders, when no spare one could be reused.
+    pub(crate) fn create(&self, dirs: &TaskDirs) -> io::Result<()> {
         for dir in [
             &dirs.root,
             &dirs.input,
@@ -113,6 +120,16 @@ impl Folders {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o777))?;
         }
         Ok(())
+    }
+
+    /// Makes `dirs` exist, empty and writable by any user: a spare folder renamed into place,
+    /// or new folders.
+    #[cfg(test)]
+    pub(crate) fn prepare(&self, dirs: &TaskDirs) -> io::Result<()> {
+        if self.reuse_spare(dirs) {
+            return Ok(());
+        }
+        self.create(dirs)
     }
 
     /// After the attempt: a succeeded one's folder is emptied and kept as a spare (or deleted

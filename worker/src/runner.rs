@@ -1,10 +1,12 @@
 //! One attempt, from assignment to final report.
 //!
 //! ```text
-//! assigned → [downloading: stage /input and /resource] → wait for a run slot → running
-//!          → [uploading: /output to its URI] → succeeded | failed | canceled
+//! assigned → wait to start → [downloading: stage /input and /resource] → wait for a run slot
+//!          → running → [uploading: /output to its URI] → succeeded | failed | canceled
 //! ```
-//! Phases without work (no inputs, no output URI) are skipped. Every log chunk reaches the
+//! An attempt starts (its folders, its staging) once fewer than `concurrency + prefetch` are
+//! under way: the ones the server pipelines beyond that wait untouched. Phases without work
+//! (no inputs, no output URI) are skipped. Every log chunk reaches the
 //! server before the final report, so `herd task logs` after the end shows everything.
 
 use std::sync::Arc;
@@ -82,17 +84,29 @@ async fn attempt_phases(
             "canceled by the server".to_owned(),
         )
     };
-    let preparing = (shared.clone(), dirs.clone());
-    let prepared = tokio::task::spawn_blocking(move || preparing.0.folders.prepare(&preparing.1))
-        .await
-        .unwrap_or_else(|error| Err(std::io::Error::other(error)));
-    prepared.map_err(|error| {
-        fail(
-            TaskState::Failed,
-            Reason::Executor,
-            format!("cannot create the task's folders: {error}"),
-        )
-    })?;
+    // Wait to start (pipelined attempts wait here, untouched).
+    let started = tokio::select! {
+        _ = cancel.cancelled() => return Err(canceled()),
+        permit = shared.started.acquire() => match permit {
+            Ok(permit) => permit,
+            Err(_) => return Err(canceled()),
+        },
+    };
+    // A spare folder is renamed into place right here; making new ones takes the blocking
+    // pool.
+    if !shared.folders.reuse_spare(dirs) {
+        let preparing = (shared.clone(), dirs.clone());
+        let created = tokio::task::spawn_blocking(move || preparing.0.folders.create(&preparing.1))
+            .await
+            .unwrap_or_else(|error| Err(std::io::Error::other(error)));
+        created.map_err(|error| {
+            fail(
+                TaskState::Failed,
+                Reason::Executor,
+                format!("cannot create the task's folders: {error}"),
+            )
+        })?;
+    }
 
     // Downloading.
     let mut input_transfers = Vec::new();
@@ -195,6 +209,7 @@ async fn attempt_phases(
     // Every chunk reaches the server before the final report.
     let _ = forwarder.await;
     drop(permit);
+    drop(started);
 
     let mut outcome = match result {
         Ok(Exit::Code(0)) => {

@@ -31,7 +31,10 @@ struct Held {
 pub(crate) struct Shared {
     pub config: Arc<Config>,
     pub executors: Executors,
-    /// Run slots: `concurrency` attempts run at once; prefetched ones wait here.
+    /// Attempts under way (folders, staging, running): `concurrency + prefetch`. Beyond them,
+    /// the server's pipeline: assigned attempts wait here, untouched, until one ends.
+    pub started: Semaphore,
+    /// Run slots: `concurrency` attempts run at once; prefetched ones wait here, staged.
     pub slots: Semaphore,
     /// Moves inputs and outputs.
     pub resolver: Arc<herd_fetch::Resolver>,
@@ -139,6 +142,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub(crate) async fn run(config: Arc<Config>, executors: Executors, shutdown: CancellationToken) {
     let resolver = Arc::new(herd_fetch::Resolver::new());
     let shared = Arc::new(Shared {
+        started: Semaphore::new((config.concurrency + config.prefetch) as usize),
         slots: Semaphore::new(config.concurrency as usize),
         resources: crate::staging::ResourceCache::new(&config.work_dir, resolver.clone()),
         folders: crate::folders::Folders::new(

@@ -58,6 +58,47 @@ pub(crate) struct Batch {
     /// pending (canceled, deleted): they are skipped when popped.
     pub queues: BTreeMap<Requirement, VecDeque<TaskId>>,
     pub counts: [u64; 8],
+    /// How long this batch's attempts hold a worker's slot, in milliseconds: an exponentially
+    /// weighted mean of those that ended, `None` until one did. Sets the pipeline's depth.
+    pub slot_ms: Option<f64>,
+}
+
+/// The pipeline: beyond a worker's slots (`--concurrency` plus `--prefetch`), the server gives
+/// it tasks to queue, so that a slot that frees starts the next task at once instead of
+/// waiting for a round trip to the server and a commit. The worker does not touch a queued
+/// task (no folders, no staging) until one of its slots frees. How many: enough for
+/// [`PIPELINE_HORIZON_MS`] of the batch's recent attempts, at most [`PIPELINE_PER_SLOT`] per
+/// slot, and none until one attempt of the batch ended or once they take longer than the
+/// horizon. Short tasks are pipelined; long ones, where a round trip is negligible and a task
+/// waiting behind another one would be costly, are not. The imbalance it can cause at the end
+/// of a batch is bounded by the horizon.
+const PIPELINE_HORIZON_MS: f64 = 100.0;
+/// The pipeline's most tasks per slot.
+const PIPELINE_PER_SLOT: usize = 32;
+/// The weight of the latest attempt in [`Batch::slot_ms`].
+const SLOT_MS_WEIGHT: f64 = 0.1;
+
+impl Batch {
+    /// Tasks queued on a worker with `slots` slots beyond them.
+    fn pipeline_depth(&self, slots: usize) -> usize {
+        let Some(slot_ms) = self.slot_ms else {
+            return 0;
+        };
+        if slot_ms >= PIPELINE_HORIZON_MS {
+            return 0;
+        }
+        let depth = (slots as f64 * PIPELINE_HORIZON_MS / slot_ms.max(0.1)).ceil();
+        (depth as usize).min(slots * PIPELINE_PER_SLOT)
+    }
+
+    /// Counts one ended attempt's time in a slot.
+    fn record_slot_time(&mut self, milliseconds: i64) {
+        let sample = milliseconds.max(0) as f64;
+        self.slot_ms = Some(match self.slot_ms {
+            None => sample,
+            Some(mean) => mean + SLOT_MS_WEIGHT * (sample - mean),
+        });
+    }
 }
 
 pub(crate) struct Connection {
@@ -495,7 +536,10 @@ impl State {
 
     // ---- scheduling ----
 
-    fn free_slots(&self, worker: &Worker) -> usize {
+    /// How many more tasks `worker` can take: its free slots (`--concurrency` plus
+    /// `--prefetch`, less the tasks it holds that are not uploading), and, with `pipeline`, the
+    /// room left in its pipeline too.
+    fn free_slots(&self, worker: &Worker, pipeline: bool) -> usize {
         let busy = worker
             .tasks
             .iter()
@@ -505,10 +549,16 @@ impl State {
                     .is_some_and(|task| task.state != TaskState::Uploading)
             })
             .count();
-        (worker.concurrency as usize + worker.prefetch as usize).saturating_sub(busy)
+        let slots = worker.concurrency as usize + worker.prefetch as usize;
+        let depth = match self.batches.get(&worker.batch) {
+            Some(batch) if pipeline => batch.pipeline_depth(worker.concurrency as usize),
+            _ => 0,
+        };
+        (slots + depth).saturating_sub(busy)
     }
 
-    /// Gives pending tasks of `name` to its idle workers.
+    /// Gives pending tasks of `name` to its idle workers: first every worker's free slots,
+    /// then their pipelines, so no task is queued behind another while a slot is free.
     pub fn schedule_batch(&mut self, name: &BatchName, change: &mut Change) {
         let workers: Vec<WorkerId> = self
             .workers
@@ -516,27 +566,34 @@ impl State {
             .filter(|(_, worker)| &worker.batch == name && worker.connection.is_some())
             .map(|(id, _)| *id)
             .collect();
-        for worker in workers {
-            self.schedule_worker(worker, change);
-            if self
-                .batches
-                .get(name)
-                .is_none_or(|batch| batch.counts[state_index(TaskState::Pending)] == 0)
-            {
-                break;
+        for pipeline in [false, true] {
+            for &worker in &workers {
+                if self
+                    .batches
+                    .get(name)
+                    .is_none_or(|batch| batch.counts[state_index(TaskState::Pending)] == 0)
+                {
+                    return;
+                }
+                self.fill_worker(worker, pipeline, change);
             }
         }
     }
 
-    /// Fills `worker_id`'s free slots with pending tasks of its batch that it can serve.
+    /// Fills `worker_id`'s free slots and pipeline with pending tasks of its batch that it can
+    /// serve.
     pub fn schedule_worker(&mut self, worker_id: WorkerId, change: &mut Change) {
+        self.fill_worker(worker_id, true, change);
+    }
+
+    fn fill_worker(&mut self, worker_id: WorkerId, pipeline: bool, change: &mut Change) {
         let Some(worker) = self.workers.get(&worker_id) else {
             return;
         };
         if worker.connection.is_none() || worker.lost {
             return;
         }
-        let mut free = self.free_slots(worker);
+        let mut free = self.free_slots(worker, pipeline);
         while free > 0 {
             let Some(task_id) = self.pop_pending(worker_id) else {
                 return;
@@ -859,6 +916,11 @@ impl State {
             return;
         }
         attempt.ended_at = Some(at);
+        let slot_started = attempt
+            .download_started_at
+            .or(attempt.run_started_at)
+            .unwrap_or(attempt.assigned_at);
+        let slot_ms = at.millis() - slot_started.millis();
         attempt.exit_code = report.exit_code;
         attempt.reason = report.reason;
         attempt.message = report.message.clone();
@@ -877,6 +939,11 @@ impl State {
             report.state == TaskState::Failed && counted_failures <= task.spec.retry as usize;
         if let Some(worker) = self.workers.get_mut(&worker_id) {
             worker.tasks.remove(&report.task_id);
+        }
+        if report.state == TaskState::Succeeded
+            && let Some(batch) = self.batches.get_mut(&task.spec.batch)
+        {
+            batch.record_slot_time(slot_ms);
         }
         if let Some(sender) = &sender {
             change.send(

@@ -99,6 +99,8 @@ pub struct Args {
     pub concurrency: usize,
     /// Slots of the instant-executor worker of item 4 (default: `concurrency`).
     pub dispatch_concurrency: Option<usize>,
+    /// The workers' `--prefetch` in items 2 and 4 (default: the worker's own default).
+    pub prefetch: Option<u32>,
     /// Tasks of item 5, in-process.
     pub latency_tasks: usize,
     /// Tasks of item 5 through the `herd launch` binary.
@@ -160,6 +162,7 @@ Options:
   --dispatch-tasks N        tasks of dispatch [--tasks]
   --concurrency N           worker slots and spawning threads [the number of cores]
   --dispatch-concurrency N  slots of the instant-executor worker [--concurrency]
+  --prefetch N              the workers' --prefetch in e2e and dispatch [herd worker's default]
   --latency-tasks N         in-process latency samples [1000]
   --cli-latency-tasks N     `herd launch` latency samples [100]
   --submit-tasks N          tasks queued at once [100000]
@@ -193,6 +196,7 @@ fn parse_from(words: &[String]) -> anyhow::Result<Args> {
         dispatch_tasks: None,
         concurrency: cores,
         dispatch_concurrency: None,
+        prefetch: None,
         latency_tasks: if small { 100 } else { 1000 },
         cli_latency_tasks: if small { 10 } else { 100 },
         submit_tasks: if small { 10_000 } else { 100_000 },
@@ -235,6 +239,12 @@ fn parse_from(words: &[String]) -> anyhow::Result<Args> {
             "--dispatch-tasks" => args.dispatch_tasks = Some(count(value()?)?),
             "--concurrency" => args.concurrency = count(value()?)?,
             "--dispatch-concurrency" => args.dispatch_concurrency = Some(count(value()?)?),
+            "--prefetch" => {
+                let text = value()?;
+                args.prefetch = Some(text.parse().with_context(|| {
+                    format!("--prefetch takes a whole number (0 or more), not `{text}`")
+                })?);
+            }
             "--latency-tasks" => args.latency_tasks = count(value()?)?,
             "--cli-latency-tasks" => args.cli_latency_tasks = count(value()?)?,
             "--submit-tasks" => args.submit_tasks = count(value()?)?,

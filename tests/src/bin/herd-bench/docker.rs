@@ -37,7 +37,7 @@ pub fn median(sorted: &[Duration]) -> Duration {
 pub async fn measure(herd: &Path, image: &str, runs: usize) -> anyhow::Result<DockerRuns> {
     check_docker(image).await?;
     let server = HerdServer::start(herd, Engine::Sqlite).await?;
-    let _worker = HerdWorker::start(herd, &server, "docker", "docker", 1).await?;
+    let _worker = HerdWorker::start(herd, &server, "docker", "docker", 1, None).await?;
     let mut client = server.client().await?;
     let spec = || pb::TaskSpec {
         batch: "docker".to_owned(),

@@ -70,9 +70,10 @@ pub async fn end_to_end(
     engine: Engine,
     tasks: usize,
     concurrency: usize,
+    prefetch: Option<u32>,
 ) -> anyhow::Result<Run> {
     let server = HerdServer::start(herd, engine).await?;
-    let worker = HerdWorker::start(herd, &server, BATCH, "bare", concurrency).await?;
+    let worker = HerdWorker::start(herd, &server, BATCH, "bare", concurrency, prefetch).await?;
     let worker_pid = worker.pid;
     let run = through(&server, tasks, || proc_stats(worker_pid)).await?;
     drop(worker);
@@ -86,19 +87,22 @@ pub async fn dispatch(
     engine: Engine,
     tasks: usize,
     concurrency: usize,
+    prefetch: Option<u32>,
 ) -> anyhow::Result<Run> {
     let server = HerdServer::start(herd, engine).await?;
+    let defaults = WorkerOptions::default();
     let shutdown = CancellationToken::new();
     let worker = herd_tests::start_worker(
         &server.url,
         WorkerOptions {
             batch: BATCH.to_owned(),
             concurrency: concurrency as u32,
+            prefetch: prefetch.unwrap_or(defaults.prefetch),
             executors: Some(Executors {
                 bare: Arc::new(InstantExecutor),
                 docker: None,
             }),
-            ..WorkerOptions::default()
+            ..defaults
         },
         shutdown.clone(),
     )

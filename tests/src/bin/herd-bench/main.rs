@@ -222,7 +222,7 @@ async fn end_to_end(bench: &mut Bench) {
         }
         let result = async {
             let herd = bench.herd()?;
-            e2e::end_to_end(&herd, engine, tasks, concurrency).await
+            e2e::end_to_end(&herd, engine, tasks, concurrency, bench.args.prefetch).await
         }
         .await;
         match result {
@@ -296,7 +296,7 @@ async fn dispatch(bench: &mut Bench) {
         }
         let result = async {
             let herd = bench.herd()?;
-            e2e::dispatch(&herd, engine, tasks, concurrency).await
+            e2e::dispatch(&herd, engine, tasks, concurrency, bench.args.prefetch).await
         }
         .await;
         match result {

@@ -258,6 +258,7 @@ impl HerdWorker {
         batch: &str,
         executor: &str,
         concurrency: usize,
+        prefetch: Option<u32>,
     ) -> anyhow::Result<HerdWorker> {
         let work_dir = tempfile::Builder::new()
             .prefix("herd-bench-worker-")
@@ -265,8 +266,12 @@ impl HerdWorker {
         let log_path = work_dir.path().join("worker.log");
         let log = std::fs::File::create(&log_path)?;
         let name = format!("bench-{executor}-{}", std::process::id());
-        let mut child = herd_command(herd)
-            .arg("worker")
+        let mut command = herd_command(herd);
+        command.arg("worker");
+        if let Some(prefetch) = prefetch {
+            command.arg("--prefetch").arg(prefetch.to_string());
+        }
+        let mut child = command
             .arg("--server")
             .arg(&server.url)
             .arg("--batch")
