@@ -487,9 +487,23 @@ impl pb::workers_server::Workers for WorkersService {
                 match message.kind {
                     Some(worker_message::Kind::Update(update)) => {
                         match TaskReport::try_from(update) {
-                            Ok(report) => queue.report(worker_id, serial, report),
+                            Ok(report) => queue.report(worker_id, serial, vec![report]),
                             Err(error) => warn!(%worker_id, %error, "invalid task update ignored"),
                         }
+                    }
+                    Some(worker_message::Kind::Updates(batch)) => {
+                        let reports = batch
+                            .updates
+                            .into_iter()
+                            .filter_map(|update| match TaskReport::try_from(update) {
+                                Ok(report) => Some(report),
+                                Err(error) => {
+                                    warn!(%worker_id, %error, "invalid task update ignored");
+                                    None
+                                }
+                            })
+                            .collect();
+                        queue.report(worker_id, serial, reports);
                     }
                     Some(worker_message::Kind::Log(chunk)) => {
                         let stream = if chunk.stream == i32::from(pb::LogStream::Stderr) {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use herd_proto::pb::{self, server_message, worker_message};
 use herd_proto::{TaskId, TaskReport, TaskSpec, WorkerId};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -43,6 +43,10 @@ pub(crate) struct Shared {
     /// The attempts' folders, reused.
     pub folders: crate::folders::Folders,
     held: Mutex<HashMap<(TaskId, u32), Held>>,
+    /// Updates not yet sent on the current connection, in order (see [`flush_updates`]).
+    unsent: Mutex<Vec<pb::TaskUpdate>>,
+    /// Rung when `unsent` gains an update.
+    unsent_added: Notify,
     /// The current connection's sender, `None` while disconnected.
     link: Mutex<Option<mpsc::Sender<pb::WorkerMessage>>>,
     worker_id: Mutex<Option<WorkerId>>,
@@ -77,7 +81,13 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Records a report in the outbox and sends it if connected.
+    fn unsent(&self) -> MutexGuard<'_, Vec<pb::TaskUpdate>> {
+        self.unsent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records a report in the outbox and queues it for sending (see [`flush_updates`]).
     pub async fn report(&self, report: TaskReport) {
         {
             let mut held = self.held();
@@ -90,8 +100,17 @@ impl Shared {
                 }
             }
         }
-        self.send(worker_message::Kind::Update(pb::TaskUpdate::from(&report)))
-            .await;
+        // Queued even while disconnected: the next hello, which carries the latest report of
+        // every attempt, clears what it covers; what comes after it is sent once connected.
+        self.unsent().push(pb::TaskUpdate::from(&report));
+        self.unsent_added.notify_one();
+    }
+
+    /// Whether attempts wait to start: the server pipelined work to this worker, so its next
+    /// assignment is not urgent.
+    fn has_queued_work(&self) -> bool {
+        let config = &self.config;
+        self.held().len() > (config.concurrency + config.prefetch) as usize
     }
 
     /// Sends what an attempt printed; dropped while disconnected.
@@ -135,6 +154,32 @@ impl Shared {
     }
 }
 
+/// How long a worker with queued work gathers its updates before sending them in one message.
+const GATHER_UPDATES: Duration = Duration::from_millis(5);
+
+/// Sends the updates of `unsent` down `sender`, several at once: as soon as they come when the
+/// worker has nothing queued (the server waits for them to give it work), after gathering
+/// them for [`GATHER_UPDATES`] when it has (its slots are fed from its own queue; one message
+/// and one commit then carry the updates of many tasks). Ends when the stream closes.
+async fn flush_updates(shared: &Shared, sender: &mpsc::Sender<pb::WorkerMessage>) {
+    loop {
+        shared.unsent_added.notified().await;
+        if shared.has_queued_work() {
+            tokio::time::sleep(GATHER_UPDATES).await;
+        }
+        let updates = std::mem::take(&mut *shared.unsent());
+        if updates.is_empty() {
+            continue;
+        }
+        let message = pb::WorkerMessage {
+            kind: Some(worker_message::Kind::Updates(pb::TaskUpdates { updates })),
+        };
+        if sender.send(message).await.is_err() {
+            return;
+        }
+    }
+}
+
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -153,6 +198,8 @@ pub(crate) async fn run(config: Arc<Config>, executors: Executors, shutdown: Can
         config,
         executors,
         held: Mutex::new(HashMap::new()),
+        unsent: Mutex::new(Vec::new()),
+        unsent_added: Notify::new(),
         link: Mutex::new(None),
         worker_id: Mutex::new(None),
     });
@@ -248,11 +295,14 @@ async fn connect_and_serve(shared: &Arc<Shared>, shutdown: &CancellationToken) -
         Err(status) => return broken(status.message().to_owned(), false),
     };
     shared.set_link(Some(sender.clone()));
+    let flusher = flush_updates(shared, &sender);
+    tokio::pin!(flusher);
     let mut ticker = tokio::time::interval(heartbeat);
     ticker.tick().await;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Outcome::Stopped,
+            () = &mut flusher => return broken("the stream closed".to_owned(), true),
             _ = ticker.tick() => {
                 let beat = pb::WorkerMessage { kind: Some(worker_message::Kind::Heartbeat(pb::Heartbeat {})) };
                 if sender.send(beat).await.is_err() {
@@ -285,6 +335,8 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 fn hello(shared: &Shared) -> pb::WorkerMessage {
     let config = &shared.config;
+    // The hello carries the latest update of every attempt: what was not sent is in it.
+    shared.unsent().clear();
     let tasks = shared
         .held()
         .values()

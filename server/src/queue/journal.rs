@@ -8,6 +8,12 @@
 //! one row), commits it in one transaction, publishes the committed sequence number, then runs
 //! the effects in order. Callers that must not answer before durability wait for their
 //! sequence number.
+//!
+//! A *lazy* change is one nobody waits for and that sends nothing to a worker (a task started
+//! downloading, running or uploading): it promises nothing, so it need not be durable at once.
+//! Lazy entries alone wait up to [`LAZY_DELAY`] for company; the next urgent entry (a final
+//! report, a submit) takes them along in its commit. A short task then costs one commit, not
+//! two, and a server under a steady flow of tasks commits only for what it must.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Weak};
@@ -95,7 +101,11 @@ impl Change {
 struct Entry {
     sequence: u64,
     change: Change,
+    lazy: bool,
 }
+
+/// How long lazy entries may wait for an urgent one before they are committed on their own.
+const LAZY_DELAY: Duration = Duration::from_millis(25);
 
 /// The sending half, owned by the queue.
 pub(crate) struct Journal {
@@ -128,14 +138,28 @@ impl Journal {
     }
 
     /// Queues a change; returns its sequence number, or `None` when it has nothing to write
-    /// and no effect (nothing to wait for).
-    pub fn push(&mut self, change: Change) -> Option<u64> {
+    /// and no effect (nothing to wait for). A change pushed as `lazy` that sends nothing to a
+    /// worker may wait [`LAZY_DELAY`] to be committed: nobody may wait for its sequence number.
+    pub fn push(&mut self, change: Change, lazy: bool) -> Option<u64> {
         if change.dirty.is_empty() && change.effects.is_empty() {
             return None;
         }
+        let lazy = lazy
+            && !change
+                .effects
+                .iter()
+                .any(|effect| matches!(effect, Effect::Send(..)));
         let sequence = self.next_sequence;
         self.next_sequence += 1;
-        if self.sender.send(Entry { sequence, change }).is_err() {
+        if self
+            .sender
+            .send(Entry {
+                sequence,
+                change,
+                lazy,
+            })
+            .is_err()
+        {
             warn!("journal writer has stopped; change not persisted");
         }
         Some(sequence)
@@ -160,6 +184,17 @@ async fn write_loop(
 ) {
     let mut entries = Vec::new();
     while receiver.recv_many(&mut entries, 65_536).await > 0 {
+        if entries.iter().all(|entry| entry.lazy) {
+            // Wait for an urgent entry to take these along, or for the delay to pass.
+            let deadline = tokio::time::Instant::now() + LAZY_DELAY;
+            while let Ok(received) =
+                tokio::time::timeout_at(deadline, receiver.recv_many(&mut entries, 65_536)).await
+            {
+                if received == 0 || entries.iter().any(|entry| !entry.lazy) {
+                    break;
+                }
+            }
+        }
         let last_sequence = entries.last().map_or(0, |entry| entry.sequence);
         let Some(queue) = shared.upgrade() else {
             break;

@@ -254,11 +254,21 @@ impl Queue {
         &self,
         mutation: impl FnOnce(&mut State, &mut Change) -> Result<T, QueueError>,
     ) -> (Result<T, QueueError>, Option<u64>) {
+        self.mutate_with(false, mutation)
+    }
+
+    /// [`Queue::mutate`], journaled lazily when `lazy` (see [`journal`]): nobody may wait for
+    /// the sequence number then, so none is returned.
+    fn mutate_with<T>(
+        &self,
+        lazy: bool,
+        mutation: impl FnOnce(&mut State, &mut Change) -> Result<T, QueueError>,
+    ) -> (Result<T, QueueError>, Option<u64>) {
         let mut state = self.shared.lock();
         let mut change = Change::default();
         let result = mutation(&mut state, &mut change);
-        let sequence = state.journal.push(change);
-        (result, sequence)
+        let sequence = state.journal.push(change, lazy);
+        (result, sequence.filter(|_| !lazy))
     }
 
     /// Like [`Queue::mutate`], and answers only once the change is durable.
@@ -420,19 +430,24 @@ impl Queue {
         Ok((worker_id, serial))
     }
 
-    /// A report from a worker's connection `serial`; ignored if that connection was replaced.
-    pub fn report(&self, worker_id: WorkerId, serial: u64, report: WorkerReport) {
-        let terminal = report
-            .state
-            .is_terminal()
-            .then_some((report.task_id, report.attempt));
-        let _ = self.mutate(|state, change| {
+    /// Reports from a worker's connection `serial`, in order, applied at once; ignored if that
+    /// connection was replaced.
+    pub fn report(&self, worker_id: WorkerId, serial: u64, reports: Vec<WorkerReport>) {
+        let terminal: Vec<(TaskId, u32)> = reports
+            .iter()
+            .filter(|report| report.state.is_terminal())
+            .map(|report| (report.task_id, report.attempt))
+            .collect();
+        // A task that started a phase promises nothing: that change rides with the next commit.
+        let _ = self.mutate_with(terminal.is_empty(), |state, change| {
             if state.touch(worker_id, serial) {
-                state.report(worker_id, report, change);
+                for report in reports {
+                    state.report(worker_id, report, change);
+                }
             }
             Ok(())
         });
-        if let Some((task_id, attempt)) = terminal {
+        for (task_id, attempt) in terminal {
             self.shared.logs.close(task_id, attempt);
         }
     }

@@ -386,10 +386,13 @@ fn is_unavailable(error: &dyn DatabaseError) -> bool {
 }
 
 /// Pool settings for SQLite: one connection (the queue is the only writer), never recycled,
-/// set up for durability at every connect.
+/// set up for durability at every connect. Not pinged before each use: it is a file opened in
+/// this process, with nothing between that could break it, and a ping costs a round trip to
+/// sqlx's SQLite thread before every commit.
 fn sqlite_pool_options() -> AnyPoolOptions {
     AnyPoolOptions::new()
         .max_connections(1)
+        .test_before_acquire(false)
         .idle_timeout(None)
         .max_lifetime(None)
         .acquire_timeout(ACQUIRE_TIMEOUT)
