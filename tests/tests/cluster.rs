@@ -447,6 +447,24 @@ impl FakeWorker {
         })
     }
 
+    /// Fails if the server sends anything within `period`.
+    async fn quiet_for(&mut self, period: Duration) -> anyhow::Result<()> {
+        match tokio::time::timeout(period, self.inbound.message()).await {
+            Err(_elapsed) => Ok(()),
+            Ok(message) => anyhow::bail!("expected nothing, got {message:?}"),
+        }
+    }
+
+    /// Sends updates as one `TaskUpdates` message.
+    async fn send_updates(&self, updates: Vec<pb::TaskUpdate>) -> anyhow::Result<()> {
+        self.sender
+            .send(pb::WorkerMessage {
+                kind: Some(worker_message::Kind::Updates(pb::TaskUpdates { updates })),
+            })
+            .await?;
+        Ok(())
+    }
+
     async fn next(&mut self) -> anyhow::Result<server_message::Kind> {
         let message = tokio::time::timeout(WAIT, self.inbound.message()).await??;
         message
@@ -683,6 +701,205 @@ async fn a_docker_task_writes_its_output_through_a_real_engine() -> anyhow::Resu
     assert_eq!(
         task_log(&mut client, ids[0], false).await?,
         "in-container\n"
+    );
+    Ok(())
+}
+
+/// A cluster whose fake workers are not declared lost while a test takes its time.
+fn patient() -> ClusterOptions {
+    ClusterOptions {
+        engine: Engine::Sqlite,
+        queue: QueueConfig {
+            worker_timeout: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_secs(1),
+        },
+    }
+}
+
+/// Runs the first of `tasks` queued tasks on a fake worker with one slot, its attempt having
+/// held the slot `slot_ms`, and returns the assignments that follow its acknowledgement.
+async fn assignments_after_one_attempt_of(slot_ms: i64, tasks: usize) -> anyhow::Result<usize> {
+    let cluster = Cluster::start_with(patient()).await?;
+    let ids = cluster
+        .submit((0..tasks).map(|_| shell_task("default", "true")).collect())
+        .await?;
+    let mut fake = FakeWorker::connect(&cluster, None, Vec::new()).await?;
+    let server_message::Kind::Assign(first) = fake.next().await? else {
+        anyhow::bail!("expected an assignment");
+    };
+    assert_eq!(first.task_id, ids[0].0);
+    // Nothing is known of the batch's tasks yet: one slot, one task.
+    fake.quiet_for(Duration::from_millis(300)).await?;
+
+    let ended = herd_proto::Timestamp::now().0;
+    let mut running = update(ids[0], 1, pb::TaskState::Running, None);
+    running.at_ms = ended - slot_ms;
+    let mut succeeded = update(ids[0], 1, pb::TaskState::Succeeded, Some(0));
+    succeeded.at_ms = ended;
+    fake.send_updates(vec![running, succeeded]).await?;
+    let mut acknowledged = false;
+    let mut assigned = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), fake.inbound.message()).await {
+            Err(_elapsed) => break,
+            Ok(message) => match message?.and_then(|message| message.kind) {
+                Some(server_message::Kind::Ack(ack)) => {
+                    assert_eq!((ack.task_id, ack.attempt), (ids[0].0, 1));
+                    acknowledged = true;
+                }
+                Some(server_message::Kind::Assign(_)) => assigned += 1,
+                other => anyhow::bail!("unexpected {other:?}"),
+            },
+        }
+    }
+    assert!(acknowledged, "the final report must be acknowledged");
+    let task = cluster.task(ids[0]).await?;
+    assert_eq!(task.state, TaskState::Succeeded);
+    assert!(task.attempts[0].run_started_at.is_some());
+    Ok(assigned)
+}
+
+#[tokio::test]
+async fn short_tasks_are_pipelined_to_a_worker_beyond_its_slots() -> anyhow::Result<()> {
+    // A task that took 2 ms: its slot, plus 32 queued (the cap; 100 ms would be 50 tasks).
+    assert_eq!(assignments_after_one_attempt_of(2, 60).await?, 33);
+    Ok(())
+}
+
+#[tokio::test]
+async fn long_tasks_are_not_pipelined() -> anyhow::Result<()> {
+    assert_eq!(assignments_after_one_attempt_of(2_000, 10).await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn free_slots_of_every_worker_are_filled_before_any_pipeline() -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(patient()).await?;
+    let mut first = FakeWorker::connect(&cluster, None, Vec::new()).await?;
+    let ids = cluster.submit(vec![shell_task("default", "true")]).await?;
+    let server_message::Kind::Assign(assign) = first.next().await? else {
+        anyhow::bail!("expected an assignment");
+    };
+    let now = herd_proto::Timestamp::now().0;
+    let mut running = update(ids[0], 1, pb::TaskState::Running, None);
+    running.at_ms = now - 1;
+    first
+        .send_updates(vec![
+            running,
+            update(ids[0], 1, pb::TaskState::Succeeded, Some(0)),
+        ])
+        .await?;
+    assert!(
+        matches!(first.next().await?, server_message::Kind::Ack(ack) if ack.task_id == assign.task_id)
+    );
+    // The batch's tasks are short now. A second worker with a free slot joins, then two tasks
+    // come: one for each worker's slot, none queued behind the first worker's.
+    let mut second = FakeWorker::connect(&cluster, None, Vec::new()).await?;
+    cluster
+        .submit(vec![
+            shell_task("default", "true"),
+            shell_task("default", "true"),
+        ])
+        .await?;
+    assert!(matches!(
+        first.next().await?,
+        server_message::Kind::Assign(_)
+    ));
+    assert!(matches!(
+        second.next().await?,
+        server_message::Kind::Assign(_)
+    ));
+    first.quiet_for(Duration::from_millis(300)).await?;
+    second.quiet_for(Duration::from_millis(100)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_started_phase_is_written_soon_without_another_change() -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(patient()).await?;
+    let ids = cluster.submit(vec![shell_task("default", "true")]).await?;
+    let mut fake = FakeWorker::connect(&cluster, None, Vec::new()).await?;
+    let server_message::Kind::Assign(_) = fake.next().await? else {
+        anyhow::bail!("expected an assignment");
+    };
+    fake.send_updates(vec![update(ids[0], 1, pb::TaskState::Running, None)])
+        .await?;
+    // Nothing else happens: the lazy change is committed on its own, a few ms later.
+    let database = format!(
+        "sqlite://{}",
+        cluster.data_dir.path().join("herd.db").display()
+    );
+    let store = herd_server::store::SqlStore::open(&database).await?;
+    let id = ids[0].0 as i64;
+    wait_for("the running state in the database", WAIT, || {
+        let store = &store;
+        async move {
+            let snapshot = herd_server::store::Store::load(store).await.ok()?;
+            let task = snapshot.tasks.iter().find(|task| task.id == id)?;
+            let attempt = snapshot
+                .attempts
+                .iter()
+                .find(|attempt| attempt.task_id == id)?;
+            (task.state == "running" && attempt.run_started_at.is_some()).then_some(())
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_worker_starts_no_pipelined_task_before_a_slot_frees() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let _worker = cluster
+        .add_worker(WorkerOptions {
+            concurrency: 1,
+            ..WorkerOptions::default()
+        })
+        .await?;
+    // A quick task first: the batch's tasks look short, so the next ones are pipelined.
+    let first = cluster.submit(vec![shell_task("default", "true")]).await?;
+    cluster
+        .wait_task(first[0], "succeeded", |task| task.state.is_terminal())
+        .await?;
+    let source = tempfile::tempdir()?;
+    std::fs::write(source.path().join("in.txt"), "x")?;
+    let specs = (0..4)
+        .map(|_| {
+            let mut spec = shell_task("default", "sleep 0.2");
+            spec.inputs = vec![source.path().join("in.txt").display().to_string()];
+            spec
+        })
+        .collect();
+    let ids = cluster.submit(specs).await?;
+    let mut client = cluster.client().await?;
+    let mut most_under_way = 0;
+    let mut most_held = 0;
+    loop {
+        let tasks = client
+            .list_tasks(pb::ListTasksRequest::default())
+            .await?
+            .into_inner()
+            .tasks;
+        let count = |states: &[pb::TaskState]| {
+            tasks
+                .iter()
+                .filter(|task| ids.iter().any(|id| id.0 == task.id))
+                .filter(|task| states.iter().any(|state| *state as i32 == task.state))
+                .count()
+        };
+        use pb::TaskState::{Assigned, Canceled, Downloading, Failed, Running, Succeeded};
+        most_under_way = most_under_way.max(count(&[Downloading, Running]));
+        most_held = most_held.max(count(&[Assigned, Downloading, Running]));
+        if count(&[Succeeded]) == ids.len() {
+            break;
+        }
+        anyhow::ensure!(count(&[Failed, Canceled]) == 0, "a task failed: {tasks:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(most_held > 1, "the tasks were pipelined to the worker");
+    assert_eq!(
+        most_under_way, 1,
+        "one slot: one task staged or running at a time"
     );
     Ok(())
 }

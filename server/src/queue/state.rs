@@ -1266,3 +1266,49 @@ fn view_of(id: TaskId, task: &Task) -> TaskView {
         spec: (*task.spec).clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch_after(samples: &[i64]) -> Batch {
+        let mut batch = Batch::default();
+        for sample in samples {
+            batch.record_slot_time(*sample);
+        }
+        batch
+    }
+
+    #[test]
+    fn nothing_is_pipelined_before_an_attempt_of_the_batch_ended() {
+        assert_eq!(Batch::default().pipeline_depth(4), 0);
+    }
+
+    #[test]
+    fn the_pipeline_holds_the_horizon_s_worth_of_tasks_up_to_its_cap() {
+        // 10 ms a task, 2 slots: 100 ms of work is 20 tasks.
+        assert_eq!(batch_after(&[10]).pipeline_depth(2), 20);
+        // Instant tasks: capped at 32 a slot.
+        assert_eq!(batch_after(&[0]).pipeline_depth(2), 64);
+        assert_eq!(batch_after(&[1]).pipeline_depth(1), 32);
+    }
+
+    #[test]
+    fn long_tasks_are_not_pipelined() {
+        assert_eq!(batch_after(&[100]).pipeline_depth(8), 0);
+        assert_eq!(batch_after(&[3_600_000]).pipeline_depth(8), 0);
+    }
+
+    #[test]
+    fn the_mean_follows_the_latest_attempts() {
+        // Short tasks, then the batch turns to long ones: the pipeline closes.
+        let mut batch = batch_after(&[1; 20]);
+        assert!(batch.pipeline_depth(2) > 0);
+        for _ in 0..30 {
+            batch.record_slot_time(10_000);
+        }
+        assert_eq!(batch.pipeline_depth(2), 0);
+        let mean = batch.slot_ms.expect("samples were recorded");
+        assert!(mean > 1_000.0 && mean < 10_000.0, "{mean}");
+    }
+}
