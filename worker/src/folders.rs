@@ -17,7 +17,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use herd_proto::TaskId;
 use tracing::warn;
@@ -39,6 +39,8 @@ pub(crate) struct Folders {
     /// Spare folders kept at most; more are deleted.
     keep: usize,
     next_name: AtomicU64,
+    /// Whether `spare` is known to exist.
+    spare_made: AtomicBool,
 }
 
 impl Folders {
@@ -66,6 +68,7 @@ impl Folders {
             free: Mutex::new(free),
             keep,
             next_name: AtomicU64::new(next_name),
+            spare_made: AtomicBool::new(false),
         }
     }
 
@@ -147,10 +150,18 @@ impl Folders {
         }
         let name = self.next_name.fetch_add(1, Ordering::Relaxed);
         let spare = self.spare.join(name.to_string());
-        let parked = fs::create_dir_all(&self.spare).and_then(|()| fs::rename(&dirs.root, &spare));
+        let parked = match self.spare_made.load(Ordering::Relaxed) {
+            true => fs::rename(&dirs.root, &spare),
+            false => fs::create_dir_all(&self.spare).and_then(|()| fs::rename(&dirs.root, &spare)),
+        };
         match parked {
-            Ok(()) => self.free().push(spare),
+            Ok(()) => {
+                self.spare_made.store(true, Ordering::Relaxed);
+                self.free().push(spare);
+            }
             Err(error) => {
+                // Made again next time, should something have removed it.
+                self.spare_made.store(false, Ordering::Relaxed);
                 warn!(path = %dirs.root.display(), %error, "cannot keep an attempt folder for reuse");
                 remove_all(&dirs.root);
             }
@@ -160,19 +171,24 @@ impl Folders {
 
 /// Leaves `root` with its four sub-folders, empty and writable by any user, and nothing else.
 fn empty_for_reuse(root: &Path) -> io::Result<()> {
+    let mut present = [false; SUB_FOLDERS.len()];
     for entry in fs::read_dir(root)? {
         let entry = entry?;
         let name = entry.file_name();
-        let keep = SUB_FOLDERS.iter().any(|sub| name == *sub) && entry.file_type()?.is_dir();
-        if keep {
-            empty(&entry.path())?;
-        } else {
-            remove_entry(&entry.path(), entry.file_type()?.is_dir())?;
+        let sub = SUB_FOLDERS.iter().position(|sub| name == *sub);
+        match sub {
+            Some(index) if entry.file_type()?.is_dir() => {
+                empty(&entry.path())?;
+                present[index] = true;
+            }
+            _ => remove_entry(&entry.path(), entry.file_type()?.is_dir())?,
         }
     }
-    for sub in SUB_FOLDERS {
+    for (sub, present) in SUB_FOLDERS.iter().zip(present) {
         let dir = root.join(sub);
-        fs::create_dir_all(&dir)?;
+        if !present {
+            fs::create_dir(&dir)?;
+        }
         // A task may have changed the mode of its folders.
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o777))?;
     }

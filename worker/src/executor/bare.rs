@@ -5,9 +5,16 @@
 //! reaches its children), with `INPUT`, `OUTPUT`, `RESOURCE`, `TEMP` (and `TMPDIR`) set to the
 //! attempt's folders, without a trailing slash, plus `CPU`, `THREADS` and `MEM`. When the
 //! command exits, what it left running in its group is killed: a task ends with its command.
+//!
+//! A command named without a slash is looked up on the worker's `PATH` once (see
+//! [`ProgramPaths`]), not at every start.
 
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -18,13 +25,71 @@ use super::{ExecError, Executor, Exit, Job, LogSink, Stream};
 
 /// Runs commands as host processes.
 #[derive(Debug, Default, Clone)]
-pub struct BareExecutor {}
+pub struct BareExecutor {
+    programs: Arc<ProgramPaths>,
+}
 
 impl BareExecutor {
     /// A bare executor.
     pub fn new() -> Self {
-        BareExecutor {}
+        BareExecutor::default()
     }
+}
+
+/// Where the commands named without a slash were found on the worker's `PATH`.
+///
+/// `execvp` searches `PATH` in the child at every start: one `execve` per directory until one
+/// succeeds. With the long `PATH`s of scientific hosts (pyenv, conda, cargo, modules before
+/// `/usr/bin`) the failed `execve`s cost more than starting a short command itself. So the
+/// worker looks a name up once, as `execvp` would (the first executable regular file along
+/// `PATH`), and starts that path with the name as `argv[0]`. A path that no longer starts (the
+/// file is gone) is looked up again. A `PATH` with a relative directory (which would depend on
+/// the task's folder) is left to `execvp`.
+#[derive(Debug, Default)]
+struct ProgramPaths {
+    found: Mutex<HashMap<String, PathBuf>>,
+}
+
+impl ProgramPaths {
+    fn found(&self) -> std::sync::MutexGuard<'_, HashMap<String, PathBuf>> {
+        self.found
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The path to start for `program`, or `None` to let `execvp` search.
+    fn resolve(&self, program: &str) -> Option<PathBuf> {
+        if program.is_empty() || program.contains('/') {
+            return None;
+        }
+        if let Some(path) = self.found().get(program) {
+            return Some(path.clone());
+        }
+        let path = search_path(program, &std::env::var_os("PATH")?)?;
+        self.found().insert(program.to_owned(), path.clone());
+        Some(path)
+    }
+
+    fn forget(&self, program: &str) {
+        self.found().remove(program);
+    }
+}
+
+/// The first executable regular file named `program` along `path`, like `execvp`; `None` when
+/// there is none or a relative directory comes first.
+fn search_path(program: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
+    for dir in std::env::split_paths(path) {
+        if !dir.is_absolute() {
+            return None;
+        }
+        let candidate = dir.join(program);
+        let executable = std::fs::metadata(&candidate)
+            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0);
+        if executable {
+            return Some(candidate);
+        }
+    }
+    None
 }
 
 /// Sends SIGKILL to every process of the group `group`.
@@ -58,6 +123,44 @@ fn no_slash(path: &std::path::Path) -> String {
     }
 }
 
+/// The command of `job`, started from `resolved` (with the name as `argv[0]`) when given.
+fn command_for(job: &Job, resolved: Option<&Path>) -> Command {
+    let program = &job.spec.command[0];
+    let mut command = match resolved {
+        Some(path) => {
+            let mut command = Command::new(path);
+            command.arg0(program);
+            command
+        }
+        None => Command::new(program),
+    };
+    command
+        .args(&job.spec.command[1..])
+        .current_dir(&job.dirs.root)
+        .envs(
+            job.env
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_str())),
+        )
+        .env("INPUT", no_slash(&job.dirs.input))
+        .env("OUTPUT", no_slash(&job.dirs.output))
+        .env("RESOURCE", no_slash(&job.dirs.resource))
+        .env("TEMP", no_slash(&job.dirs.tmp))
+        .env("TMPDIR", no_slash(&job.dirs.tmp))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(uid) = job.spec.uid {
+        command.uid(uid);
+    }
+    if let Some(gid) = job.spec.gid {
+        command.gid(gid);
+    }
+    command
+}
+
 impl Executor for BareExecutor {
     fn run<'a>(
         &'a self,
@@ -67,32 +170,23 @@ impl Executor for BareExecutor {
     ) -> BoxFuture<'a, Result<Exit, ExecError>> {
         Box::pin(async move {
             let program = &job.spec.command[0];
-            let mut command = Command::new(program);
-            command
-                .args(&job.spec.command[1..])
-                .current_dir(&job.dirs.root)
-                .envs(
-                    job.env
-                        .iter()
-                        .map(|(key, value)| (key.as_str(), value.as_str())),
-                )
-                .env("INPUT", no_slash(&job.dirs.input))
-                .env("OUTPUT", no_slash(&job.dirs.output))
-                .env("RESOURCE", no_slash(&job.dirs.resource))
-                .env("TEMP", no_slash(&job.dirs.tmp))
-                .env("TMPDIR", no_slash(&job.dirs.tmp))
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .process_group(0)
-                .kill_on_drop(true);
-            if let Some(uid) = job.spec.uid {
-                command.uid(uid);
-            }
-            if let Some(gid) = job.spec.gid {
-                command.gid(gid);
-            }
-            let mut child = command.spawn().map_err(|error| {
+            // Another user's rights may differ: the search is left to execvp then.
+            let resolved = if job.spec.uid.is_none() && job.spec.gid.is_none() {
+                self.programs.resolve(program)
+            } else {
+                None
+            };
+            let spawned = match &resolved {
+                Some(path) => match command_for(job, Some(path)).spawn() {
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                        self.programs.forget(program);
+                        command_for(job, None).spawn()
+                    }
+                    other => other,
+                },
+                None => command_for(job, None).spawn(),
+            };
+            let mut child = spawned.map_err(|error| {
                 ExecError::Start(match error.kind() {
                     std::io::ErrorKind::NotFound => {
                         format!("`{program}` is not found on this worker's PATH")
@@ -201,6 +295,50 @@ mod tests {
         let result = BareExecutor::new().run(job, sink, cancel).await;
         let (out, err) = collector.await.unwrap();
         (result, out, err)
+    }
+
+    #[test]
+    fn the_path_search_finds_the_first_executable_file_like_execvp() {
+        let root = tempfile::tempdir().unwrap();
+        let [empty, plain, first, second] =
+            ["empty", "plain", "first", "second"].map(|name| root.path().join(name));
+        for dir in [&empty, &plain, &first, &second] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        // Not executable, a folder, then two executables: the first of those wins.
+        std::fs::write(plain.join("tool"), "").unwrap();
+        std::fs::create_dir(empty.join("tool")).unwrap();
+        for dir in [&first, &second] {
+            std::fs::write(dir.join("tool"), "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(dir.join("tool"), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+        }
+        let path = std::env::join_paths([&empty, &plain, &first, &second]).unwrap();
+        assert_eq!(search_path("tool", &path), Some(first.join("tool")));
+        assert_eq!(search_path("missing", &path), None);
+        // A relative directory before the match depends on the task's folder: left to execvp.
+        let relative = std::env::join_paths([Path::new("bin"), &first]).unwrap();
+        assert_eq!(search_path("tool", &relative), None);
+    }
+
+    #[tokio::test]
+    async fn a_command_found_on_the_path_keeps_its_name_as_argv0() {
+        let dir = tempfile::tempdir().unwrap();
+        let executor = BareExecutor::new();
+        for _ in 0..2 {
+            // The second run starts the path found by the first.
+            let job = job(dir.path(), &["sh", "-c", "tr '\\0' ' ' < /proc/$$/cmdline"]);
+            let (sink, mut receiver) = LogSink::channel(16);
+            let result = executor.run(&job, sink, CancellationToken::new()).await;
+            assert_eq!(result.unwrap(), Exit::Code(0));
+            let mut out = Vec::new();
+            while let Some((_, data)) = receiver.recv().await {
+                out.extend(data);
+            }
+            let out = String::from_utf8(out).unwrap();
+            assert!(out.starts_with("sh -c "), "argv: {out:?}");
+        }
+        assert!(executor.programs.found().contains_key("sh"));
     }
 
     #[tokio::test]
