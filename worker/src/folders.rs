@@ -16,8 +16,8 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 
 use herd_proto::TaskId;
 use tracing::warn;
@@ -165,6 +165,50 @@ impl Folders {
                 warn!(path = %dirs.root.display(), %error, "cannot keep an attempt folder for reuse");
                 remove_all(&dirs.root);
             }
+        }
+    }
+}
+
+/// Releases attempts' folders ([`Folders::release`]) on a thread of its own, in order, so an
+/// attempt's end costs its runner one channel send: no thread of the blocking pool woken per
+/// attempt, and, under a flow of short tasks, one thread that goes from one folder to the next
+/// without sleeping. The thread ends when the janitor is dropped, after the folders sent.
+#[derive(Debug)]
+pub(crate) struct Janitor {
+    folders: Arc<Folders>,
+    sender: Option<mpsc::Sender<(TaskDirs, bool)>>,
+}
+
+impl Janitor {
+    /// Starts the thread; without one (the system refused it), folders are released inline.
+    pub(crate) fn start(folders: Arc<Folders>) -> Janitor {
+        let (sender, receiver) = mpsc::channel::<(TaskDirs, bool)>();
+        let releasing = folders.clone();
+        let started = std::thread::Builder::new()
+            .name("herd-folders".to_owned())
+            .spawn(move || {
+                for (dirs, succeeded) in receiver {
+                    releasing.release(&dirs, succeeded);
+                }
+            });
+        let sender = match started {
+            Ok(_) => Some(sender),
+            Err(error) => {
+                warn!(%error, "cannot start the thread that cleans attempt folders; cleaning inline");
+                None
+            }
+        };
+        Janitor { folders, sender }
+    }
+
+    /// Releases `dirs` soon (see [`Folders::release`]).
+    pub(crate) fn release(&self, dirs: TaskDirs, succeeded: bool) {
+        let unsent = match &self.sender {
+            Some(sender) => sender.send((dirs, succeeded)).err().map(|error| error.0),
+            None => Some((dirs, succeeded)),
+        };
+        if let Some((dirs, succeeded)) = unsent {
+            self.folders.release(&dirs, succeeded);
         }
     }
 }

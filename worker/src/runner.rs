@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use herd_proto::{Reason, TaskId, TaskReport, TaskSpec, TaskState};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::executor::{Exit, Job, LogSink, TaskDirs};
 use crate::session::Shared;
@@ -37,12 +37,7 @@ pub(crate) async fn run(
     debug!(%task_id, attempt, state = %report.state, "attempt ended");
     shared.report(report).await;
     shared.finished(task_id, attempt);
-    let releasing = shared.clone();
-    let released =
-        tokio::task::spawn_blocking(move || releasing.folders.release(&dirs, succeeded)).await;
-    if let Err(error) = released {
-        warn!(%error, "the clean-up of an attempt's folders failed");
-    }
+    shared.janitor.release(dirs, succeeded);
 }
 
 fn final_report(

@@ -41,7 +41,9 @@ pub(crate) struct Shared {
     /// Resources fetched once per worker.
     pub resources: crate::staging::ResourceCache,
     /// The attempts' folders, reused.
-    pub folders: crate::folders::Folders,
+    pub folders: Arc<crate::folders::Folders>,
+    /// Empties the folders of ended attempts for reuse.
+    pub janitor: crate::folders::Janitor,
     held: Mutex<HashMap<(TaskId, u32), Held>>,
     /// Updates not yet sent on the current connection, in order (see [`flush_updates`]).
     unsent: Mutex<Vec<pb::TaskUpdate>>,
@@ -186,14 +188,19 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Connects, serves, and reconnects until `shutdown` or a deletion by the server.
 pub(crate) async fn run(config: Arc<Config>, executors: Executors, shutdown: CancellationToken) {
     let resolver = Arc::new(herd_fetch::Resolver::new());
+    // An attempt's folder is released (by the janitor's thread) after the next attempt took
+    // its place, and with short tasks many wait for it at once: enough spares that a start
+    // finds one ready, though the janitor lags a burst (a spare costs five inodes).
+    let folders = Arc::new(crate::folders::Folders::new(
+        &config.work_dir,
+        8 * (config.concurrency + config.prefetch) as usize + 32,
+    ));
     let shared = Arc::new(Shared {
         started: Semaphore::new((config.concurrency + config.prefetch) as usize),
         slots: Semaphore::new(config.concurrency as usize),
         resources: crate::staging::ResourceCache::new(&config.work_dir, resolver.clone()),
-        folders: crate::folders::Folders::new(
-            &config.work_dir,
-            (config.concurrency + config.prefetch) as usize + 1,
-        ),
+        janitor: crate::folders::Janitor::start(folders.clone()),
+        folders,
         resolver,
         config,
         executors,
