@@ -105,12 +105,18 @@ fn kill_group(group: u32) {
     }
 }
 
+/// The most a pump reads at once.
+const CHUNK: usize = 64 * 1024;
+
 async fn pump(mut reader: impl AsyncRead + Unpin, stream: Stream, logs: LogSink) {
-    let mut buffer = vec![0u8; 64 * 1024];
+    // Read into spare capacity: no 64 KiB zeroed per stream per task, most of which print
+    // little or nothing.
+    let mut buffer = Vec::with_capacity(CHUNK);
     loop {
-        match reader.read(&mut buffer).await {
+        buffer.clear();
+        match reader.read_buf(&mut buffer).await {
             Ok(0) | Err(_) => return,
-            Ok(count) => logs.send(stream, buffer[..count].to_vec()).await,
+            Ok(_) => logs.send(stream, buffer.clone()).await,
         }
     }
 }
