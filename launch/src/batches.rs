@@ -4,10 +4,9 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use herd_proto::BatchName;
-use herd_proto::pb;
+use herd_proto::request::BatchAction;
 use herd_proto::view::{BatchView, WorkerView};
 use indicatif::{ProgressBar, ProgressStyle};
-use tokio_stream::StreamExt;
 
 use crate::cli::{BatchCommand, BatchWaitArgs, JsonArgs};
 use crate::client::{self, Connection};
@@ -23,7 +22,9 @@ pub async fn run(server: &str, command: BatchCommand) -> anyhow::Result<Outcome>
     match command {
         BatchCommand::List(args) => list(&mut connection, args).await,
         BatchCommand::Pause(args) => {
-            let batch = control(&mut connection, &args.name, pb::BatchAction::Pause).await?;
+            let batch = connection
+                .control_batch(&args.name, BatchAction::Pause)
+                .await?;
             note!(
                 "batch `{}` paused: {} pending tasks wait, {} active go on",
                 batch.name,
@@ -33,7 +34,9 @@ pub async fn run(server: &str, command: BatchCommand) -> anyhow::Result<Outcome>
             Ok(Outcome::Success)
         }
         BatchCommand::Resume(args) => {
-            let batch = control(&mut connection, &args.name, pb::BatchAction::Resume).await?;
+            let batch = connection
+                .control_batch(&args.name, BatchAction::Resume)
+                .await?;
             note!(
                 "batch `{}` resumed: {} tasks pending",
                 batch.name,
@@ -42,7 +45,9 @@ pub async fn run(server: &str, command: BatchCommand) -> anyhow::Result<Outcome>
             Ok(Outcome::Success)
         }
         BatchCommand::Stop(args) => {
-            let batch = control(&mut connection, &args.name, pb::BatchAction::Stop).await?;
+            let batch = connection
+                .control_batch(&args.name, BatchAction::Stop)
+                .await?;
             note!(
                 "batch `{}` stopped: its pending and active tasks are canceled",
                 batch.name
@@ -50,7 +55,9 @@ pub async fn run(server: &str, command: BatchCommand) -> anyhow::Result<Outcome>
             Ok(Outcome::Success)
         }
         BatchCommand::Delete(args) => {
-            let batch = control(&mut connection, &args.name, pb::BatchAction::Delete).await?;
+            let batch = connection
+                .control_batch(&args.name, BatchAction::Delete)
+                .await?;
             note!("batch `{}` deleted ({} tasks)", batch.name, batch.total());
             Ok(Outcome::Success)
         }
@@ -58,32 +65,8 @@ pub async fn run(server: &str, command: BatchCommand) -> anyhow::Result<Outcome>
     }
 }
 
-async fn control(
-    connection: &mut Connection,
-    name: &BatchName,
-    action: pb::BatchAction,
-) -> anyhow::Result<BatchView> {
-    let request = pb::BatchRequest {
-        name: name.to_string(),
-        action: action.into(),
-    };
-    let reply = connection.queue.control_batch(request).await;
-    Ok(BatchView::from(
-        reply
-            .map_err(|status| connection.error(status))?
-            .into_inner(),
-    ))
-}
-
 async fn list(connection: &mut Connection, args: JsonArgs) -> anyhow::Result<Outcome> {
-    let reply = connection.queue.list_batches(pb::Empty {}).await;
-    let batches: Vec<BatchView> = reply
-        .map_err(|status| connection.error(status))?
-        .into_inner()
-        .batches
-        .into_iter()
-        .map(BatchView::from)
-        .collect();
+    let batches = connection.batches().await?;
     if args.json {
         output::print_json(&batches)?;
         return Ok(Outcome::Success);
@@ -189,28 +172,24 @@ impl Progress {
 }
 
 async fn wait(connection: &mut Connection, args: BatchWaitArgs) -> anyhow::Result<Outcome> {
-    let request = pb::BatchRef {
-        name: args.name.to_string(),
-    };
-    let reply = connection.queue.watch_batch(request).await;
-    let mut summaries = reply
-        .map_err(|status| connection.error(status))?
-        .into_inner();
+    let mut summaries = connection.watch_batch(&args.name).await?;
     let mut progress = Progress::new(&args.name);
     let mut hinted = false;
     let last = loop {
         let summary = match summaries.next().await {
-            Some(Ok(summary)) => BatchView::from(summary),
-            Some(Err(status)) => {
+            Some(Ok(summary)) => summary,
+            Some(Err(error)) => {
                 progress.finish();
-                return Err(connection.error(status));
+                return Err(error);
             }
             None => {
                 progress.finish();
                 return Err(exit::Error::unreachable(format!(
                     "the herd server at {} stopped answering before batch `{}` finished; \
                      run `herd batch wait {}` again once it is back",
-                    connection.server, args.name, args.name
+                    connection.server(),
+                    args.name,
+                    args.name
                 ))
                 .into());
             }
@@ -267,16 +246,7 @@ async fn idle_hint(connection: &mut Connection, batch: &BatchView) -> Option<Str
             batch.name, batch.pending, batch.name
         ));
     }
-    let workers: Vec<WorkerView> = connection
-        .queue
-        .list_workers(pb::Empty {})
-        .await
-        .ok()?
-        .into_inner()
-        .workers
-        .into_iter()
-        .map(WorkerView::from)
-        .collect();
+    let workers: Vec<WorkerView> = connection.workers().await.ok()?;
     let served = workers
         .iter()
         .any(|worker| worker.batch == batch.name && worker.status == "connected");

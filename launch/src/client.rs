@@ -1,15 +1,19 @@
-//! The connection to a herd server, and the one mapping from gRPC statuses to CLI errors.
+//! The CLI's one door to a herd server: every command goes through [`Connection`], with domain
+//! types in and out (protobuf stays in this module), and the one mapping from gRPC statuses to
+//! CLI errors ([`status_error`]).
 
 use std::time::Duration;
 
+use anyhow::Context;
 use herd_proto::pb::queue_client::QueueClient;
+use herd_proto::request::{BatchAction, LogRequest, TaskFilter};
+use herd_proto::session::LogChunk;
+use herd_proto::view::{BatchView, TaskView, WorkerView};
+use herd_proto::{BatchName, TaskId, TaskSpec, WorkerId, pb};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::{Code, Status, Streaming};
 
 use crate::exit;
-
-/// A client of the `Queue` service.
-pub type Queue = QueueClient<Channel>;
 
 /// The largest message sent or accepted: `herd launch --file` sends every task in one request.
 /// The server accepts the same size.
@@ -18,19 +22,175 @@ pub const MAX_MESSAGE_BYTES: usize = herd_server::MAX_MESSAGE_BYTES;
 /// How long to wait for the TCP connection before declaring the server unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A connected client, with the address it talks to (for messages).
+/// A connection to a herd server's `Queue` service. Every call returns domain types; a failed
+/// call is an error classified for the CLI's exit code ([`status_error`]).
+#[derive(Clone)]
 pub struct Connection {
-    /// The `Queue` service.
-    pub queue: Queue,
-    /// The server URL, as normalized.
-    pub server: String,
+    queue: QueueClient<Channel>,
+    server: String,
+}
+
+/// A stream of items from the server (log chunks, batch summaries), decoded as they come.
+pub struct Items<M, T> {
+    stream: Streaming<M>,
+    server: String,
+    decode: fn(M) -> anyhow::Result<T>,
+}
+
+impl<M, T> Items<M, T> {
+    /// The next item; `None` when the server ended the stream.
+    pub async fn next(&mut self) -> Option<anyhow::Result<T>> {
+        match self.stream.message().await {
+            Ok(Some(message)) => Some((self.decode)(message)),
+            Ok(None) => None,
+            Err(status) => Some(Err(status_error(status, &self.server))),
+        }
+    }
 }
 
 impl Connection {
-    /// Turns a failed call into a CLI error that carries the server's message.
-    pub fn error(&self, status: Status) -> anyhow::Error {
+    /// The server's URL, as normalized (for messages).
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    fn error(&self, status: Status) -> anyhow::Error {
         status_error(status, &self.server)
     }
+
+    /// Queues `specs` atomically; their ids, in order.
+    pub async fn submit(&mut self, specs: &[TaskSpec]) -> anyhow::Result<Vec<TaskId>> {
+        let request = pb::SubmitRequest {
+            tasks: specs.iter().map(pb::TaskSpec::from).collect(),
+        };
+        let reply = self.queue.submit(request).await;
+        let ids = reply.map_err(|status| self.error(status))?.into_inner().ids;
+        if ids.len() != specs.len() {
+            anyhow::bail!(
+                "the server returned {} ids for {} tasks; check `herd task list` before launching again",
+                ids.len(),
+                specs.len()
+            );
+        }
+        Ok(ids.into_iter().map(TaskId).collect())
+    }
+
+    /// One task with its attempts.
+    pub async fn task(&mut self, id: TaskId) -> anyhow::Result<TaskView> {
+        let reply = self.queue.get_task(pb::TaskRef { id: id.0 }).await;
+        task_view(reply.map_err(|status| self.error(status))?.into_inner())
+    }
+
+    /// Tasks, oldest first.
+    pub async fn tasks(&mut self, filter: &TaskFilter) -> anyhow::Result<Vec<TaskView>> {
+        let reply = self
+            .queue
+            .list_tasks(pb::ListTasksRequest::from(filter))
+            .await;
+        reply
+            .map_err(|status| self.error(status))?
+            .into_inner()
+            .tasks
+            .into_iter()
+            .map(task_view)
+            .collect()
+    }
+
+    /// Kills a task; the task as it is then.
+    pub async fn kill(&mut self, id: TaskId) -> anyhow::Result<TaskView> {
+        let reply = self.queue.kill_task(pb::TaskRef { id: id.0 }).await;
+        task_view(reply.map_err(|status| self.error(status))?.into_inner())
+    }
+
+    /// Queues a finished task again; the task as it is then.
+    pub async fn retry(&mut self, id: TaskId) -> anyhow::Result<TaskView> {
+        let reply = self.queue.retry_task(pb::TaskRef { id: id.0 }).await;
+        task_view(reply.map_err(|status| self.error(status))?.into_inner())
+    }
+
+    /// Deletes a task and its logs.
+    pub async fn delete_task(&mut self, id: TaskId) -> anyhow::Result<()> {
+        let reply = self.queue.delete_task(pb::TaskRef { id: id.0 }).await;
+        reply.map_err(|status| self.error(status))?;
+        Ok(())
+    }
+
+    /// What an attempt printed, in chunks; with `follow`, until the attempt ends.
+    pub async fn logs(
+        &mut self,
+        request: &LogRequest,
+    ) -> anyhow::Result<Items<pb::LogChunk, LogChunk>> {
+        let reply = self
+            .queue
+            .task_logs(pb::TaskLogsRequest::from(request))
+            .await;
+        Ok(Items {
+            stream: reply.map_err(|status| self.error(status))?.into_inner(),
+            server: self.server.clone(),
+            decode: |chunk| {
+                LogChunk::try_from(chunk).context("the server sent an unreadable log chunk")
+            },
+        })
+    }
+
+    /// Every batch with its counts.
+    pub async fn batches(&mut self) -> anyhow::Result<Vec<BatchView>> {
+        let reply = self.queue.list_batches(pb::Empty {}).await;
+        let batches = reply.map_err(|status| self.error(status))?.into_inner();
+        Ok(batches.batches.into_iter().map(BatchView::from).collect())
+    }
+
+    /// Pauses, resumes, stops or deletes a batch; the batch as it is then.
+    pub async fn control_batch(
+        &mut self,
+        name: &BatchName,
+        action: BatchAction,
+    ) -> anyhow::Result<BatchView> {
+        let request = pb::BatchRequest {
+            name: name.to_string(),
+            action: pb::BatchAction::from(action).into(),
+        };
+        let reply = self.queue.control_batch(request).await;
+        Ok(BatchView::from(
+            reply.map_err(|status| self.error(status))?.into_inner(),
+        ))
+    }
+
+    /// A batch's counts now and at every change.
+    pub async fn watch_batch(
+        &mut self,
+        name: &BatchName,
+    ) -> anyhow::Result<Items<pb::BatchSummary, BatchView>> {
+        let request = pb::BatchRef {
+            name: name.to_string(),
+        };
+        let reply = self.queue.watch_batch(request).await;
+        Ok(Items {
+            stream: reply.map_err(|status| self.error(status))?.into_inner(),
+            server: self.server.clone(),
+            decode: |summary| Ok(BatchView::from(summary)),
+        })
+    }
+
+    /// Every worker the server knows.
+    pub async fn workers(&mut self) -> anyhow::Result<Vec<WorkerView>> {
+        let reply = self.queue.list_workers(pb::Empty {}).await;
+        let workers = reply.map_err(|status| self.error(status))?.into_inner();
+        Ok(workers.workers.into_iter().map(WorkerView::from).collect())
+    }
+
+    /// Forgets a worker; its tasks get a new attempt.
+    pub async fn delete_worker(&mut self, id: WorkerId) -> anyhow::Result<()> {
+        let reply = self.queue.delete_worker(pb::WorkerRef { id: id.0 }).await;
+        reply.map_err(|status| self.error(status))?;
+        Ok(())
+    }
+}
+
+/// Converts a task from the server into its view; a malformed one is the server's fault.
+fn task_view(task: pb::Task) -> anyhow::Result<TaskView> {
+    let id = task.id;
+    TaskView::try_from(task).with_context(|| format!("the server sent an unreadable task {id}"))
 }
 
 /// Normalizes a server address: `host:port` gets `http://`, an address without a port gets

@@ -3,13 +3,13 @@
 //!
 //! Checks happen before anything is sent, so that a typo fails at once with the line at fault,
 //! and a file with one bad line queues nothing. The server checks again (any client may call
-//! it); both use [`TaskSpec::try_from`] on the protobuf message, so they agree.
+//! it); both build specs with [`TaskSpec::new`], so they agree.
 
 use std::io::Read;
 use std::path::Path;
 
 use anyhow::Context;
-use herd_proto::{TaskSpec, pb};
+use herd_proto::{TaskId, TaskRequest, TaskSpec};
 use serde::Serialize;
 
 use crate::cli::LaunchArgs;
@@ -23,9 +23,7 @@ const MAX_LISTED_PROBLEMS: usize = 20;
 struct Candidate {
     /// The line of `--file` it was read from; `None` for a command given on the command line.
     line: Option<usize>,
-    /// The message sent to the server.
-    message: pb::TaskSpec,
-    /// The same, checked.
+    /// The task, checked.
     spec: TaskSpec,
 }
 
@@ -51,32 +49,14 @@ pub async fn run(server: &str, args: LaunchArgs) -> anyhow::Result<Outcome> {
     }
 
     let mut connection = client::connect(server).await?;
-    let request = pb::SubmitRequest {
-        tasks: candidates
-            .iter()
-            .map(|candidate| candidate.message.clone())
-            .collect(),
-    };
-    let response = connection
-        .queue
-        .submit(request)
-        .await
-        .map_err(|status| connection.error(status))?
-        .into_inner();
-    if response.ids.len() != candidates.len() {
-        anyhow::bail!(
-            "the server returned {} ids for {} tasks; check `herd task list` before launching again",
-            response.ids.len(),
-            candidates.len()
-        );
-    }
-    print_ids(&candidates, &response.ids, from_file, args.json)?;
+    let specs: Vec<TaskSpec> = candidates
+        .iter()
+        .map(|candidate| candidate.spec.clone())
+        .collect();
+    let ids = connection.submit(&specs).await?;
+    print_ids(&candidates, &ids, from_file, args.json)?;
     if from_file {
-        note!(
-            "queued {} tasks in batch `{}`",
-            response.ids.len(),
-            args.batch
-        );
+        note!("queued {} tasks in batch `{}`", ids.len(), args.batch);
     }
     Ok(Outcome::Success)
 }
@@ -84,7 +64,7 @@ pub async fn run(server: &str, args: LaunchArgs) -> anyhow::Result<Outcome> {
 /// The options shared by every task of one `herd launch`, already checked.
 struct SharedOptions {
     /// Everything but the command.
-    template: pb::TaskSpec,
+    template: TaskRequest,
 }
 
 impl SharedOptions {
@@ -106,7 +86,7 @@ impl SharedOptions {
             .as_deref()
             .map(|uri| checked_uri(uri, "output (-o)", current_dir.as_deref(), false))
             .transpose()?;
-        let template = pb::TaskSpec {
+        let template = TaskRequest {
             batch: args.batch.to_string(),
             name: args.name.clone(),
             command: Vec::new(),
@@ -123,23 +103,21 @@ impl SharedOptions {
         };
         // Check the shared options once with a stand-in command, so that a bad -O is reported
         // once rather than on every line of a file.
-        let probe = pb::TaskSpec {
+        let probe = TaskRequest {
             command: vec!["true".to_owned()],
             ..template.clone()
         };
-        TaskSpec::try_from(probe)
+        TaskSpec::new(probe)
             .map_err(|error| exit::Error::usage(format!("{error}; nothing was queued")))?;
         Ok(SharedOptions { template })
     }
 
     /// The task running `command` with these options.
-    fn task(&self, command: Vec<String>) -> Result<(pb::TaskSpec, TaskSpec), herd_proto::Error> {
-        let message = pb::TaskSpec {
+    fn task(&self, command: Vec<String>) -> Result<TaskSpec, herd_proto::Error> {
+        TaskSpec::new(TaskRequest {
             command,
             ..self.template.clone()
-        };
-        let spec = TaskSpec::try_from(message.clone())?;
-        Ok((message, spec))
+        })
     }
 }
 
@@ -193,14 +171,10 @@ fn candidate_from_command_line(
              or give --file FILE with one command per line",
         ));
     }
-    let (message, spec) = options
+    let spec = options
         .task(command)
         .map_err(|error| exit::Error::usage(format!("{error}; nothing was queued")))?;
-    Ok(Candidate {
-        line: None,
-        message,
-        spec,
-    })
+    Ok(Candidate { line: None, spec })
 }
 
 /// Reads a file of command lines (`-` is stdin) and checks every line; any problem queues
@@ -222,9 +196,8 @@ fn candidates_from_file(options: &SharedOptions, path: &Path) -> anyhow::Result<
             continue;
         };
         match options.task(command) {
-            Ok((message, spec)) => candidates.push(Candidate {
+            Ok(spec) => candidates.push(Candidate {
                 line: Some(line_number),
-                message,
                 spec,
             }),
             Err(error) => problems.push(format!("{shown_name}:{line_number}: {error}")),
@@ -301,7 +274,7 @@ struct TaskEntry<'a> {
 
 fn print_ids(
     candidates: &[Candidate],
-    ids: &[u64],
+    ids: &[TaskId],
     from_file: bool,
     json: bool,
 ) -> anyhow::Result<()> {
@@ -314,9 +287,9 @@ fn print_ids(
         return output::print(&text);
     }
     if !from_file {
-        return output::print_json(&IdEntry { id: ids[0] });
+        return output::print_json(&IdEntry { id: ids[0].0 });
     }
-    let entries: Vec<IdEntry> = ids.iter().map(|&id| IdEntry { id }).collect();
+    let entries: Vec<IdEntry> = ids.iter().map(|id| IdEntry { id: id.0 }).collect();
     let lines: Vec<FileEntry<'_, IdEntry>> = candidates
         .iter()
         .zip(&entries)
@@ -375,12 +348,12 @@ pub const LABEL_WIDTH: usize = 17;
 /// A readable block of `name: value` lines describing a specification; options left at their
 /// default are left out.
 pub fn describe_spec(spec: &TaskSpec, indent: &str) -> String {
-    let mut fields: Vec<(&str, String)> = vec![("batch", spec.batch.to_string())];
-    if let Some(name) = &spec.name {
-        fields.push(("name", name.clone()));
+    let mut fields: Vec<(&str, String)> = vec![("batch", spec.batch().to_string())];
+    if let Some(name) = spec.name() {
+        fields.push(("name", name.to_owned()));
     }
-    fields.push(("command", output::command_line(&spec.command)));
-    match &spec.docker {
+    fields.push(("command", output::command_line(spec.command())));
+    match spec.docker() {
         Some(docker) => {
             fields.push(("docker", docker.image.clone()));
             if !docker.options_text.trim().is_empty() {
@@ -389,31 +362,31 @@ pub fn describe_spec(spec: &TaskSpec, indent: &str) -> String {
         }
         None => fields.push(("docker", "none (runs on the worker's host)".to_owned())),
     }
-    if let Some(uid) = spec.uid {
+    if let Some(uid) = spec.uid() {
         fields.push(("uid", uid.to_string()));
     }
-    if let Some(gid) = spec.gid {
+    if let Some(gid) = spec.gid() {
         fields.push(("gid", gid.to_string()));
     }
-    for input in &spec.inputs {
+    for input in spec.inputs() {
         fields.push(("input", input.clone()));
     }
-    for resource in &spec.resources {
+    for resource in spec.resources() {
         fields.push(("resource", resource.clone()));
     }
-    if let Some(output) = &spec.output {
-        fields.push(("output", output.clone()));
+    if let Some(output) = spec.output() {
+        fields.push(("output", output.to_owned()));
     }
-    if spec.retry > 0 {
-        fields.push(("retry", spec.retry.to_string()));
+    if spec.retry() > 0 {
+        fields.push(("retry", spec.retry().to_string()));
     }
-    if let Some(timeout) = spec.run_timeout {
+    if let Some(timeout) = spec.run_timeout() {
         fields.push((
             "run timeout",
             humantime::format_duration(timeout).to_string(),
         ));
     }
-    if let Some(timeout) = spec.download_timeout {
+    if let Some(timeout) = spec.download_timeout() {
         fields.push((
             "download timeout",
             humantime::format_duration(timeout).to_string(),
@@ -515,8 +488,8 @@ mod tests {
         let candidates = candidates_from_file(&options, &path).unwrap();
         assert_eq!(candidates.len(), 2);
         assert_eq!(candidates[0].line, Some(3));
-        assert_eq!(candidates[0].spec.command, ["echo", "hello world"]);
-        assert_eq!(candidates[1].spec.command, ["sh", "-c", "exit 3"]);
+        assert_eq!(candidates[0].spec.command(), ["echo", "hello world"]);
+        assert_eq!(candidates[1].spec.command(), ["sh", "-c", "exit 3"]);
 
         std::fs::write(&path, "echo fine\necho 'unclosed\n").unwrap();
         let error = candidates_from_file(&options, &path)

@@ -3,9 +3,10 @@
 use std::io::Write;
 
 use anyhow::Context;
+use herd_proto::Timestamp;
+use herd_proto::request::{LogRequest, TaskFilter};
+use herd_proto::session::LogStream;
 use herd_proto::view::{AttemptView, TaskView};
-use herd_proto::{Timestamp, pb};
-use tokio_stream::StreamExt;
 
 use crate::cli::{TaskCommand, TaskListArgs, TaskLogsArgs, TaskShowArgs};
 use crate::client::{self, Connection};
@@ -23,37 +24,17 @@ pub async fn run(server: &str, command: TaskCommand) -> anyhow::Result<Outcome> 
         TaskCommand::List(args) => list(&mut connection, args).await,
         TaskCommand::Show(args) => show(&mut connection, args).await,
         TaskCommand::Kill(args) => {
-            let reply = connection
-                .queue
-                .kill_task(pb::TaskRef { id: args.id.0 })
-                .await;
-            let task = task_view(
-                reply
-                    .map_err(|status| connection.error(status))?
-                    .into_inner(),
-            )?;
+            let task = connection.kill(args.id).await?;
             note!("task {}: {}", task.id, state_line(&task));
             Ok(Outcome::Success)
         }
         TaskCommand::Retry(args) => {
-            let reply = connection
-                .queue
-                .retry_task(pb::TaskRef { id: args.id.0 })
-                .await;
-            let task = task_view(
-                reply
-                    .map_err(|status| connection.error(status))?
-                    .into_inner(),
-            )?;
+            let task = connection.retry(args.id).await?;
             note!("task {} queued again as attempt {}", task.id, task.attempt);
             Ok(Outcome::Success)
         }
         TaskCommand::Delete(args) => {
-            let reply = connection
-                .queue
-                .delete_task(pb::TaskRef { id: args.id.0 })
-                .await;
-            reply.map_err(|status| connection.error(status))?;
+            connection.delete_task(args.id).await?;
             note!("task {} deleted", args.id);
             Ok(Outcome::Success)
         }
@@ -61,36 +42,13 @@ pub async fn run(server: &str, command: TaskCommand) -> anyhow::Result<Outcome> 
     }
 }
 
-/// Converts a task from the server into its view; a malformed one is the server's fault.
-pub fn task_view(task: pb::Task) -> anyhow::Result<TaskView> {
-    let id = task.id;
-    TaskView::try_from(task).with_context(|| format!("the server sent an unreadable task {id}"))
-}
-
-/// Fetches one task.
-pub async fn get(connection: &mut Connection, id: u64) -> anyhow::Result<TaskView> {
-    let reply = connection.queue.get_task(pb::TaskRef { id }).await;
-    task_view(
-        reply
-            .map_err(|status| connection.error(status))?
-            .into_inner(),
-    )
-}
-
 async fn list(connection: &mut Connection, args: TaskListArgs) -> anyhow::Result<Outcome> {
-    let request = pb::ListTasksRequest {
-        batch: args.batch.map(|batch| batch.to_string()),
-        state: args.state.map(|state| pb::TaskState::from(state).into()),
-        limit: args.limit,
+    let filter = TaskFilter {
+        batch: args.batch,
+        state: args.state,
+        limit: Some(args.limit).filter(|limit| *limit > 0),
     };
-    let reply = connection.queue.list_tasks(request).await;
-    let tasks = reply
-        .map_err(|status| connection.error(status))?
-        .into_inner()
-        .tasks
-        .into_iter()
-        .map(task_view)
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let tasks = connection.tasks(&filter).await?;
     if args.json {
         output::print_json(&tasks)?;
         return Ok(Outcome::Success);
@@ -115,7 +73,7 @@ async fn list(connection: &mut Connection, args: TaskListArgs) -> anyhow::Result
 }
 
 async fn show(connection: &mut Connection, args: TaskShowArgs) -> anyhow::Result<Outcome> {
-    let task = get(connection, args.id.0).await?;
+    let task = connection.task(args.id).await?;
     if args.json {
         output::print_json(&task)?;
     } else {
@@ -244,19 +202,20 @@ fn phases(attempt: &AttemptView, now: Timestamp) -> Vec<String> {
 }
 
 async fn logs(connection: &mut Connection, args: TaskLogsArgs) -> anyhow::Result<Outcome> {
-    let request = pb::TaskLogsRequest {
-        id: args.id.0,
-        attempt: args.attempt.unwrap_or(0),
+    let request = LogRequest {
+        task_id: args.id,
+        attempt: args.attempt.filter(|attempt| *attempt > 0),
+        stream: if args.stderr {
+            LogStream::Stderr
+        } else {
+            LogStream::Stdout
+        },
         follow: args.follow,
-        stderr: args.stderr,
     };
-    let reply = connection.queue.task_logs(request).await;
-    let mut chunks = reply
-        .map_err(|status| connection.error(status))?
-        .into_inner();
+    let mut chunks = connection.logs(&request).await?;
     let mut stdout = std::io::stdout().lock();
     while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|status| connection.error(status))?;
+        let chunk = chunk?;
         // Raw bytes, flushed at once: a follower sees the output as the command writes it.
         stdout
             .write_all(&chunk.data)
@@ -269,7 +228,7 @@ async fn logs(connection: &mut Connection, args: TaskLogsArgs) -> anyhow::Result
 #[cfg(test)]
 mod tests {
     use herd_proto::view::Transfer;
-    use herd_proto::{BatchName, Reason, TaskId, TaskSpec, TaskState, WorkerId};
+    use herd_proto::{Reason, TaskId, TaskRequest, TaskSpec, TaskState, WorkerId};
 
     use super::*;
 
@@ -314,15 +273,16 @@ mod tests {
 
     #[test]
     fn a_task_reads_as_a_block() {
-        let spec = TaskSpec::new(
-            BatchName::default_batch(),
-            vec!["sh".into(), "-c".into(), "exit 3".into()],
-        );
+        let spec = TaskSpec::new(TaskRequest {
+            command: vec!["sh".into(), "-c".into(), "exit 3".into()],
+            ..TaskRequest::default()
+        })
+        .unwrap();
         let task = TaskView {
             id: TaskId(7),
             name: None,
-            batch: spec.batch.clone(),
-            command: spec.command.clone(),
+            batch: spec.batch().clone(),
+            command: spec.command().to_vec(),
             state: TaskState::Failed,
             attempt: 1,
             exit_code: Some(3),

@@ -2,8 +2,6 @@
 
 use anyhow::Context;
 use herd_proto::Timestamp;
-use herd_proto::pb;
-use herd_proto::view::WorkerView;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -27,11 +25,7 @@ pub async fn run(
         }
         Some(WorkerAction::Delete(args)) => {
             let mut connection = client::connect(server).await?;
-            let reply = connection
-                .queue
-                .delete_worker(pb::WorkerRef { id: args.id.0 })
-                .await;
-            reply.map_err(|status| connection.error(status))?;
+            connection.delete_worker(args.id).await?;
             note!("worker {} deleted", args.id);
             Ok(Outcome::Success)
         }
@@ -86,14 +80,7 @@ async fn run_worker(
 }
 
 async fn list(connection: &mut Connection, args: JsonArgs) -> anyhow::Result<Outcome> {
-    let reply = connection.queue.list_workers(pb::Empty {}).await;
-    let workers: Vec<WorkerView> = reply
-        .map_err(|status| connection.error(status))?
-        .into_inner()
-        .workers
-        .into_iter()
-        .map(WorkerView::from)
-        .collect();
+    let workers = connection.workers().await?;
     if args.json {
         output::print_json(&workers)?;
         return Ok(Outcome::Success);

@@ -1,14 +1,22 @@
 //! The one place where protobuf messages become domain types and back.
 //!
-//! `TryFrom<pb::X>` validates (a missing field or a bad value is an [`Error`]); `From<&Domain>`
-//! cannot fail.
+//! `TryFrom<pb::X>` validates (a missing field or a bad value is an [`Error`], never a panic
+//! and never a silent default); `From<&Domain>` cannot fail. Edge modules (the server's gRPC
+//! service, the worker's session, the CLI's client) call these and nothing else of `pb`
+//! beyond the generated clients and servers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::request::{BatchAction, LogRequest, TaskFilter};
+use crate::session::{FromWorker, Hello, LogChunk, LogStream, ToWorker};
+use crate::spec::TaskRequest;
 use crate::view::{AttemptView, BatchView, TaskView, Transfer, TransferredFile, WorkerView};
 use crate::{
     BatchName, Error, Reason, TaskId, TaskReport, TaskSpec, TaskState, Timestamp, WorkerId, pb,
 };
+
+// ---- task states ----
 
 impl From<TaskState> for pb::TaskState {
     fn from(state: TaskState) -> Self {
@@ -44,77 +52,77 @@ impl TryFrom<pb::TaskState> for TaskState {
 }
 
 /// Decodes a protobuf enum field (an `i32`) into a domain state.
-pub fn state_from_i32(value: i32) -> Result<TaskState, Error> {
+fn state_from_i32(value: i32) -> Result<TaskState, Error> {
     let state = pb::TaskState::try_from(value)
         .map_err(|_| Error::invalid("state", format!("unknown task state number {value}")))?;
     TaskState::try_from(state)
+}
+
+fn state_to_i32(state: TaskState) -> i32 {
+    pb::TaskState::from(state).into()
 }
 
 fn reason_from(text: Option<String>) -> Result<Option<Reason>, Error> {
     text.map(|text| text.parse()).transpose()
 }
 
-fn seconds(value: Option<u64>) -> Option<Duration> {
-    value.map(Duration::from_secs)
+// ---- specs ----
+
+impl From<pb::TaskSpec> for TaskRequest {
+    fn from(message: pb::TaskSpec) -> Self {
+        TaskRequest {
+            batch: message.batch,
+            name: message.name,
+            command: message.command,
+            docker_image: message.docker_image,
+            docker_options: message.docker_options,
+            uid: message.uid,
+            gid: message.gid,
+            inputs: message.inputs,
+            resources: message.resources,
+            output: message.output,
+            retry: message.retry,
+            run_timeout_secs: message.run_timeout_secs,
+            download_timeout_secs: message.download_timeout_secs,
+        }
+    }
+}
+
+impl From<TaskRequest> for pb::TaskSpec {
+    fn from(request: TaskRequest) -> Self {
+        pb::TaskSpec {
+            batch: request.batch,
+            name: request.name,
+            command: request.command,
+            docker_image: request.docker_image,
+            docker_options: request.docker_options,
+            uid: request.uid,
+            gid: request.gid,
+            inputs: request.inputs,
+            resources: request.resources,
+            output: request.output,
+            retry: request.retry,
+            run_timeout_secs: request.run_timeout_secs,
+            download_timeout_secs: request.download_timeout_secs,
+        }
+    }
 }
 
 impl TryFrom<pb::TaskSpec> for TaskSpec {
     type Error = Error;
 
     fn try_from(message: pb::TaskSpec) -> Result<Self, Error> {
-        let batch = if message.batch.is_empty() {
-            BatchName::default_batch()
-        } else {
-            BatchName::new(message.batch)?
-        };
-        let mut spec = TaskSpec::new(batch, message.command);
-        spec.name = message.name;
-        spec.uid = message.uid;
-        spec.gid = message.gid;
-        spec.inputs = message.inputs;
-        spec.resources = message.resources;
-        spec.output = message.output;
-        spec.retry = message.retry;
-        spec.run_timeout = seconds(message.run_timeout_secs);
-        spec.download_timeout = seconds(message.download_timeout_secs);
-        match message.docker_image {
-            Some(image) => spec = spec.with_docker(image, message.docker_options)?,
-            None if !message.docker_options.trim().is_empty() => {
-                return Err(Error::invalid(
-                    "docker options",
-                    "-O/--option needs a Docker image: add -d IMAGE",
-                ));
-            }
-            None => {}
-        }
-        spec.validate()?;
-        Ok(spec)
+        TaskSpec::new(TaskRequest::from(message))
     }
 }
 
 impl From<&TaskSpec> for pb::TaskSpec {
     fn from(spec: &TaskSpec) -> Self {
-        pb::TaskSpec {
-            batch: spec.batch.to_string(),
-            name: spec.name.clone(),
-            command: spec.command.clone(),
-            docker_image: spec.docker.as_ref().map(|docker| docker.image.clone()),
-            docker_options: spec
-                .docker
-                .as_ref()
-                .map(|docker| docker.options_text.clone())
-                .unwrap_or_default(),
-            uid: spec.uid,
-            gid: spec.gid,
-            inputs: spec.inputs.clone(),
-            resources: spec.resources.clone(),
-            output: spec.output.clone(),
-            retry: spec.retry,
-            run_timeout_secs: spec.run_timeout.map(|duration| duration.as_secs()),
-            download_timeout_secs: spec.download_timeout.map(|duration| duration.as_secs()),
-        }
+        pb::TaskSpec::from(spec.to_request())
     }
 }
+
+// ---- views ----
 
 impl From<&Transfer> for pb::Transfer {
     fn from(transfer: &Transfer) -> Self {
@@ -162,7 +170,7 @@ impl From<&AttemptView> for pb::Attempt {
             number: attempt.number,
             worker_id: attempt.worker.0,
             worker_name: attempt.worker_name.clone(),
-            state: pb::TaskState::from(attempt.state).into(),
+            state: state_to_i32(attempt.state),
             exit_code: attempt.exit_code,
             reason: attempt.reason.map(|reason| reason.to_string()),
             message: attempt.message.clone(),
@@ -203,7 +211,7 @@ impl From<&TaskView> for pb::Task {
         pb::Task {
             id: task.id.0,
             spec: Some(pb::TaskSpec::from(&task.spec)),
-            state: pb::TaskState::from(task.state).into(),
+            state: state_to_i32(task.state),
             attempt: task.attempt,
             exit_code: task.exit_code,
             reason: task.reason.map(|reason| reason.to_string()),
@@ -222,9 +230,9 @@ impl TryFrom<pb::Task> for TaskView {
         let spec = TaskSpec::try_from(task.spec.ok_or(Error::MissingField("spec"))?)?;
         Ok(TaskView {
             id: TaskId(task.id),
-            name: spec.name.clone(),
-            batch: spec.batch.clone(),
-            command: spec.command.clone(),
+            name: spec.name().map(str::to_owned),
+            batch: spec.batch().clone(),
+            command: spec.command().to_vec(),
             state: state_from_i32(task.state)?,
             attempt: task.attempt,
             exit_code: task.exit_code,
@@ -310,12 +318,156 @@ impl From<pb::Worker> for WorkerView {
     }
 }
 
+// ---- requests of the Queue service ----
+
+impl From<&TaskFilter> for pb::ListTasksRequest {
+    fn from(filter: &TaskFilter) -> Self {
+        pb::ListTasksRequest {
+            batch: filter.batch.as_ref().map(BatchName::to_string),
+            state: filter.state.map(state_to_i32),
+            limit: filter.limit.unwrap_or(0),
+        }
+    }
+}
+
+impl TryFrom<pb::ListTasksRequest> for TaskFilter {
+    type Error = Error;
+
+    fn try_from(request: pb::ListTasksRequest) -> Result<Self, Error> {
+        Ok(TaskFilter {
+            batch: request.batch.map(BatchName::new).transpose()?,
+            state: request.state.map(state_from_i32).transpose()?,
+            limit: Some(request.limit).filter(|limit| *limit > 0),
+        })
+    }
+}
+
+impl From<&LogRequest> for pb::TaskLogsRequest {
+    fn from(request: &LogRequest) -> Self {
+        pb::TaskLogsRequest {
+            id: request.task_id.0,
+            attempt: request.attempt.unwrap_or(0),
+            follow: request.follow,
+            stderr: request.stream == LogStream::Stderr,
+        }
+    }
+}
+
+impl From<pb::TaskLogsRequest> for LogRequest {
+    fn from(request: pb::TaskLogsRequest) -> Self {
+        LogRequest {
+            task_id: TaskId(request.id),
+            attempt: Some(request.attempt).filter(|attempt| *attempt > 0),
+            stream: if request.stderr {
+                LogStream::Stderr
+            } else {
+                LogStream::Stdout
+            },
+            follow: request.follow,
+        }
+    }
+}
+
+impl From<BatchAction> for pb::BatchAction {
+    fn from(action: BatchAction) -> Self {
+        match action {
+            BatchAction::Pause => pb::BatchAction::Pause,
+            BatchAction::Resume => pb::BatchAction::Resume,
+            BatchAction::Stop => pb::BatchAction::Stop,
+            BatchAction::Delete => pb::BatchAction::Delete,
+        }
+    }
+}
+
+/// Decodes a protobuf `BatchAction` field (an `i32`).
+impl TryFrom<i32> for BatchAction {
+    type Error = Error;
+
+    fn try_from(value: i32) -> Result<Self, Error> {
+        match pb::BatchAction::try_from(value) {
+            Ok(pb::BatchAction::Pause) => Ok(BatchAction::Pause),
+            Ok(pb::BatchAction::Resume) => Ok(BatchAction::Resume),
+            Ok(pb::BatchAction::Stop) => Ok(BatchAction::Stop),
+            Ok(pb::BatchAction::Delete) => Ok(BatchAction::Delete),
+            Ok(pb::BatchAction::Unspecified) => Err(Error::MissingField("action")),
+            Err(_) => Err(Error::invalid(
+                "action",
+                format!(
+                    "unknown batch action number {value}; is the client newer than the server?"
+                ),
+            )),
+        }
+    }
+}
+
+// ---- logs ----
+
+impl From<LogStream> for pb::LogStream {
+    fn from(stream: LogStream) -> Self {
+        match stream {
+            LogStream::Stdout => pb::LogStream::Stdout,
+            LogStream::Stderr => pb::LogStream::Stderr,
+        }
+    }
+}
+
+/// Decodes a protobuf `LogStream` field (an `i32`): an unknown or absent stream is an error,
+/// never read as stdout.
+fn stream_from_i32(value: i32) -> Result<LogStream, Error> {
+    match pb::LogStream::try_from(value) {
+        Ok(pb::LogStream::Stdout) => Ok(LogStream::Stdout),
+        Ok(pb::LogStream::Stderr) => Ok(LogStream::Stderr),
+        Ok(pb::LogStream::Unspecified) => Err(Error::MissingField("stream")),
+        Err(_) => Err(Error::invalid(
+            "stream",
+            format!("unknown log stream number {value}"),
+        )),
+    }
+}
+
+impl From<&LogChunk> for pb::LogChunk {
+    fn from(chunk: &LogChunk) -> Self {
+        pb::LogChunk {
+            task_id: chunk.task_id.0,
+            attempt: chunk.attempt,
+            stream: pb::LogStream::from(chunk.stream).into(),
+            data: chunk.data.clone(),
+        }
+    }
+}
+
+impl From<LogChunk> for pb::LogChunk {
+    fn from(chunk: LogChunk) -> Self {
+        pb::LogChunk {
+            task_id: chunk.task_id.0,
+            attempt: chunk.attempt,
+            stream: pb::LogStream::from(chunk.stream).into(),
+            data: chunk.data,
+        }
+    }
+}
+
+impl TryFrom<pb::LogChunk> for LogChunk {
+    type Error = Error;
+
+    fn try_from(chunk: pb::LogChunk) -> Result<Self, Error> {
+        Ok(LogChunk {
+            task_id: TaskId(chunk.task_id),
+            attempt: chunk.attempt,
+            stream: stream_from_i32(chunk.stream)?,
+            data: chunk.data,
+        })
+    }
+}
+
+// ---- the worker session ----
+
 impl From<&TaskReport> for pb::TaskUpdate {
     fn from(report: &TaskReport) -> Self {
         pb::TaskUpdate {
             task_id: report.task_id.0,
             attempt: report.attempt,
-            state: pb::TaskState::from(report.state).into(),
+            state: state_to_i32(report.state),
             at_ms: report.at.0,
             exit_code: report.exit_code,
             reason: report.reason.map(|reason| reason.to_string()),
@@ -342,21 +494,241 @@ impl TryFrom<pb::TaskUpdate> for TaskReport {
     }
 }
 
+fn reports_from(updates: Vec<pb::TaskUpdate>) -> Result<Vec<TaskReport>, Error> {
+    updates.into_iter().map(TaskReport::try_from).collect()
+}
+
+impl From<&Hello> for pb::Hello {
+    fn from(hello: &Hello) -> Self {
+        pb::Hello {
+            worker_id: hello.worker_id.map(|id| id.0),
+            name: hello.name.clone(),
+            batch: hello.batch.to_string(),
+            concurrency: hello.concurrency,
+            prefetch: hello.prefetch,
+            docker: hello.docker,
+            allow_privileged: hello.allow_privileged,
+            cores: hello.cores,
+            memory_bytes: hello.memory_bytes,
+            version: hello.version.clone(),
+            tasks: hello.tasks.iter().map(pb::TaskUpdate::from).collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::Hello> for Hello {
+    type Error = Error;
+
+    fn try_from(hello: pb::Hello) -> Result<Self, Error> {
+        let batch = if hello.batch.is_empty() {
+            BatchName::default_batch()
+        } else {
+            BatchName::new(hello.batch)?
+        };
+        Ok(Hello {
+            worker_id: hello.worker_id.map(WorkerId),
+            name: hello.name,
+            batch,
+            concurrency: hello.concurrency,
+            prefetch: hello.prefetch,
+            docker: hello.docker,
+            allow_privileged: hello.allow_privileged,
+            cores: hello.cores,
+            memory_bytes: hello.memory_bytes,
+            version: hello.version,
+            tasks: reports_from(hello.tasks)?,
+        })
+    }
+}
+
+impl From<&FromWorker> for pb::WorkerMessage {
+    fn from(message: &FromWorker) -> Self {
+        use pb::worker_message::Kind;
+        let kind = match message {
+            FromWorker::Hello(hello) => Kind::Hello(pb::Hello::from(hello)),
+            FromWorker::Reports(reports) => Kind::Updates(pb::TaskUpdates {
+                updates: reports.iter().map(pb::TaskUpdate::from).collect(),
+            }),
+            FromWorker::Log(chunk) => Kind::Log(pb::LogChunk::from(chunk)),
+            FromWorker::Heartbeat => Kind::Heartbeat(pb::Heartbeat {}),
+        };
+        pb::WorkerMessage { kind: Some(kind) }
+    }
+}
+
+impl From<FromWorker> for pb::WorkerMessage {
+    fn from(message: FromWorker) -> Self {
+        use pb::worker_message::Kind;
+        match message {
+            // Log chunks are the bulk of a session: moved, not copied.
+            FromWorker::Log(chunk) => pb::WorkerMessage {
+                kind: Some(Kind::Log(pb::LogChunk::from(chunk))),
+            },
+            other => pb::WorkerMessage::from(&other),
+        }
+    }
+}
+
+impl TryFrom<pb::WorkerMessage> for FromWorker {
+    type Error = Error;
+
+    fn try_from(message: pb::WorkerMessage) -> Result<Self, Error> {
+        use pb::worker_message::Kind;
+        Ok(match message.kind.ok_or(Error::MissingField("kind"))? {
+            Kind::Hello(hello) => FromWorker::Hello(Hello::try_from(hello)?),
+            Kind::Update(update) => FromWorker::Reports(vec![TaskReport::try_from(update)?]),
+            Kind::Updates(updates) => FromWorker::Reports(reports_from(updates.updates)?),
+            Kind::Log(chunk) => FromWorker::Log(LogChunk::try_from(chunk)?),
+            Kind::Heartbeat(_) => FromWorker::Heartbeat,
+        })
+    }
+}
+
+impl From<&ToWorker> for pb::ServerMessage {
+    fn from(message: &ToWorker) -> Self {
+        use pb::server_message::Kind;
+        let kind = match message {
+            ToWorker::Welcome {
+                worker_id,
+                heartbeat_interval,
+            } => Kind::Welcome(pb::Welcome {
+                worker_id: worker_id.0,
+                heartbeat_interval_ms: heartbeat_interval.as_millis() as u64,
+            }),
+            ToWorker::Assign {
+                task_id,
+                attempt,
+                spec,
+            } => Kind::Assign(pb::Assign {
+                task_id: task_id.0,
+                attempt: *attempt,
+                spec: Some(pb::TaskSpec::from(spec.as_ref())),
+            }),
+            ToWorker::Cancel {
+                task_id,
+                attempt,
+                reason,
+            } => Kind::Cancel(pb::Cancel {
+                task_id: task_id.0,
+                attempt: *attempt,
+                reason: reason.clone(),
+            }),
+            ToWorker::Ack { task_id, attempt } => Kind::Ack(pb::Ack {
+                task_id: task_id.0,
+                attempt: *attempt,
+            }),
+            ToWorker::Shutdown { reason } => Kind::Shutdown(pb::Shutdown {
+                reason: reason.clone(),
+            }),
+        };
+        pb::ServerMessage { kind: Some(kind) }
+    }
+}
+
+/// A server message the worker could not decode. When it is an assignment, the task and
+/// attempt are known, so the worker can fail that attempt with the reason instead of
+/// dropping it.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[error("{error}")]
+pub struct UndecodableMessage {
+    /// The assignment's task and attempt, when the message was one.
+    pub assignment: Option<(TaskId, u32)>,
+    /// What was wrong.
+    #[source]
+    pub error: Error,
+}
+
+impl TryFrom<pb::ServerMessage> for ToWorker {
+    type Error = UndecodableMessage;
+
+    fn try_from(message: pb::ServerMessage) -> Result<Self, UndecodableMessage> {
+        use pb::server_message::Kind;
+        let plain = |error| UndecodableMessage {
+            assignment: None,
+            error,
+        };
+        Ok(
+            match message
+                .kind
+                .ok_or_else(|| plain(Error::MissingField("kind")))?
+            {
+                Kind::Welcome(welcome) => ToWorker::Welcome {
+                    worker_id: WorkerId(welcome.worker_id),
+                    heartbeat_interval: Duration::from_millis(welcome.heartbeat_interval_ms),
+                },
+                Kind::Assign(assign) => {
+                    let task_id = TaskId(assign.task_id);
+                    let spec = assign
+                        .spec
+                        .ok_or(Error::MissingField("spec"))
+                        .and_then(TaskSpec::try_from)
+                        .map_err(|error| UndecodableMessage {
+                            assignment: Some((task_id, assign.attempt)),
+                            error,
+                        })?;
+                    ToWorker::Assign {
+                        task_id,
+                        attempt: assign.attempt,
+                        spec: Arc::new(spec),
+                    }
+                }
+                Kind::Cancel(cancel) => ToWorker::Cancel {
+                    task_id: TaskId(cancel.task_id),
+                    attempt: cancel.attempt,
+                    reason: cancel.reason,
+                },
+                Kind::Ack(ack) => ToWorker::Ack {
+                    task_id: TaskId(ack.task_id),
+                    attempt: ack.attempt,
+                },
+                Kind::Shutdown(shutdown) => ToWorker::Shutdown {
+                    reason: shutdown.reason,
+                },
+            },
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn spec() -> TaskSpec {
+        TaskSpec::new(TaskRequest {
+            batch: "b1".into(),
+            command: vec!["echo".into(), "hi there".into()],
+            docker_image: Some("busybox:latest".into()),
+            docker_options: "--shm-size 1g".into(),
+            inputs: vec!["/data/in.txt".into()],
+            run_timeout_secs: Some(30),
+            retry: 2,
+            ..TaskRequest::default()
+        })
+        .unwrap()
+    }
+
+    fn report() -> TaskReport {
+        let mut report = TaskReport::new(TaskId(7), 2, TaskState::Failed);
+        report.exit_code = Some(3);
+        report.reason = Some(Reason::ExitCode);
+        report.message = Some("exit code 3".into());
+        report.transfers = vec![Transfer {
+            direction: "output".into(),
+            uri: "s3://b/out/".into(),
+            bytes: 10,
+            files: 1,
+            items: vec![TransferredFile {
+                path: "x".into(),
+                size: 10,
+                crc64nvme: "AAAAAAAAAAA=".into(),
+            }],
+        }];
+        report
+    }
+
     #[test]
     fn a_spec_survives_the_round_trip() {
-        let mut spec = TaskSpec::new(
-            BatchName::new("b1").unwrap(),
-            vec!["echo".into(), "hi there".into()],
-        )
-        .with_docker("busybox:latest", "--shm-size 1g")
-        .unwrap();
-        spec.inputs = vec!["/data/in.txt".into()];
-        spec.run_timeout = Some(Duration::from_secs(30));
-        spec.retry = 2;
+        let spec = spec();
         let back = TaskSpec::try_from(pb::TaskSpec::from(&spec)).unwrap();
         assert_eq!(back, spec);
     }
@@ -376,5 +748,145 @@ mod tests {
     fn a_task_without_spec_is_a_missing_field() {
         let error = TaskView::try_from(pb::Task::default()).unwrap_err();
         assert_eq!(error, Error::MissingField("spec"));
+    }
+
+    #[test]
+    fn every_worker_message_survives_the_round_trip() {
+        let messages = [
+            FromWorker::Hello(Hello {
+                worker_id: Some(WorkerId(4)),
+                name: "w".into(),
+                batch: BatchName::new("b").unwrap(),
+                concurrency: 2,
+                prefetch: 1,
+                docker: true,
+                allow_privileged: false,
+                cores: 8,
+                memory_bytes: 1 << 30,
+                version: "0.1.0".into(),
+                tasks: vec![report()],
+            }),
+            FromWorker::Reports(vec![
+                report(),
+                TaskReport::new(TaskId(1), 1, TaskState::Running),
+            ]),
+            FromWorker::Log(LogChunk {
+                task_id: TaskId(7),
+                attempt: 2,
+                stream: LogStream::Stderr,
+                data: b"oops\n".to_vec(),
+            }),
+            FromWorker::Heartbeat,
+        ];
+        for message in messages {
+            let back = FromWorker::try_from(pb::WorkerMessage::from(&message)).unwrap();
+            assert_eq!(back, message);
+        }
+    }
+
+    #[test]
+    fn every_server_message_survives_the_round_trip() {
+        let messages = [
+            ToWorker::Welcome {
+                worker_id: WorkerId(3),
+                heartbeat_interval: Duration::from_millis(1500),
+            },
+            ToWorker::Assign {
+                task_id: TaskId(9),
+                attempt: 1,
+                spec: Arc::new(spec()),
+            },
+            ToWorker::Cancel {
+                task_id: TaskId(9),
+                attempt: 1,
+                reason: "killed".into(),
+            },
+            ToWorker::Ack {
+                task_id: TaskId(9),
+                attempt: 1,
+            },
+            ToWorker::Shutdown {
+                reason: "deleted".into(),
+            },
+        ];
+        for message in messages {
+            let back = ToWorker::try_from(pb::ServerMessage::from(&message)).unwrap();
+            assert_eq!(back, message);
+        }
+    }
+
+    #[test]
+    fn an_undecodable_assignment_names_its_task_and_attempt() {
+        let message = pb::ServerMessage {
+            kind: Some(pb::server_message::Kind::Assign(pb::Assign {
+                task_id: 5,
+                attempt: 2,
+                spec: Some(pb::TaskSpec::default()),
+            })),
+        };
+        let error = ToWorker::try_from(message).unwrap_err();
+        assert_eq!(error.assignment, Some((TaskId(5), 2)));
+        assert!(error.to_string().contains("no command given"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_log_stream_is_an_error_not_stdout() {
+        for stream in [0, 3, -1] {
+            let chunk = pb::LogChunk {
+                task_id: 1,
+                attempt: 1,
+                stream,
+                data: Vec::new(),
+            };
+            assert!(LogChunk::try_from(chunk).is_err(), "stream {stream}");
+        }
+    }
+
+    #[test]
+    fn a_single_update_is_a_list_of_one_report() {
+        let message = pb::WorkerMessage {
+            kind: Some(pb::worker_message::Kind::Update(pb::TaskUpdate::from(
+                &report(),
+            ))),
+        };
+        assert_eq!(
+            FromWorker::try_from(message).unwrap(),
+            FromWorker::Reports(vec![report()])
+        );
+    }
+
+    #[test]
+    fn requests_survive_the_round_trip() {
+        let filter = TaskFilter {
+            batch: Some(BatchName::new("b").unwrap()),
+            state: Some(TaskState::Running),
+            limit: Some(10),
+        };
+        assert_eq!(
+            TaskFilter::try_from(pb::ListTasksRequest::from(&filter)).unwrap(),
+            filter
+        );
+        assert_eq!(
+            TaskFilter::try_from(pb::ListTasksRequest::from(&TaskFilter::default())).unwrap(),
+            TaskFilter::default()
+        );
+        let logs = LogRequest {
+            task_id: TaskId(3),
+            attempt: Some(2),
+            stream: LogStream::Stderr,
+            follow: true,
+        };
+        assert_eq!(LogRequest::from(pb::TaskLogsRequest::from(&logs)), logs);
+        for action in [
+            BatchAction::Pause,
+            BatchAction::Resume,
+            BatchAction::Stop,
+            BatchAction::Delete,
+        ] {
+            let number: i32 = pb::BatchAction::from(action).into();
+            assert_eq!(BatchAction::try_from(number).unwrap(), action);
+        }
+        assert!(BatchAction::try_from(0).is_err());
+        assert!(BatchAction::try_from(99).is_err());
     }
 }

@@ -1,11 +1,58 @@
-//! A validated task specification: what `herd launch` queues.
+//! A task specification: [`TaskRequest`], what a user asks for, unchecked; [`TaskSpec`], the
+//! same once validated. [`TaskSpec::new`] is the only way to build a spec, so every spec in
+//! the system (from `herd launch`, from any gRPC client, from the database) was checked once
+//! by the same code, and a spec cannot be changed afterwards.
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::docker::DockerOptions;
 use crate::{BatchName, Error};
+
+/// What a user asks to run, as given: nothing here is checked. Its serde form (stable field
+/// names, durations in seconds) is how the server stores a spec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRequest {
+    /// The batch; empty means `default`.
+    #[serde(default)]
+    pub batch: String,
+    /// A name for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// argv, run without a shell.
+    pub command: Vec<String>,
+    /// Run in this Docker image; `None` runs the command on the worker's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_image: Option<String>,
+    /// `herd launch -O`, as given.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub docker_options: String,
+    /// Run as this user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Run as this group id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// URIs copied into `/input`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
+    /// URIs fetched once per worker onto `/resource`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<String>,
+    /// Where `/output` goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Automatic retries after a failed attempt.
+    #[serde(default)]
+    pub retry: u32,
+    /// Kill the command after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_timeout_secs: Option<u64>,
+    /// Fail the attempt if staging takes longer than this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download_timeout_secs: Option<u64>,
+}
 
 /// The Docker part of a task.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -30,36 +77,26 @@ pub enum Requirement {
     PrivilegedDocker,
 }
 
-/// A task as queued. Immutable once the server has accepted it.
+/// A validated task, immutable: built only by [`TaskSpec::new`]. Its serde form is what
+/// `herd task show --json` prints.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TaskSpec {
-    /// The batch the task belongs to.
-    pub batch: BatchName,
-    /// A name for humans, not necessarily unique.
-    pub name: Option<String>,
-    /// argv, run without a shell.
-    pub command: Vec<String>,
-    /// Run in this container; `None` runs the command on the worker's host. Boxed: most tasks
-    /// have none, and a queued task should not carry the ~300 bytes of an empty one.
-    pub docker: Option<Box<DockerSpec>>,
-    /// Run as this user id.
-    pub uid: Option<u32>,
-    /// Run as this group id.
-    pub gid: Option<u32>,
-    /// URIs copied into `/input` before the command runs.
-    pub inputs: Vec<String>,
-    /// URIs fetched once per worker and mounted read-only on `/resource`.
-    pub resources: Vec<String>,
-    /// Where `/output` is copied after the command, whether it succeeded or failed.
-    pub output: Option<String>,
-    /// Automatic retries after a failed attempt.
-    pub retry: u32,
-    /// Kill the command after this long.
+    batch: BatchName,
+    name: Option<String>,
+    command: Vec<String>,
+    /// Boxed: most tasks have none, and a queued task should not carry the ~300 bytes of an
+    /// empty one.
+    docker: Option<Box<DockerSpec>>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    inputs: Vec<String>,
+    resources: Vec<String>,
+    output: Option<String>,
+    retry: u32,
     #[serde(serialize_with = "serialize_seconds")]
-    pub run_timeout: Option<Duration>,
-    /// Fail the attempt if staging takes longer than this.
+    run_timeout: Option<Duration>,
     #[serde(serialize_with = "serialize_seconds")]
-    pub download_timeout: Option<Duration>,
+    download_timeout: Option<Duration>,
 }
 
 fn serialize_seconds<S: serde::Serializer>(
@@ -74,71 +111,35 @@ fn serialize_seconds<S: serde::Serializer>(
 
 /// The longest command accepted, in bytes over all arguments.
 pub const MAX_COMMAND_BYTES: usize = 1 << 20;
+/// The longest task name, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
 
 impl TaskSpec {
-    /// A bare task in `batch` running `command`, with every option at its default.
-    pub fn new(batch: BatchName, command: Vec<String>) -> Self {
-        TaskSpec {
-            batch,
-            name: None,
-            command,
-            docker: None,
-            uid: None,
-            gid: None,
-            inputs: Vec::new(),
-            resources: Vec::new(),
-            output: None,
-            retry: 0,
-            run_timeout: None,
-            download_timeout: None,
-        }
-    }
-
-    /// Checks everything that does not need a worker: a command, valid docker options, sane
-    /// timeouts. URIs are checked by `herd launch` (herd-fetch) and again by the worker.
-    pub fn validate(&self) -> Result<(), Error> {
-        if self.command.is_empty() || self.command[0].is_empty() {
-            return Err(Error::invalid(
-                "command",
-                "no command given; put it after the options, e.g. `herd launch -- echo hello`",
-            ));
-        }
-        let total: usize = self.command.iter().map(String::len).sum();
-        if total > MAX_COMMAND_BYTES {
-            return Err(Error::invalid(
-                "command",
-                format!(
-                    "the command is {total} bytes; the limit is {MAX_COMMAND_BYTES}: pass large data as an input"
-                ),
-            ));
-        }
-        if self.command.iter().any(|argument| argument.contains('\0')) {
-            return Err(Error::invalid("command", "an argument contains a NUL byte"));
-        }
-        if let Some(name) = &self.name
-            && (name.is_empty() || name.len() > 256)
+    /// Checks everything that does not need a worker (a command, valid docker options, sane
+    /// timeouts, non-empty URIs) and builds the spec. URIs are parsed by `herd launch`
+    /// (herd-fetch) and again by the worker.
+    pub fn new(request: TaskRequest) -> Result<TaskSpec, Error> {
+        let batch = if request.batch.is_empty() {
+            BatchName::default_batch()
+        } else {
+            BatchName::new(request.batch)?
+        };
+        check_command(&request.command)?;
+        if let Some(name) = &request.name
+            && (name.is_empty() || name.len() > MAX_NAME_BYTES || name.contains('\0'))
         {
             return Err(Error::invalid(
                 "name",
-                "a task name must be 1 to 256 characters",
+                format!("a task name must be 1 to {MAX_NAME_BYTES} bytes, without NUL"),
             ));
         }
-        for (field, timeout) in [
-            ("run timeout", self.run_timeout),
-            ("download timeout", self.download_timeout),
-        ] {
-            if timeout.is_some_and(|duration| duration.is_zero()) {
-                return Err(Error::invalid(
-                    field,
-                    "a timeout must be at least 1 second; leave it out for none",
-                ));
-            }
-        }
-        for uri in self
+        let run_timeout = timeout("run timeout", request.run_timeout_secs)?;
+        let download_timeout = timeout("download timeout", request.download_timeout_secs)?;
+        for uri in request
             .inputs
             .iter()
-            .chain(&self.resources)
-            .chain(&self.output)
+            .chain(&request.resources)
+            .chain(&request.output)
         {
             if uri.trim().is_empty() {
                 return Err(Error::invalid(
@@ -147,7 +148,113 @@ impl TaskSpec {
                 ));
             }
         }
-        Ok(())
+        let docker = match request.docker_image {
+            Some(image) => Some(Box::new(docker_spec(image, request.docker_options)?)),
+            None if !request.docker_options.trim().is_empty() => {
+                return Err(Error::invalid(
+                    "docker options",
+                    "-O/--option needs a Docker image: add -d IMAGE",
+                ));
+            }
+            None => None,
+        };
+        Ok(TaskSpec {
+            batch,
+            name: request.name,
+            command: request.command,
+            docker,
+            uid: request.uid,
+            gid: request.gid,
+            inputs: request.inputs,
+            resources: request.resources,
+            output: request.output,
+            retry: request.retry,
+            run_timeout,
+            download_timeout,
+        })
+    }
+
+    /// The spec as a request again: what goes on the wire and into the database.
+    pub fn to_request(&self) -> TaskRequest {
+        TaskRequest {
+            batch: self.batch.to_string(),
+            name: self.name.clone(),
+            command: self.command.clone(),
+            docker_image: self.docker.as_ref().map(|docker| docker.image.clone()),
+            docker_options: self
+                .docker
+                .as_ref()
+                .map(|docker| docker.options_text.clone())
+                .unwrap_or_default(),
+            uid: self.uid,
+            gid: self.gid,
+            inputs: self.inputs.clone(),
+            resources: self.resources.clone(),
+            output: self.output.clone(),
+            retry: self.retry,
+            run_timeout_secs: self.run_timeout.map(|duration| duration.as_secs()),
+            download_timeout_secs: self.download_timeout.map(|duration| duration.as_secs()),
+        }
+    }
+
+    /// The batch the task belongs to.
+    pub fn batch(&self) -> &BatchName {
+        &self.batch
+    }
+
+    /// A name for humans, not necessarily unique.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// argv, run without a shell; never empty.
+    pub fn command(&self) -> &[String] {
+        &self.command
+    }
+
+    /// The container to run in; `None` runs the command on the worker's host.
+    pub fn docker(&self) -> Option<&DockerSpec> {
+        self.docker.as_deref()
+    }
+
+    /// Run as this user id.
+    pub fn uid(&self) -> Option<u32> {
+        self.uid
+    }
+
+    /// Run as this group id.
+    pub fn gid(&self) -> Option<u32> {
+        self.gid
+    }
+
+    /// URIs copied into `/input` before the command runs.
+    pub fn inputs(&self) -> &[String] {
+        &self.inputs
+    }
+
+    /// URIs fetched once per worker and mounted read-only on `/resource`.
+    pub fn resources(&self) -> &[String] {
+        &self.resources
+    }
+
+    /// Where `/output` is copied after the command, whether it succeeded or failed.
+    pub fn output(&self) -> Option<&str> {
+        self.output.as_deref()
+    }
+
+    /// Automatic retries after a failed attempt.
+    pub fn retry(&self) -> u32 {
+        self.retry
+    }
+
+    /// Kill the command after this long (at least a second).
+    pub fn run_timeout(&self) -> Option<Duration> {
+        self.run_timeout
+    }
+
+    /// Fail the attempt if staging takes longer than this (at least a second).
+    pub fn download_timeout(&self) -> Option<Duration> {
+        self.download_timeout
     }
 
     /// What kind of worker may run this task.
@@ -158,65 +265,153 @@ impl TaskSpec {
             Some(_) => Requirement::Docker,
         }
     }
+}
 
-    /// Sets the Docker image and options, parsing the options.
-    pub fn with_docker(
-        mut self,
-        image: impl Into<String>,
-        options_text: impl Into<String>,
-    ) -> Result<Self, Error> {
-        let image = image.into();
-        if image.trim().is_empty() || image.chars().any(char::is_whitespace) {
-            return Err(Error::invalid(
-                "docker image",
-                format!("`{image}` is not an image reference"),
-            ));
-        }
-        let options_text = options_text.into();
-        let options = DockerOptions::parse(&options_text)?;
-        self.docker = Some(Box::new(DockerSpec {
-            image,
-            options_text,
-            options,
-        }));
-        Ok(self)
+fn check_command(command: &[String]) -> Result<(), Error> {
+    if command.first().is_none_or(String::is_empty) {
+        return Err(Error::invalid(
+            "command",
+            "no command given; put it after the options, e.g. `herd launch -- echo hello`",
+        ));
     }
+    let total: usize = command.iter().map(String::len).sum();
+    if total > MAX_COMMAND_BYTES {
+        return Err(Error::invalid(
+            "command",
+            format!(
+                "the command is {total} bytes; the limit is {MAX_COMMAND_BYTES}: pass large data as an input"
+            ),
+        ));
+    }
+    if command.iter().any(|argument| argument.contains('\0')) {
+        return Err(Error::invalid("command", "an argument contains a NUL byte"));
+    }
+    Ok(())
+}
+
+fn timeout(field: &'static str, seconds: Option<u64>) -> Result<Option<Duration>, Error> {
+    match seconds {
+        Some(0) => Err(Error::invalid(
+            field,
+            "a timeout must be at least 1 second; leave it out for none",
+        )),
+        other => Ok(other.map(Duration::from_secs)),
+    }
+}
+
+fn docker_spec(image: String, options_text: String) -> Result<DockerSpec, Error> {
+    if image.trim().is_empty() || image.chars().any(|c| c.is_whitespace() || c == '\0') {
+        return Err(Error::invalid(
+            "docker image",
+            format!("`{}` is not an image reference", image.escape_debug()),
+        ));
+    }
+    let options = DockerOptions::parse(&options_text)?;
+    Ok(DockerSpec {
+        image,
+        options_text,
+        options,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn spec(command: &[&str]) -> TaskSpec {
-        TaskSpec::new(
-            BatchName::default_batch(),
-            command.iter().map(|word| word.to_string()).collect(),
-        )
+    fn request(command: &[&str]) -> TaskRequest {
+        TaskRequest {
+            command: command.iter().map(|word| word.to_string()).collect(),
+            ..TaskRequest::default()
+        }
     }
 
     #[test]
     fn a_command_is_required() {
-        assert!(spec(&["true"]).validate().is_ok());
-        let error = spec(&[]).validate().unwrap_err().to_string();
+        assert!(TaskSpec::new(request(&["true"])).is_ok());
+        let error = TaskSpec::new(request(&[])).unwrap_err().to_string();
+        assert!(error.contains("no command given"), "{error}");
+        let error = TaskSpec::new(request(&["", "x"])).unwrap_err().to_string();
         assert!(error.contains("no command given"), "{error}");
     }
 
     #[test]
+    fn nul_bytes_are_refused_everywhere_they_could_reach_a_process() {
+        let error = TaskSpec::new(request(&["echo", "a\0b"]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("NUL"), "{error}");
+        let mut named = request(&["true"]);
+        named.name = Some("a\0".into());
+        assert!(TaskSpec::new(named).is_err());
+        let mut docker = request(&["true"]);
+        docker.docker_image = Some("busy\0box".into());
+        assert!(TaskSpec::new(docker).is_err());
+    }
+
+    #[test]
     fn zero_timeouts_are_refused() {
-        let mut task = spec(&["true"]);
-        task.run_timeout = Some(Duration::ZERO);
-        assert!(task.validate().is_err());
+        let mut task = request(&["true"]);
+        task.run_timeout_secs = Some(0);
+        assert!(TaskSpec::new(task).is_err());
+        let mut task = request(&["true"]);
+        task.download_timeout_secs = Some(0);
+        assert!(TaskSpec::new(task).is_err());
+    }
+
+    #[test]
+    fn docker_options_without_an_image_are_refused() {
+        let mut task = request(&["true"]);
+        task.docker_options = "--gpus all".into();
+        let error = TaskSpec::new(task).unwrap_err().to_string();
+        assert!(error.contains("needs a Docker image"), "{error}");
     }
 
     #[test]
     fn requirement_follows_docker_options() {
-        assert_eq!(spec(&["true"]).requirement(), Requirement::Bare);
-        let docker = spec(&["true"]).with_docker("busybox", "").unwrap();
-        assert_eq!(docker.requirement(), Requirement::Docker);
-        let privileged = spec(&["true"])
-            .with_docker("busybox", "--privileged")
-            .unwrap();
-        assert_eq!(privileged.requirement(), Requirement::PrivilegedDocker);
-        assert!(spec(&["true"]).with_docker("two words", "").is_err());
+        let spec = |image: Option<&str>, options: &str| {
+            let mut task = request(&["true"]);
+            task.docker_image = image.map(str::to_owned);
+            task.docker_options = options.to_owned();
+            TaskSpec::new(task)
+        };
+        assert_eq!(spec(None, "").unwrap().requirement(), Requirement::Bare);
+        assert_eq!(
+            spec(Some("busybox"), "").unwrap().requirement(),
+            Requirement::Docker
+        );
+        assert_eq!(
+            spec(Some("busybox"), "--privileged").unwrap().requirement(),
+            Requirement::PrivilegedDocker
+        );
+        assert!(spec(Some("two words"), "").is_err());
+    }
+
+    #[test]
+    fn a_spec_becomes_the_same_request_again() {
+        let task = TaskRequest {
+            batch: "b1".into(),
+            name: Some("n".into()),
+            command: vec!["echo".into(), "hi there".into()],
+            docker_image: Some("busybox:latest".into()),
+            docker_options: "--shm-size 1g".into(),
+            uid: Some(1000),
+            gid: Some(1000),
+            inputs: vec!["/data/in.txt".into()],
+            resources: vec!["s3://b/ref.tar.gz|untar".into()],
+            output: Some("/out/".into()),
+            retry: 2,
+            run_timeout_secs: Some(30),
+            download_timeout_secs: Some(60),
+        };
+        let spec = TaskSpec::new(task.clone()).unwrap();
+        assert_eq!(spec.to_request(), task);
+        assert_eq!(TaskSpec::new(spec.to_request()).unwrap(), spec);
+    }
+
+    #[test]
+    fn an_empty_batch_is_the_default_one() {
+        let spec = TaskSpec::new(request(&["true"])).unwrap();
+        assert_eq!(spec.batch(), &BatchName::default_batch());
+        assert_eq!(spec.to_request().batch, "default");
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use herd_proto::pb::{self, server_message, worker_message};
+use herd_proto::request::TaskFilter;
 use herd_proto::{BatchName, TaskId, TaskReport, TaskSpec, TaskState, WorkerId};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::StreamExt;
@@ -90,16 +91,12 @@ impl pb::queue_server::Queue for QueueService {
         &self,
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        let request = request.into_inner();
-        let batch = request.batch.as_deref().map(batch_name).transpose()?;
-        let state = request
-            .state
-            .map(herd_proto::convert::state_from_i32)
-            .transpose()
-            .map_err(invalid)?;
-        let tasks = self
-            .queue
-            .tasks(batch.as_ref(), state, request.limit as usize);
+        let filter = TaskFilter::try_from(request.into_inner()).map_err(invalid)?;
+        let tasks = self.queue.tasks(
+            filter.batch.as_ref(),
+            filter.state,
+            filter.limit.unwrap_or(0) as usize,
+        );
         Ok(Response::new(pb::ListTasksResponse {
             tasks: tasks.iter().map(pb::Task::from).collect(),
         }))

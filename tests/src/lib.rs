@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use herd_proto::pb::queue_client::QueueClient;
 use herd_proto::view::TaskView;
-use herd_proto::{BatchName, TaskId, TaskSpec, pb};
+use herd_proto::{BatchName, TaskId, TaskRequest, TaskSpec, pb};
 use herd_server::queue::QueueConfig;
 use herd_worker::{ExecutorKind, Executors};
 use tokio::net::TcpListener;
@@ -248,8 +248,12 @@ impl Cluster {
         start_worker(&self.url, options, self.workers_shutdown.child_token()).await
     }
 
-    /// Queues tasks; returns their ids.
-    pub async fn submit(&self, specs: Vec<TaskSpec>) -> anyhow::Result<Vec<TaskId>> {
+    /// Checks and queues tasks; returns their ids.
+    pub async fn submit(&self, requests: Vec<TaskRequest>) -> anyhow::Result<Vec<TaskId>> {
+        let specs = requests
+            .into_iter()
+            .map(TaskSpec::new)
+            .collect::<Result<Vec<_>, _>>()?;
         let request = pb::SubmitRequest {
             tasks: specs.iter().map(pb::TaskSpec::from).collect(),
         };
@@ -353,12 +357,13 @@ pub async fn start_worker(
     })
 }
 
-/// A bare task in `batch` running `command` through `sh -c`.
-pub fn shell_task(batch: &str, script: &str) -> TaskSpec {
-    TaskSpec::new(
-        BatchName::new(batch).expect("test batch names are valid"),
-        vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()],
-    )
+/// A bare task in `batch` running `script` through `sh -c`.
+pub fn shell_task(batch: &str, script: &str) -> TaskRequest {
+    TaskRequest {
+        batch: batch.to_owned(),
+        command: vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()],
+        ..TaskRequest::default()
+    }
 }
 
 /// Reads a task's whole log (stdout, or stderr) for its latest attempt.

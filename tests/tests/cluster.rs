@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use herd_proto::pb::{self, server_message, worker_message};
-use herd_proto::{Reason, TaskId, TaskState};
+use herd_proto::{Reason, TaskId, TaskRequest, TaskState};
 use herd_server::queue::QueueConfig;
 use herd_tests::{
     Cluster, ClusterOptions, Engine, WAIT, WorkerOptions, shell_task, task_log, wait_for,
@@ -190,7 +190,7 @@ async fn run_timeout_kills_the_task() -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
     let _worker = cluster.add_worker(WorkerOptions::default()).await?;
     let mut spec = shell_task("default", "sleep 30");
-    spec.run_timeout = Some(Duration::from_secs(1));
+    spec.run_timeout_secs = Some(1);
     let ids = cluster.submit(vec![spec]).await?;
     let task = cluster
         .wait_task(ids[0], "failed", |task| task.state.is_terminal())
@@ -389,7 +389,10 @@ async fn batches_pause_resume_stop_and_delete() -> anyhow::Result<()> {
 async fn docker_tasks_wait_for_a_docker_worker() -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
     let _bare = cluster.add_worker(WorkerOptions::default()).await?;
-    let docker_task = shell_task("default", "true").with_docker("herd-test-busybox:latest", "")?;
+    let docker_task = TaskRequest {
+        docker_image: Some("herd-test-busybox:latest".into()),
+        ..shell_task("default", "true")
+    };
     let ids = cluster
         .submit(vec![docker_task, shell_task("default", "true")])
         .await?;
@@ -682,11 +685,14 @@ async fn a_docker_task_writes_its_output_through_a_real_engine() -> anyhow::Resu
     let source = tempfile::tempdir()?;
     std::fs::write(source.path().join("reads.txt"), "r1\nr2\n")?;
     let output = tempfile::tempdir()?;
-    let mut spec = shell_task(
-        "default",
-        "wc -l < /input/reads.txt > /output/count; echo \"cpu=$CPU threads=$THREADS mem=$MEM greeting=$GREETING\" > /output/env; echo in-container",
-    )
-    .with_docker("herd-test-busybox:latest", "-e GREETING=hi")?;
+    let mut spec = TaskRequest {
+        docker_image: Some("herd-test-busybox:latest".into()),
+        docker_options: "-e GREETING=hi".into(),
+        ..shell_task(
+            "default",
+            "wc -l < /input/reads.txt > /output/count; echo \"cpu=$CPU threads=$THREADS mem=$MEM greeting=$GREETING\" > /output/env; echo in-container",
+        )
+    };
     spec.inputs = vec![source.path().join("reads.txt").display().to_string()];
     spec.output = Some(format!("{}/", output.path().display()));
     let ids = cluster.submit(vec![spec]).await?;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use herd_proto::{BatchName, TaskId, TaskSpec};
+use herd_proto::{TaskId, TaskRequest, TaskSpec};
 use herd_worker::executor::docker::DockerExecutor;
 use herd_worker::executor::{ExecError, Executor, Exit, Job, LogSink, Stream, TaskDirs};
 use tempfile::TempDir;
@@ -64,9 +64,13 @@ fn attempt_with_image(label: &str, image: &str, command: &[&str], options: &str)
         root: root.path().to_owned(),
     };
     let command = command.iter().map(|word| word.to_string()).collect();
-    let spec = TaskSpec::new(BatchName::default_batch(), command)
-        .with_docker(image, options)
-        .expect("valid docker options");
+    let spec = TaskSpec::new(TaskRequest {
+        command,
+        docker_image: Some(image.to_owned()),
+        docker_options: options.to_owned(),
+        ..TaskRequest::default()
+    })
+    .expect("valid docker options");
     let job = Job {
         task_id: TaskId(1),
         attempt: 1,
@@ -293,9 +297,10 @@ async fn uid_and_gid_set_the_container_user() {
         &["sh", "-c", "id -u; id -g; echo mine > /output/owned"],
         "",
     );
-    let spec = Arc::make_mut(&mut attempt.job.spec);
-    spec.uid = Some(1234);
-    spec.gid = Some(1234);
+    let mut request = attempt.job.spec.to_request();
+    request.uid = Some(1234);
+    request.gid = Some(1234);
+    attempt.job.spec = Arc::new(TaskSpec::new(request).unwrap());
     let (result, printed) = run(&executor, &attempt.job).await;
     assert_eq!(result.unwrap(), Exit::Code(0), "{printed:?}");
     assert_eq!(printed.stdout(), "1234\n1234\n");
@@ -440,7 +445,9 @@ async fn privileged_needs_the_worker_to_allow_it() {
 async fn a_bare_task_is_refused() {
     let executor = executor().await;
     let mut attempt = attempt("bare", &["true"], "");
-    Arc::make_mut(&mut attempt.job.spec).docker = None;
+    let mut request = attempt.job.spec.to_request();
+    request.docker_image = None;
+    attempt.job.spec = Arc::new(TaskSpec::new(request).unwrap());
     let (result, _) = run(&executor, &attempt.job).await;
     assert!(matches!(result, Err(ExecError::Start(_))), "{result:?}");
 }

@@ -105,20 +105,22 @@ async fn attempt_phases(
 
     // Downloading.
     let mut input_transfers = Vec::new();
-    if !spec.inputs.is_empty() || !spec.resources.is_empty() {
+    if !spec.inputs().is_empty() || !spec.resources().is_empty() {
         shared
             .report(TaskReport::new(task_id, attempt, TaskState::Downloading))
             .await;
         let staging = staging::stage_in(&shared.resolver, &shared.resources, spec, dirs);
         let result = tokio::select! {
             _ = cancel.cancelled() => return Err(canceled()),
-            result = with_timeout(spec.download_timeout, staging) => result,
+            result = with_timeout(spec.download_timeout(), staging) => result,
         };
         match result {
             Some(Ok(transfers)) => input_transfers = transfers,
             Some(Err(message)) => return Err(fail(TaskState::Failed, Reason::Input, message)),
             None => {
-                let limit = spec.download_timeout.map_or(0, |timeout| timeout.as_secs());
+                let limit = spec
+                    .download_timeout()
+                    .map_or(0, |timeout| timeout.as_secs());
                 return Err(fail(
                     TaskState::Failed,
                     Reason::Input,
@@ -136,7 +138,7 @@ async fn attempt_phases(
             Err(_) => return Err(canceled()),
         },
     };
-    let executor = match &spec.docker {
+    let executor = match spec.docker() {
         Some(_) => match &shared.executors.docker {
             Some(docker) => docker.clone(),
             None => {
@@ -175,7 +177,7 @@ async fn attempt_phases(
         })
     };
     let execution_cancel = cancel.child_token();
-    let run_timeout = spec.run_timeout;
+    let run_timeout = spec.run_timeout();
     let timed_out = {
         let deadline_cancel = execution_cancel.clone();
         let deadline = async move {
@@ -244,7 +246,7 @@ async fn attempt_phases(
     };
 
     // Uploading, whether the command succeeded or not.
-    if let Some(output) = &spec.output {
+    if let Some(output) = spec.output() {
         if shared.is_forgotten(task_id, attempt) {
             return Err(canceled());
         }

@@ -114,12 +114,12 @@ pub(crate) async fn stage_in(
     dirs: &TaskDirs,
 ) -> Result<Vec<Transfer>, String> {
     let inputs: Vec<Uri> = spec
-        .inputs
+        .inputs()
         .iter()
         .map(|text| parse(text))
         .collect::<Result<_, _>>()?;
     let resources: Vec<Uri> = spec
-        .resources
+        .resources()
         .iter()
         .map(|text| parse(text))
         .collect::<Result<_, _>>()?;

@@ -264,7 +264,7 @@ impl State {
                     updated_at: Timestamp(row.updated_at),
                     attempts,
                 };
-            let batch = self.batches.entry(task.spec.batch.clone()).or_default();
+            let batch = self.batches.entry(task.spec.batch().clone()).or_default();
             batch.counts[state_index(state)] += 1;
             if state == TaskState::Pending {
                 batch
@@ -294,8 +294,8 @@ impl State {
         let task = self.tasks.get(&id)?;
         Some(TaskRow {
             id: id.0 as i64,
-            batch: task.spec.batch.to_string(),
-            name: task.spec.name.clone(),
+            batch: task.spec.batch().to_string(),
+            name: task.spec.name().map(str::to_owned),
             spec: task.spec_json.to_string(),
             state: task.state.as_str().to_owned(),
             attempt: i64::from(task.attempt),
@@ -382,7 +382,7 @@ impl State {
         let mut ids: Vec<TaskId> = self
             .tasks
             .iter()
-            .filter(|(_, task)| batch.is_none_or(|name| &task.spec.batch == name))
+            .filter(|(_, task)| batch.is_none_or(|name| task.spec.batch() == name))
             .filter(|(_, task)| state.is_none_or(|wanted| task.state == wanted))
             .map(|(id, _)| *id)
             .collect();
@@ -450,7 +450,7 @@ impl State {
         task.state = next;
         task.updated_at = Timestamp::now();
         change.task(id);
-        let batch_name = task.spec.batch.clone();
+        let batch_name = task.spec.batch().clone();
         if let Some(batch) = self.batches.get_mut(&batch_name) {
             batch.counts[state_index(previous)] =
                 batch.counts[state_index(previous)].saturating_sub(1);
@@ -467,7 +467,7 @@ impl State {
             return;
         };
         let requirement = task.spec.requirement();
-        let batch = self.batches.entry(task.spec.batch.clone()).or_default();
+        let batch = self.batches.entry(task.spec.batch().clone()).or_default();
         let queue = batch.queues.entry(requirement).or_default();
         if front {
             queue.push_front(id);
@@ -498,15 +498,15 @@ impl State {
         for (spec, spec_json) in specs {
             let id = TaskId(self.next_task_id);
             self.next_task_id += 1;
-            self.ensure_batch(&spec.batch, change);
-            let batch = self.batches.get_mut(&spec.batch).expect("ensured above");
+            self.ensure_batch(spec.batch(), change);
+            let batch = self.batches.get_mut(spec.batch()).expect("ensured above");
             batch.counts[state_index(TaskState::Pending)] += 1;
             batch
                 .queues
                 .entry(spec.requirement())
                 .or_default()
                 .push_back(id);
-            batches.insert(spec.batch.clone());
+            batches.insert(spec.batch().clone());
             self.tasks.insert(
                 id,
                 Box::new(Task {
@@ -936,12 +936,12 @@ impl State {
             })
             .count();
         let retry =
-            report.state == TaskState::Failed && counted_failures <= task.spec.retry as usize;
+            report.state == TaskState::Failed && counted_failures <= task.spec.retry() as usize;
         if let Some(worker) = self.workers.get_mut(&worker_id) {
             worker.tasks.remove(&report.task_id);
         }
         if report.state == TaskState::Succeeded
-            && let Some(batch) = self.batches.get_mut(&task.spec.batch)
+            && let Some(batch) = self.batches.get_mut(task.spec.batch())
         {
             batch.record_slot_time(slot_ms);
         }
@@ -959,7 +959,7 @@ impl State {
             task.attempt += 1;
             self.set_state(report.task_id, TaskState::Pending, change);
             self.enqueue(report.task_id, false);
-            let batch = self.tasks[&report.task_id].spec.batch.clone();
+            let batch = self.tasks[&report.task_id].spec.batch().clone();
             self.schedule_batch(&batch, change);
         } else {
             self.set_state(report.task_id, report.state, change);
@@ -1090,7 +1090,7 @@ impl State {
         }
         task.reason = None;
         task.message = None;
-        let batch = task.spec.batch.clone();
+        let batch = task.spec.batch().clone();
         self.set_state(task_id, TaskState::Pending, change);
         self.enqueue(task_id, false);
         self.schedule_batch(&batch, change);
@@ -1107,13 +1107,13 @@ impl State {
             self.cancel(task_id, Reason::Killed, change)?;
         }
         let task = self.tasks.remove(&task_id).expect("present above");
-        if let Some(batch) = self.batches.get_mut(&task.spec.batch) {
+        if let Some(batch) = self.batches.get_mut(task.spec.batch()) {
             batch.counts[state_index(task.state)] =
                 batch.counts[state_index(task.state)].saturating_sub(1);
         }
         change.task(task_id);
         change.notify(Event::Task(task_id));
-        change.notify(Event::Batch(task.spec.batch.clone()));
+        change.notify(Event::Batch(task.spec.batch().clone()));
         change.remove_logs(task_id);
         Ok(())
     }
@@ -1143,7 +1143,7 @@ impl State {
         let mut ids: Vec<TaskId> = self
             .tasks
             .iter()
-            .filter(|(_, task)| &task.spec.batch == name && !task.state.is_terminal())
+            .filter(|(_, task)| task.spec.batch() == name && !task.state.is_terminal())
             .map(|(id, _)| *id)
             .collect();
         ids.sort_unstable();
@@ -1172,7 +1172,7 @@ impl State {
         let ids: Vec<TaskId> = self
             .tasks
             .iter()
-            .filter(|(_, task)| &task.spec.batch == name)
+            .filter(|(_, task)| task.spec.batch() == name)
             .map(|(id, _)| *id)
             .collect();
         for task_id in ids {
@@ -1234,9 +1234,9 @@ fn attempt_from_row(row: AttemptRow) -> Result<Attempt, StoreError> {
 fn view_of(id: TaskId, task: &Task) -> TaskView {
     TaskView {
         id,
-        name: task.spec.name.clone(),
-        batch: task.spec.batch.clone(),
-        command: task.spec.command.clone(),
+        name: task.spec.name().map(str::to_owned),
+        batch: task.spec.batch().clone(),
+        command: task.spec.command().to_vec(),
         state: task.state,
         attempt: task.attempt,
         exit_code: task.exit_code,

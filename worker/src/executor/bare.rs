@@ -131,7 +131,7 @@ fn no_slash(path: &std::path::Path) -> String {
 
 /// The command of `job`, started from `resolved` (with the name as `argv[0]`) when given.
 fn command_for(job: &Job, resolved: Option<&Path>) -> Command {
-    let program = &job.spec.command[0];
+    let program = &job.spec.command()[0];
     let mut command = match resolved {
         Some(path) => {
             let mut command = Command::new(path);
@@ -141,7 +141,7 @@ fn command_for(job: &Job, resolved: Option<&Path>) -> Command {
         None => Command::new(program),
     };
     command
-        .args(&job.spec.command[1..])
+        .args(&job.spec.command()[1..])
         .current_dir(&job.dirs.root)
         .envs(
             job.env
@@ -158,10 +158,10 @@ fn command_for(job: &Job, resolved: Option<&Path>) -> Command {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(uid) = job.spec.uid {
+    if let Some(uid) = job.spec.uid() {
         command.uid(uid);
     }
-    if let Some(gid) = job.spec.gid {
+    if let Some(gid) = job.spec.gid() {
         command.gid(gid);
     }
     command
@@ -175,9 +175,9 @@ impl Executor for BareExecutor {
         cancel: CancellationToken,
     ) -> BoxFuture<'a, Result<Exit, ExecError>> {
         Box::pin(async move {
-            let program = &job.spec.command[0];
+            let program = &job.spec.command()[0];
             // Another user's rights may differ: the search is left to execvp then.
-            let resolved = if job.spec.uid.is_none() && job.spec.gid.is_none() {
+            let resolved = if job.spec.uid().is_none() && job.spec.gid().is_none() {
                 self.programs.resolve(program)
             } else {
                 None
@@ -254,7 +254,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use herd_proto::{BatchName, TaskId, TaskSpec};
+    use herd_proto::{TaskId, TaskRequest, TaskSpec};
 
     use super::*;
     use crate::executor::TaskDirs;
@@ -273,10 +273,13 @@ mod tests {
         Job {
             task_id: TaskId(1),
             attempt: 1,
-            spec: Arc::new(TaskSpec::new(
-                BatchName::default_batch(),
-                command.iter().map(|word| word.to_string()).collect(),
-            )),
+            spec: Arc::new(
+                TaskSpec::new(TaskRequest {
+                    command: command.iter().map(|word| word.to_string()).collect(),
+                    ..TaskRequest::default()
+                })
+                .unwrap(),
+            ),
             dirs,
             env: vec![("CPU".to_owned(), "3".to_owned())],
             name: "test".to_owned(),

@@ -113,7 +113,7 @@ impl DockerExecutor {
         logs: LogSink,
         cancel: CancellationToken,
     ) -> Result<Exit, ExecError> {
-        let Some(docker_spec) = job.spec.docker.as_ref() else {
+        let Some(docker_spec) = job.spec.docker() else {
             return Err(ExecError::Start(
                 "the task has no docker image: run it on a worker with the bare executor".into(),
             ));
@@ -486,10 +486,10 @@ fn container_body(
     ];
     Ok(ContainerCreateBody {
         image: Some(docker_spec.image.clone()),
-        cmd: Some(job.spec.command.clone()),
+        cmd: Some(job.spec.command().to_vec()),
         entrypoint,
         env: Some(container_env(&job.env, &options.env, worker_env)),
-        user: user(job.spec.uid, job.spec.gid),
+        user: user(job.spec.uid(), job.spec.gid()),
         working_dir: options.workdir.clone(),
         labels: Some(labels.into_iter().collect()),
         attach_stdout: Some(true),
@@ -622,17 +622,18 @@ mod tests {
     use std::path::PathBuf;
     use std::sync::Arc;
 
-    use herd_proto::{BatchName, TaskId, TaskSpec};
+    use herd_proto::{TaskId, TaskRequest, TaskSpec};
 
     use super::*;
     use crate::executor::TaskDirs;
 
     fn job(command: &[&str], options: &str) -> Job {
-        let spec = TaskSpec::new(
-            BatchName::default_batch(),
-            command.iter().map(|word| word.to_string()).collect(),
-        )
-        .with_docker("busybox:1", options)
+        let spec = TaskSpec::new(TaskRequest {
+            command: command.iter().map(|word| word.to_string()).collect(),
+            docker_image: Some("busybox:1".into()),
+            docker_options: options.into(),
+            ..TaskRequest::default()
+        })
         .unwrap();
         let root = PathBuf::from("/scratch/attempt");
         Job {
@@ -652,7 +653,7 @@ mod tests {
     }
 
     fn body(job: &Job) -> ContainerCreateBody {
-        container_body(job, job.spec.docker.as_ref().unwrap(), |key| {
+        container_body(job, job.spec.docker().unwrap(), |key| {
             (key == "FROM_WORKER").then(|| "worker value".to_owned())
         })
         .unwrap()
@@ -773,7 +774,10 @@ mod tests {
     #[test]
     fn a_bare_task_is_refused() {
         let mut bare = job(&["true"], "");
-        Arc::make_mut(&mut bare.spec).docker = None;
+        let mut request = bare.spec.to_request();
+        request.docker_image = None;
+        request.docker_options.clear();
+        bare.spec = Arc::new(TaskSpec::new(request).unwrap());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
