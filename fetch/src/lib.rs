@@ -88,6 +88,7 @@ pub mod object;
 pub mod progress;
 pub mod resolver;
 pub mod s3;
+pub mod transfer;
 pub mod uri;
 
 pub use azure::AzureBackend;
@@ -95,7 +96,7 @@ pub use backend::{Backend, BoxFuture, Entry, FileChecksum, TransferStats};
 pub use checksum::{
     Crc64Nvme, Crc64NvmeHasher, crc64nvme, crc64nvme_file, crc64nvme_reader, verify_crc64nvme_file,
 };
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Result, error_chain};
 pub use fastq::{EnaConfig, FastqBackend};
 pub use file::FileBackend;
 pub use ftp::FtpBackend;
@@ -107,4 +108,5 @@ pub use object::{CHECKSUM_METADATA, Secret};
 pub use progress::Progress;
 pub use resolver::{Fetched, Resolver};
 pub use s3::S3Backend;
+pub use transfer::{Filter, glob_match};
 pub use uri::{Action, Scheme, SchemeOption, SubDir, Uri};

@@ -6,20 +6,32 @@ use std::sync::Arc;
 
 use herd_fetch::{MemoryBackend, Resolver, Scheme, Uri};
 
-use crate::support::contract::suite;
+use crate::support::contract::{Capabilities, suite};
 
 #[tokio::test]
 async fn file_backend_follows_the_contract() {
     let temp = tempfile::tempdir().unwrap();
     let base = Uri::parse(&format!("file://{}/store/", temp.path().display())).unwrap();
-    suite(&Resolver::default(), &base, &temp.path().join("local")).await;
+    suite(
+        &Resolver::default(),
+        &base,
+        &temp.path().join("local"),
+        Capabilities::READ_WRITE,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn plain_paths_follow_the_contract() {
     let temp = tempfile::tempdir().unwrap();
     let base = Uri::parse(&format!("{}/store/", temp.path().display())).unwrap();
-    suite(&Resolver::default(), &base, &temp.path().join("local")).await;
+    suite(
+        &Resolver::default(),
+        &base,
+        &temp.path().join("local"),
+        Capabilities::READ_WRITE,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -31,6 +43,7 @@ async fn memory_backend_follows_the_contract() {
         &resolver,
         &Uri::parse("s3://bucket/store/").unwrap(),
         temp.path(),
+        Capabilities::READ_WRITE,
     )
     .await;
 }
