@@ -206,3 +206,37 @@ impl<T> IoContext<T> for io::Result<T> {
         self.map_err(|error| Error::io(doing, path, error))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chain_shows_each_cause_once_and_keeps_it_typed() {
+        let os = io::Error::from_raw_os_error(20);
+        let error = Error::io("cannot write", Path::new("/data/x"), os);
+        assert_eq!(error.to_string(), "cannot write `/data/x`");
+        assert_eq!(
+            error_chain(&error),
+            "cannot write `/data/x`: Not a directory (os error 20)"
+        );
+        assert_eq!(error.report(), error_chain(&error));
+        let source = std::error::Error::source(&error).unwrap();
+        assert!(source.downcast_ref::<io::Error>().is_some(), "typed");
+
+        // A message that already says what its cause says does not repeat it.
+        let repeated = Error::with_source(
+            ErrorKind::Io,
+            "no space: No space left on device (os error 28)",
+            io::Error::from_raw_os_error(28),
+        );
+        assert_eq!(
+            error_chain(&repeated),
+            "no space: No space left on device (os error 28)"
+        );
+
+        // A replacing message keeps the causes of the error it replaces, and clones share them.
+        let replaced = Error::replacing(ErrorKind::Io, "gave up", error.clone());
+        assert_eq!(replaced.report(), "gave up: Not a directory (os error 20)");
+    }
+}

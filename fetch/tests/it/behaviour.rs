@@ -8,30 +8,28 @@ use herd_fetch::{MemoryBackend, Resolver, Scheme, Uri};
 
 use crate::support::contract::{Capabilities, suite};
 
-#[tokio::test]
-async fn file_backend_follows_the_contract() {
+/// The contract on the local filesystem, the base written `{prefix}/tmp/.../store/`.
+async fn local_files_follow_the_contract(prefix: &str) {
     let temp = tempfile::tempdir().unwrap();
-    let base = Uri::parse(&format!("file://{}/store/", temp.path().display())).unwrap();
+    let base = Uri::parse(&format!("{prefix}{}/store/", temp.path().display())).unwrap();
+    let local = temp.path().join("local");
     suite(
         &Resolver::default(),
         &base,
-        &temp.path().join("local"),
+        &local,
         Capabilities::READ_WRITE,
     )
     .await;
 }
 
 #[tokio::test]
+async fn file_backend_follows_the_contract() {
+    local_files_follow_the_contract("file://").await;
+}
+
+#[tokio::test]
 async fn plain_paths_follow_the_contract() {
-    let temp = tempfile::tempdir().unwrap();
-    let base = Uri::parse(&format!("{}/store/", temp.path().display())).unwrap();
-    suite(
-        &Resolver::default(),
-        &base,
-        &temp.path().join("local"),
-        Capabilities::READ_WRITE,
-    )
-    .await;
+    local_files_follow_the_contract("").await;
 }
 
 #[tokio::test]
