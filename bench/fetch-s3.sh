@@ -19,11 +19,12 @@ awscli_version=1.46.2
 
 eval "$(bash scripts/start-seaweedfs.sh)"
 
+# shellcheck source=../scripts/lib/services.sh
+source scripts/lib/services.sh fetch-s3
+
 venv="$services/awscli/venv"
-if ! "$venv/bin/aws" --version 2>/dev/null | grep -q "aws-cli/$awscli_version"; then
-  echo "installing awscli $awscli_version into $venv" >&2
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "awscli==$awscli_version"
+if [[ "$(venv_version "$venv" awscli || true)" != "$awscli_version" ]]; then
+  venv_install "$venv" "awscli==$awscli_version"
 fi
 
 cargo build --release --locked -p herd-launch --bin herd -p herd-fetch --example crc64nvme_speed >&2

@@ -2,7 +2,8 @@
 # Starts a local FTP server for herd's tests, idempotently, on Debian 12 (run as root).
 #
 # - installs pyftpdlib from PyPI into a venv under ${HERD_SERVICES_DIR:-/var/tmp/herd-services}/ftp
-#   (and Debian's python3-venv first if `python3 -m venv` is missing);
+#   (and Debian's python3-venv first if `python3 -m venv` is missing), through scripts/lib/services.sh
+#   like every service script;
 # - starts fetch/tests/support/ftp_server.py on 127.0.0.1:${HERD_FTP_PORT:-2121} unless it is
 #   already running: user `herd` (password `herd`) may read and write, anonymous may read, both
 #   in .../ftp/root; passive data connections stay on loopback;
@@ -31,56 +32,48 @@ user=herd
 password=herd
 mkdir -p "$dir" "$root"
 
-# Debian's python3 first (the one python3-venv serves), else whatever python3 is on PATH.
-base_python=/usr/bin/python3
-[[ -x $base_python ]] || base_python=$(command -v python3 || true)
-[[ -n $base_python ]] || fail "python3 not found: apt-get install python3 python3-venv"
+require_ss
 
-if ! "$python" -c 'import pyftpdlib' >/dev/null 2>&1; then
-    if ! "$base_python" -m venv --help >/dev/null 2>&1 || ! "$base_python" -c 'import ensurepip' >/dev/null 2>&1; then
-        [[ $(id -u) -eq 0 ]] || fail "python3-venv is missing: run as root (it installs it with apt-get) or install it"
-        say "installing python3-venv with apt-get"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update >&2
-        apt-get install -y python3-venv >&2
-    fi
-    say "creating $venv with pyftpdlib"
-    rm -rf "$venv"
-    "$base_python" -m venv "$venv" >&2
-    "$venv/bin/pip" install --quiet --disable-pip-version-check 'pyftpdlib>=2,<3' >&2
-    "$python" -c 'import pyftpdlib' || fail "pyftpdlib did not install into $venv"
+# 1. pyftpdlib, from PyPI, in its own venv.
+if [[ "$(venv_version "$venv" pyftpdlib || true)" != 2.* ]]; then
+    venv_install "$venv" 'pyftpdlib>=2,<3'
+    venv_version "$venv" pyftpdlib > /dev/null || fail "pyftpdlib did not install into $venv"
 fi
-say "pyftpdlib $("$python" -c 'import pyftpdlib; print(pyftpdlib.__ver__)') in $venv"
+say "pyftpdlib $(venv_version "$venv" pyftpdlib) in $venv"
 
-# The 220 banner on 127.0.0.1:$port, within 2 s.
+# 2. Start it unless ours is already running. It answers with its 220 banner.
 answers() {
-    timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port && head -c 3 <&3" 2>/dev/null | grep -q '^220'
+    timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port && head -c 3 <&3" 2> /dev/null | grep -q '^220'
+}
+pid_file=$dir/server.pid
+log_file=$dir/server.out
+running_pid() {
+    local live
+    live="$(live_pid)" || return 1
+    tr '\0' ' ' < "/proc/$live/cmdline" 2> /dev/null | grep -qF "ftp_server.py" || return 1
+    echo "$live"
 }
 
-pid_file=$dir/server.pid
-if [[ -f $pid_file ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null && answers; then
-    say "server already running (pid $(cat "$pid_file")) on 127.0.0.1:$port"
+started_here=0
+if pid="$(running_pid)" && answers; then
+    say "server already running (pid $pid) on 127.0.0.1:$port"
 else
     if answers; then
         fail "something else answers on 127.0.0.1:$port: stop it or set HERD_FTP_PORT"
     fi
     say "starting the server on 127.0.0.1:$port (root $root, log $dir/server.log)"
     nohup setsid "$python" "$server_script" --root "$root" --user "$user" --password "$password" \
-        --port "$port" --log "$dir/server.log" </dev/null >"$dir/server.out" 2>&1 &
-    echo $! >"$pid_file"
-    deadline=$((SECONDS + 20))
-    until answers; do
-        kill -0 "$(cat "$pid_file")" 2>/dev/null || fail "the server exited; see $dir/server.out and $dir/server.log"
-        ((SECONDS < deadline)) || fail "the server does not answer on 127.0.0.1:$port after 20 s; see $dir/server.log"
-        sleep 0.2
-    done
+        --port "$port" --log "$dir/server.log" < /dev/null > "$log_file" 2>&1 &
+    pid=$!
+    echo "$pid" > "$pid_file"
+    started_here=1
 fi
 
-# Check what it really listens on: nothing but loopback.
-if command -v ss >/dev/null 2>&1; then
-    exposed=$(ss -Hltn "sport = :$port" | awk '{ print $4 }' | grep -vE '^(127\.[0-9.]+|\[::1\]):' || true)
-    [[ -z $exposed ]] || fail "the FTP server listens on non-loopback address(es): $exposed"
-fi
+wait_until_answers "the ftp server" "127.0.0.1:$port" 20
+
+# 3. Every port it listens on must be on loopback (passive data ports open only on demand).
+listening="$(ss -ltnpH 2> /dev/null | awk -v pid="pid=$pid," 'index($0, pid) { print $4 }' | sort -u)"
+refuse_exposed "the ftp server" "$listening" "ss -ltnp" "--host of $server_script"
 say "ftp server accepts connections on 127.0.0.1:$port (loopback only)"
 
 echo "export HERD_TEST_FTP_URL=ftp://$user:$password@127.0.0.1:$port/"

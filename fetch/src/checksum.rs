@@ -220,10 +220,14 @@ pub fn crc64nvme_reader(mut reader: impl Read) -> io::Result<(Crc64Nvme, u64)> {
 
 /// The CRC64NVME of the file at `path`, in S3's base64 form.
 pub fn crc64nvme_file(path: impl AsRef<Path>) -> Result<String> {
-    let path = path.as_ref();
-    let file = File::open(path).at("cannot open", path)?;
-    let (checksum, _) = crc64nvme_reader(file).at("cannot read", path)?;
+    let (checksum, _) = crc64nvme_file_sized(path.as_ref())?;
     Ok(checksum.to_base64())
+}
+
+/// The CRC64NVME of the file at `path`, and its size.
+pub(crate) fn crc64nvme_file_sized(path: &Path) -> Result<(Crc64Nvme, u64)> {
+    let file = File::open(path).at("cannot open", path)?;
+    crc64nvme_reader(file).at("cannot read", path)
 }
 
 /// Checks that the file at `path` has the CRC64NVME `expected` (base64); an error of kind

@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 use crate::backend::{Backend, BoxFuture, Entry, FileChecksum, TransferStats};
 use crate::error::{Error, ErrorKind, IoContext as _, Result};
 use crate::ftp::FtpBackend;
-use crate::http::{Expected, HttpBackend, HttpTarget, hex, with_causes_of};
+use crate::http::{Expected, HttpBackend, HttpTarget, hex};
 use crate::local::{AtomicFile, copy_stream, run_blocking, temp_name};
 use crate::progress::Progress;
 use crate::uri::{SchemeOption, Uri};
@@ -188,11 +188,8 @@ impl FastqBackend {
                 ));
             }
             Err(error) => {
-                return Err(with_causes_of(
-                    error.kind(),
-                    format!("cannot look up run {accession} at ENA: {}", error.message()),
-                    &error,
-                ));
+                let message = format!("cannot look up run {accession} at ENA: {}", error.message());
+                return Err(Error::replacing(error.kind(), message, error));
             }
         };
         let files = parse_report(&text, accession)?;
@@ -260,7 +257,7 @@ impl FastqBackend {
             message.push_str("; ");
             message.push_str(&labelled(name, error));
         }
-        Err(with_causes_of(first.kind(), message, &first))
+        Err(Error::replacing(first.kind(), message, first))
     }
 
     /// Downloads every file over ENA's FTP or HTTPS; on failure removes those already

@@ -479,7 +479,7 @@ impl Config {
     }
 }
 
-fn build_client(ca_bundles: &[PathBuf]) -> std::result::Result<reqwest::Client, String> {
+fn build_client(ca_bundles: &[PathBuf]) -> Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("herd-fetch/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(HttpBackend::CONNECT_TIMEOUT)
@@ -487,18 +487,25 @@ fn build_client(ca_bundles: &[PathBuf]) -> std::result::Result<reqwest::Client, 
     for path in ca_bundles {
         let variable = Config::CA_BUNDLE_VARIABLE;
         let pem = std::fs::read(path).map_err(|error| {
-            format!(
-                "cannot read the CA bundle `{}` ({variable}): {error}; point {variable} to a PEM file of certificates",
-                path.display()
+            Error::with_source(
+                ErrorKind::Unsupported,
+                format!(
+                    "cannot read the CA bundle `{}` ({variable}); point {variable} to a PEM file of certificates",
+                    path.display()
+                ),
+                error,
             )
         })?;
         let certificates = reqwest::Certificate::from_pem_bundle(&pem)
             .ok()
             .filter(|certificates| !certificates.is_empty())
             .ok_or_else(|| {
-                format!(
-                    "the CA bundle `{}` ({variable}) holds no PEM certificate; point {variable} to a PEM file of certificates",
-                    path.display()
+                Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "the CA bundle `{}` ({variable}) holds no PEM certificate; point {variable} to a PEM file of certificates",
+                        path.display()
+                    ),
                 )
             })?;
         for certificate in certificates {
@@ -511,7 +518,6 @@ fn build_client(ca_bundles: &[PathBuf]) -> std::result::Result<reqwest::Client, 
             "cannot set up the http client (tls)",
             error.without_url(),
         )
-        .report()
     })
 }
 
@@ -529,7 +535,7 @@ pub struct HttpBackend {
 
 struct Inner {
     /// The client, or why it could not be built (reported by every call).
-    client: std::result::Result<reqwest::Client, String>,
+    client: Result<reqwest::Client>,
     retry: RetryPolicy,
 }
 
@@ -592,10 +598,7 @@ impl HttpBackend {
     }
 
     fn client(&self) -> Result<&reqwest::Client> {
-        self.inner
-            .client
-            .as_ref()
-            .map_err(|message| Error::new(ErrorKind::Unsupported, message.clone()))
+        self.inner.client.as_ref().map_err(Error::clone)
     }
 
     fn request(
@@ -929,43 +932,12 @@ impl HttpBackend {
 /// The error after the last allowed try failed with `last`: its message, and its causes.
 pub(crate) fn gave_up(failures: u32, last: Error) -> Error {
     let tries = if failures == 1 { "try" } else { "tries" };
-    with_causes_of(
-        last.kind(),
-        format!(
-            "{} (gave up after {failures} failed {tries}; check the network or retry later)",
-            last.message()
-        ),
-        &last,
-    )
+    let message = format!(
+        "{} (gave up after {failures} failed {tries}; check the network or retry later)",
+        last.message()
+    );
+    Error::replacing(last.kind(), message, last)
 }
-
-/// An error of `kind` with `message` (which repeats or replaces `error`'s), caused by what
-/// caused `error`: the report does not say the same thing twice.
-pub(crate) fn with_causes_of(kind: ErrorKind, message: String, error: &Error) -> Error {
-    let mut causes = Vec::new();
-    let mut cause = std::error::Error::source(error);
-    while let Some(current) = cause {
-        causes.push(current.to_string());
-        cause = current.source();
-    }
-    if causes.is_empty() {
-        Error::new(kind, message)
-    } else {
-        Error::with_source(kind, message, Causes(causes.join(": ")))
-    }
-}
-
-/// The causes of an error, flattened to text (see [`with_causes_of`]).
-#[derive(Debug)]
-struct Causes(String);
-
-impl std::fmt::Display for Causes {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Causes {}
 
 fn request_failure(shown: &str, error: reqwest::Error) -> Failure {
     if is_certificate_error(&error) {

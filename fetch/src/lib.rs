@@ -6,8 +6,11 @@
 //! is a directory, transferred recursively. [`Uri::parse`] checks the grammar once; a
 //! [`Resolver`] picks the [`Backend`] for the scheme, and [`Resolver::fetch`] downloads into a
 //! directory and applies the actions (`|gunzip`, `|untar`, `|unzip`, `|mv:DIR`). Every file is
-//! checksummed (CRC64NVME, as S3 does) while it is copied. Errors carry an [`ErrorKind`] to
-//! branch on.
+//! checksummed (CRC64NVME, as S3 does) while it is copied. On top of the backends, the
+//! resolver does whole transfers between any two URIs: [`Resolver::copy`],
+//! [`Resolver::download_to`], [`Resolver::sync`] (with a [`Filter`] of globs) and
+//! [`Resolver::checksums`]. Errors carry an [`ErrorKind`] to branch on, and their causes as
+//! typed sources; show them to people with [`error_chain`].
 //!
 //! ```no_run
 //! # async fn example() -> herd_fetch::Result<()> {
@@ -26,11 +29,15 @@
 //! # Layout
 //!
 //! - [`uri`]: the grammar: [`Uri`], [`Scheme`], [`SchemeOption`], [`Action`].
-//! - [`error`]: [`Error`] and [`ErrorKind`], the crate's one error type.
+//! - [`error`]: [`Error`] and [`ErrorKind`], the crate's one error type, and [`error_chain`],
+//!   the message with its causes ("cannot write `x`: No space left on device").
 //! - [`backend`]: the object-safe [`Backend`] trait (get, put, list, delete) and what it
 //!   returns ([`TransferStats`], [`FileChecksum`], [`Entry`]).
 //! - [`resolver`]: [`Resolver`], scheme → backend, and whole fetches staged in a hidden
 //!   directory so that a failure leaves nothing behind.
+//! - [`transfer`]: the transfers `herd fetch` offers, on [`Resolver`]: copy in any direction
+//!   (remote to remote through a temporary directory), download to a file name, sync of what
+//!   the destination lacks, checksums; [`Filter`] and [`glob_match`], the sync's globs.
 //! - [`file`](mod@file): [`FileBackend`], the local filesystem (`file://` and plain paths).
 //! - [`http`]: [`HttpBackend`], `http://` and `https://` downloads with retries and resumption
 //!   by range, and the [`RetryPolicy`] the network backends share.
@@ -88,6 +95,7 @@ pub mod object;
 pub mod progress;
 pub mod resolver;
 pub mod s3;
+pub mod transfer;
 pub mod uri;
 
 pub use azure::AzureBackend;
@@ -95,7 +103,7 @@ pub use backend::{Backend, BoxFuture, Entry, FileChecksum, TransferStats};
 pub use checksum::{
     Crc64Nvme, Crc64NvmeHasher, crc64nvme, crc64nvme_file, crc64nvme_reader, verify_crc64nvme_file,
 };
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Result, error_chain};
 pub use fastq::{EnaConfig, FastqBackend};
 pub use file::FileBackend;
 pub use ftp::FtpBackend;
@@ -107,4 +115,5 @@ pub use object::{CHECKSUM_METADATA, Secret};
 pub use progress::Progress;
 pub use resolver::{Fetched, Resolver};
 pub use s3::S3Backend;
+pub use transfer::{Filter, glob_match};
 pub use uri::{Action, Scheme, SchemeOption, SubDir, Uri};

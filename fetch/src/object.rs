@@ -178,7 +178,7 @@ pub(crate) struct ObjectBackend<P: Provider> {
     provider: P,
     hints: Hints,
     /// A configuration error found by `from_env`, reported by every transfer.
-    config_error: Option<(ErrorKind, String)>,
+    config_error: Option<Error>,
     /// One client per container or bucket, created on first use.
     stores: Mutex<HashMap<String, Arc<dyn Store>>>,
     transfers: Transfers,
@@ -195,14 +195,11 @@ impl<P: Provider> ObjectBackend<P> {
     pub(crate) fn from_env(configured: Result<P::Config>) -> Self {
         match configured {
             Ok(config) => ObjectBackend::new(config),
-            Err(error) => ObjectBackend::with_error(
-                P::new(P::Config::default()),
-                Some((error.kind(), error.message().to_owned())),
-            ),
+            Err(error) => ObjectBackend::with_error(P::new(P::Config::default()), Some(error)),
         }
     }
 
-    fn with_error(provider: P, config_error: Option<(ErrorKind, String)>) -> Self {
+    fn with_error(provider: P, config_error: Option<Error>) -> Self {
         let hints = Hints {
             provider: P::NAMING.backend,
             container: P::NAMING.container,
@@ -252,8 +249,8 @@ impl<P: Provider> ObjectBackend<P> {
     }
 
     fn store(&self, container: &str) -> Result<Arc<dyn Store>> {
-        if let Some((kind, message)) = &self.config_error {
-            return Err(Error::new(*kind, message.clone()));
+        if let Some(error) = &self.config_error {
+            return Err(error.clone());
         }
         if let Some(store) = self.lock_stores().get(container) {
             return Ok(Arc::clone(store));

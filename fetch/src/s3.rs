@@ -233,7 +233,7 @@ fn half_a_key(set: &str, missing: &str) -> Error {
 pub struct S3Backend {
     config: Config,
     /// A configuration error found by [`S3Backend::from_env`], reported by every transfer.
-    config_error: Option<(ErrorKind, String)>,
+    config_error: Option<Error>,
     client: OnceCell<Client>,
     transfers: Transfers,
 }
@@ -261,14 +261,11 @@ impl S3Backend {
     pub fn from_env() -> S3Backend {
         match Config::from_env() {
             Ok(config) => S3Backend::unchecked(config, None),
-            Err(error) => {
-                let reported = (error.kind(), error.message().to_owned());
-                S3Backend::unchecked(Config::default(), Some(reported))
-            }
+            Err(error) => S3Backend::unchecked(Config::default(), Some(error)),
         }
     }
 
-    fn unchecked(config: Config, config_error: Option<(ErrorKind, String)>) -> S3Backend {
+    fn unchecked(config: Config, config_error: Option<Error>) -> S3Backend {
         S3Backend {
             transfers: Transfers::new(config.limits()),
             config,
@@ -289,8 +286,8 @@ impl S3Backend {
     }
 
     async fn client(&self) -> Result<&Client> {
-        if let Some((kind, message)) = &self.config_error {
-            return Err(Error::new(*kind, message.clone()));
+        if let Some(error) = &self.config_error {
+            return Err(error.clone());
         }
         Ok(self.client.get_or_init(|| build_client(&self.config)).await)
     }

@@ -474,6 +474,16 @@ impl Uri {
         }
     }
 
+    /// The same URI as a directory: its path with a trailing `/` added when it has none
+    /// (actions kept).
+    pub fn as_dir(&self) -> Result<Uri> {
+        if self.is_dir() {
+            return Ok(self.clone());
+        }
+        let end = self.path.end;
+        Uri::parse(&format!("{}/{}", &self.text[..end], &self.text[end..]))
+    }
+
     /// The URI of `relative` under this one (taken as a directory whether or not it ends with
     /// `/`); actions are dropped. `relative` is `/`-separated, not empty, not absolute, and has
     /// no `..`; a trailing `/` makes the result a directory.

@@ -57,6 +57,7 @@ async fn azure_backend_follows_the_contract() {
         &resolver(config(&server)),
         &uri("azure://data/store/"),
         temp.path(),
+        contract::Capabilities::READ_WRITE,
     )
     .await;
     assert!(server.blob_names("data").is_empty());

@@ -24,7 +24,8 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
 use support::gcs_shim::GcsShim;
 use support::{
-    FAST_RETRY, content, contract, resolver_with, stores, tree, unique_bucket, uri, wait_for, write,
+    FAST_RETRY, content, contract, resolver_with, stores, tree, unique_bucket, uri, wait_until,
+    write,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -114,6 +115,7 @@ async fn gs_backend_follows_the_contract() {
         &resolver(config(&shim)),
         &uri(&format!("gs://{bucket}/store/")),
         temp.path(),
+        contract::Capabilities::READ_WRITE,
     )
     .await;
     // Reads, listings and deletions went to fake-gcs-server unchanged.
@@ -368,10 +370,9 @@ async fn interrupted_multipart_uploads_are_aborted() {
         () = started => {}
     }
     assert_eq!(shim.open_uploads(), 1);
-    wait_for(
-        || shim.open_uploads() == 0,
-        "the dropped upload to be aborted",
-    )
+    wait_until("the dropped upload to be aborted", || {
+        shim.open_uploads() == 0
+    })
     .await;
     let error = resolver(config(&shim))
         .list(&target, false)

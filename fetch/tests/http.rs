@@ -1,5 +1,7 @@
-//! The http(s) backend against a real HTTP/1.1 server on 127.0.0.1: downloads and their
-//! checksums, resumption after a cut, short bodies, statuses, retries, credentials.
+//! The http(s) backend against a real HTTP/1.1 server on 127.0.0.1: the contract
+//! (`support/contract.rs`) as a read-only backend of single files, over http and over https;
+//! then what only HTTP has: names from URLs, resumption after a cut, short bodies, statuses,
+//! retries, credentials, TLS trust.
 
 mod support;
 
@@ -10,6 +12,7 @@ use herd_fetch::{
     Backend as _, ErrorKind, HttpBackend, Resolver, Scheme, crc64nvme, crc64nvme_file,
 };
 
+use support::contract::{self, Capabilities};
 use support::http_server::{HttpServer, Route};
 use support::{FAST_RETRY, content, resolver_with, tree, uri};
 
@@ -19,6 +22,32 @@ fn resolver() -> Resolver {
     resolver.register(Scheme::Http, backend.clone());
     resolver.register(Scheme::Https, backend);
     resolver
+}
+
+/// Serves the contract's tree under `/store/` and runs the contract there through `resolver`.
+async fn follows_the_contract(server: &HttpServer, resolver: &Resolver) {
+    for (path, content) in contract::TREE {
+        server.route(&format!("/store/{path}"), Route::File(content.to_vec()));
+    }
+    let temp = tempfile::tempdir().unwrap();
+    let base = uri(&server.url("/store/"));
+    contract::suite(resolver, &base, temp.path(), Capabilities::READ_FILES).await;
+    assert!(
+        server.log().iter().all(|logged| logged.method != "PUT"),
+        "a read-only backend never writes"
+    );
+}
+
+#[tokio::test]
+async fn http_backend_follows_the_contract_read_only() {
+    let server = HttpServer::start().await;
+    follows_the_contract(&server, &resolver()).await;
+}
+
+#[tokio::test]
+async fn https_backend_follows_the_contract_read_only() {
+    let server = HttpServer::start_tls().await;
+    follows_the_contract(&server, &https_resolver(trusting_the_test_ca())).await;
 }
 
 #[tokio::test]

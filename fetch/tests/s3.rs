@@ -19,7 +19,7 @@ use herd_fetch::s3::{AccessKey, Config};
 use herd_fetch::{Backend, ErrorKind, Progress, Resolver, S3Backend, Scheme, crc64nvme};
 
 use support::{
-    content, contract, paths, resolver_with, stores, tree, unique_bucket, uri, wait_for, write,
+    content, contract, paths, resolver_with, stores, tree, unique_bucket, uri, wait_until, write,
 };
 
 const MIB: u64 = 1024 * 1024;
@@ -148,6 +148,7 @@ async fn s3_backend_follows_the_contract() {
         &resolver(config(&store)),
         &uri(&format!("s3://{bucket}/store/")),
         temp.path(),
+        contract::Capabilities::READ_WRITE,
     )
     .await;
     remove_bucket(&client, &bucket).await;
@@ -446,10 +447,9 @@ async fn failed_downloads_leave_no_partial_file() {
             }
             () = started => {}
         }
-        wait_for(
-            || tree(&destination).is_empty(),
-            "the cancelled download to clean up",
-        )
+        wait_until("the cancelled download to clean up", || {
+            tree(&destination).is_empty()
+        })
         .await;
     }
     remove_bucket(&client, &bucket).await;

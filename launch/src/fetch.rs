@@ -1,5 +1,7 @@
 //! `herd fetch`: moving files between URI schemes from the command line, with the same
-//! library (herd-fetch) the workers stage with.
+//! library (herd-fetch) the workers stage with. This module is only the command line's side:
+//! it parses the URIs, draws progress bars, prints results and maps errors to exit codes; the
+//! transfers themselves are [`Resolver`]'s (`copy`, `sync`, `checksums`, `list`, `delete`).
 //!
 //! - `copy SRC DST`: a file, or a folder (trailing `/`), in any direction; a local destination
 //!   that is not a folder names the copy; resource actions (`|untar`...) apply to downloads;
@@ -10,11 +12,10 @@
 //! - `checksum URI`: the CRC64NVME of each file, base64 as S3 shows it.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use herd_fetch::{Resolver, TransferStats, Uri};
+use herd_fetch::{FileChecksum, Filter, Resolver, TransferStats, Uri, error_chain};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -32,12 +33,12 @@ pub async fn run(command: FetchCommand) -> anyhow::Result<Outcome> {
             destination,
         } => {
             let (source, destination) = (parse(&source)?, parse(&destination)?);
+            Resolver::check_copy(&destination).map_err(usage)?;
             let bar = Bar::start(format!("copying {}", source.redacted()), &progress);
             let started = Instant::now();
-            let stats = copy(&resolver, &source, &destination).await;
+            let stats = resolver.copy(&source, &destination).await;
             Bar::finish_option(bar);
-            let stats = stats?;
-            summary("copied", &stats, started.elapsed());
+            summary("copied", &stats.map_err(failed)?, started.elapsed());
         }
         FetchCommand::List {
             recursive,
@@ -53,12 +54,14 @@ pub async fn run(command: FetchCommand) -> anyhow::Result<Outcome> {
             include,
             exclude,
         } => {
-            let (source, destination) = (parse(&source)?, parse(&destination)?);
+            let source = parse(&source)?.as_dir().map_err(usage)?;
+            let destination = parse(&destination)?.as_dir().map_err(usage)?;
+            let filter = Filter::new(include, exclude);
             let bar = Bar::start(format!("synchronising {}", source.redacted()), &progress);
             let started = Instant::now();
-            let stats = sync(&resolver, &source, &destination, &include, &exclude).await;
+            let stats = resolver.sync(&source, &destination, &filter).await;
             Bar::finish_option(bar);
-            summary("synchronised", &stats?, started.elapsed());
+            summary("synchronised", &stats.map_err(failed)?, started.elapsed());
         }
         FetchCommand::Delete { recursive, uri } => {
             let uri = parse(&uri)?;
@@ -74,16 +77,16 @@ pub async fn run(command: FetchCommand) -> anyhow::Result<Outcome> {
         FetchCommand::Checksum { uri } => {
             let uri = parse(&uri)?;
             let bar = Bar::start(format!("reading {}", uri.redacted()), &progress);
-            let result = checksum(&resolver, &uri).await;
+            let checksums = resolver.checksums(&uri).await;
             Bar::finish_option(bar);
-            result?
+            print_checksums(&checksums.map_err(failed)?)?
         }
     }
     Ok(Outcome::Success)
 }
 
 fn parse(text: &str) -> anyhow::Result<Uri> {
-    let uri = Uri::parse(text).map_err(|error| exit::Error::usage(error.to_string()))?;
+    let uri = Uri::parse(text).map_err(usage)?;
     // A relative local path is taken from the current directory.
     match uri.local_path() {
         Some(path) if path.is_relative() => {
@@ -98,14 +101,20 @@ fn parse(text: &str) -> anyhow::Result<Uri> {
                 text.push('|');
                 text.push_str(&action.to_string());
             }
-            Ok(Uri::parse(&text).map_err(|error| exit::Error::usage(error.to_string()))?)
+            Ok(Uri::parse(&text).map_err(usage)?)
         }
         _ => Ok(uri),
     }
 }
 
+/// A herd-fetch error for the user: its message and its causes (the OS's reason...), exit 1.
 fn failed(error: herd_fetch::Error) -> anyhow::Error {
-    exit::Error::failed(error.to_string()).into()
+    exit::Error::failed(error_chain(&error)).into()
+}
+
+/// A herd-fetch error about the command line's URIs, with its causes: exit 2.
+fn usage(error: herd_fetch::Error) -> anyhow::Error {
+    exit::Error::usage(error_chain(&error)).into()
 }
 
 /// A progress bar on stderr while a transfer runs, fed by the resolver's counters: bytes moved
@@ -196,87 +205,6 @@ fn summary(verb: &str, stats: &TransferStats, elapsed: Duration) {
     );
 }
 
-/// Copies `source` to `destination`, whatever their schemes.
-pub async fn copy(
-    resolver: &Resolver,
-    source: &Uri,
-    destination: &Uri,
-) -> anyhow::Result<TransferStats> {
-    if !destination.actions().is_empty() {
-        return Err(exit::Error::usage(
-            "actions (`|untar`...) apply to what is downloaded: put them on the source",
-        )
-        .into());
-    }
-    if let Some(target) = destination.local_path() {
-        return download(resolver, source, target, destination.is_dir()).await;
-    }
-    match source.local_path() {
-        Some(path) if source.actions().is_empty() => {
-            resolver.put(path, destination).await.map_err(failed)
-        }
-        _ => {
-            // Remote to remote, or actions to apply first: through a local staging folder.
-            let staging = tempfile::tempdir().context("cannot create a staging folder")?;
-            let fetched = resolver
-                .fetch(source, staging.path())
-                .await
-                .map_err(failed)?;
-            let upload_from = match fetched.items.as_slice() {
-                [single] if !source.is_dir() && source.actions().is_empty() => {
-                    staging.path().join(single)
-                }
-                _ => staging.path().to_path_buf(),
-            };
-            resolver
-                .put(&upload_from, destination)
-                .await
-                .map_err(failed)
-        }
-    }
-}
-
-/// Downloads into a folder, or to a file name (through a staging folder next to it, then a
-/// rename, so no partial file ever shows under that name).
-async fn download(
-    resolver: &Resolver,
-    source: &Uri,
-    target: &Path,
-    target_is_dir: bool,
-) -> anyhow::Result<TransferStats> {
-    if target_is_dir || target.is_dir() || source.is_dir() {
-        return Ok(resolver.fetch(source, target).await.map_err(failed)?.stats);
-    }
-    let parent = match target.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent)
-        .with_context(|| format!("cannot create {}", parent.display()))?;
-    let staging = tempfile::Builder::new()
-        .prefix(".herd-fetch-")
-        .tempdir_in(&parent)
-        .with_context(|| format!("cannot create a staging folder in {}", parent.display()))?;
-    let fetched = resolver
-        .fetch(source, staging.path())
-        .await
-        .map_err(failed)?;
-    match fetched.items.as_slice() {
-        [single] => {
-            std::fs::rename(staging.path().join(single), target)
-                .with_context(|| format!("cannot move the download to {}", target.display()))?;
-            Ok(fetched.stats)
-        }
-        items => Err(exit::Error::failed(format!(
-            "{} gave {} items, which cannot all be named {}; end the destination with / to copy into a folder",
-            source.redacted(),
-            items.len(),
-            target.display()
-        ))
-        .into()),
-    }
-}
-
 #[derive(Serialize)]
 struct Listed {
     uri: String,
@@ -311,131 +239,10 @@ async fn list(
     output::print(&text)
 }
 
-/// Whether `name` matches the shell-style `pattern` (`*`, `?`; `*` does not cross `/`).
-fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
-    match (pattern.first(), name.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => {
-            glob_match(&pattern[1..], name)
-                || (!name.is_empty() && name[0] != b'/' && glob_match(pattern, &name[1..]))
-        }
-        (Some(b'?'), Some(&character)) => {
-            character != b'/' && glob_match(&pattern[1..], &name[1..])
-        }
-        (Some(expected), Some(character)) => {
-            expected == character && glob_match(&pattern[1..], &name[1..])
-        }
-        _ => false,
-    }
-}
-
-/// A pattern without `/` matches the file name anywhere; one with `/` matches the relative path.
-fn selected(path: &str, include: &[String], exclude: &[String]) -> bool {
-    let matches = |pattern: &String| {
-        let target = if pattern.contains('/') {
-            path
-        } else {
-            path.rsplit('/').next().unwrap_or(path)
-        };
-        glob_match(pattern.as_bytes(), target.as_bytes())
-    };
-    (include.is_empty() || include.iter().any(matches)) && !exclude.iter().any(matches)
-}
-
-async fn sync(
-    resolver: &Resolver,
-    source: &Uri,
-    destination: &Uri,
-    include: &[String],
-    exclude: &[String],
-) -> anyhow::Result<TransferStats> {
-    let as_dir =
-        |uri: &Uri| -> anyhow::Result<Uri> {
-            if uri.is_dir() {
-                return Ok(uri.clone());
-            }
-            Ok(Uri::parse(&format!("{uri}/"))
-                .map_err(|error| exit::Error::usage(error.to_string()))?)
-        };
-    let (source, destination) = (as_dir(source)?, as_dir(destination)?);
-    let wanted = resolver.list(&source, true).await.map_err(failed)?;
-    let present = match resolver.list(&destination, true).await {
-        Ok(entries) => entries,
-        Err(error) if error.kind() == herd_fetch::ErrorKind::NotFound => Vec::new(),
-        Err(error) => return Err(failed(error)),
-    };
-    let existing: std::collections::HashMap<&str, u64> = present
-        .iter()
-        .map(|entry| (entry.path.as_str(), entry.size))
-        .collect();
-    let mut total = TransferStats::default();
-    for entry in wanted {
-        if entry.is_dir() || !selected(&entry.path, include, exclude) {
-            continue;
-        }
-        if existing.get(entry.path.as_str()) == Some(&entry.size) {
-            continue;
-        }
-        let target = destination.join(&entry.path).map_err(failed)?;
-        let stats = copy(resolver, &entry.uri, &target).await?;
-        for file in stats.checksums {
-            total.add(file);
-        }
-    }
-    Ok(total)
-}
-
-async fn checksum(resolver: &Resolver, uri: &Uri) -> anyhow::Result<()> {
+fn print_checksums(checksums: &[FileChecksum]) -> anyhow::Result<()> {
     let mut text = String::new();
-    match uri.local_path() {
-        Some(path) if !uri.is_dir() && uri.actions().is_empty() => {
-            let value = herd_fetch::crc64nvme_file(path).map_err(failed)?;
-            text.push_str(&format!("{value}  {}\n", path.display()));
-        }
-        _ => {
-            let staging = tempfile::tempdir().context("cannot create a staging folder")?;
-            let fetched = resolver.fetch(uri, staging.path()).await.map_err(failed)?;
-            for file in &fetched.stats.checksums {
-                text.push_str(&format!("{}  {}\n", file.crc64nvme.to_base64(), file.path));
-            }
-        }
+    for file in checksums {
+        text.push_str(&format!("{}  {}\n", file.crc64nvme.to_base64(), file.path));
     }
     output::print(&text)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn globs_follow_the_shell() {
-        assert!(glob_match(b"*.fq.gz", b"s1.fq.gz"));
-        assert!(!glob_match(b"*.fq.gz", b"s1.fq"));
-        assert!(glob_match(b"s?.txt", b"s1.txt"));
-        assert!(!glob_match(b"*", b"a/b"));
-        assert!(selected("dir/s1.fq.gz", &["*.fq.gz".into()], &[]));
-        assert!(!selected("dir/s1.fq.gz", &[], &["*.gz".into()]));
-        assert!(selected("dir/s1.fq.gz", &["dir/*".into()], &[]));
-        assert!(!selected("other/s1.fq.gz", &["dir/*".into()], &[]));
-    }
-
-    #[tokio::test]
-    async fn copies_to_a_file_name_and_into_a_folder() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.txt"), "123456789").unwrap();
-        let resolver = Resolver::default();
-        let source = Uri::parse(&dir.path().join("a.txt").display().to_string()).unwrap();
-        let renamed = Uri::parse(&dir.path().join("out/b.txt").display().to_string()).unwrap();
-        let stats = copy(&resolver, &source, &renamed).await.unwrap();
-        assert_eq!(stats.files, 1);
-        assert_eq!(
-            std::fs::read_to_string(dir.path().join("out/b.txt")).unwrap(),
-            "123456789"
-        );
-        let folder = Uri::parse(&format!("{}/", dir.path().join("folder").display())).unwrap();
-        copy(&resolver, &source, &folder).await.unwrap();
-        assert!(dir.path().join("folder/a.txt").is_file());
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("out")).unwrap().collect();
-        assert_eq!(leftovers.len(), 1, "no staging folder is left behind");
-    }
 }

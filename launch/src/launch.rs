@@ -135,7 +135,8 @@ fn checked_uri(
             "invalid {what} `{text}`: {problem}; nothing was queued"
         ))
     };
-    let uri = herd_fetch::Uri::parse(text).map_err(|error| refuse(error.to_string()))?;
+    let uri =
+        herd_fetch::Uri::parse(text).map_err(|error| refuse(herd_fetch::error_chain(&error)))?;
     if !actions_allowed && !uri.actions().is_empty() {
         return Err(refuse(
             "an output is a folder the results are copied to; remove the `|...` actions".to_owned(),
@@ -158,7 +159,7 @@ fn checked_uri(
     let rewritten = format!("{absolute}{rest}");
     herd_fetch::Uri::parse(&rewritten)
         .map(|uri| uri.as_str().to_owned())
-        .map_err(|error| refuse(error.to_string()))
+        .map_err(|error| refuse(herd_fetch::error_chain(&error)))
 }
 
 fn candidate_from_command_line(

@@ -1,36 +1,22 @@
 //! End-to-end tests of the `herd` binary: the real binary, a real server and a real worker as
 //! child processes, each test on its own ephemeral port and temporary directories.
 //!
-//! Nothing sleeps for a fixed time: every wait polls a condition (every 50 ms, up to 30 s).
-//! Child processes are killed when their guard is dropped, even when a test fails.
+//! Nothing sleeps for a fixed time: every wait polls a condition with
+//! [`herd_tests::wait_for`] (up to 30 s). The binary starts as
+//! [`herd_tests::process::herd_command`] makes it. Child processes are killed when their
+//! guard is dropped, even when a test fails.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
 
 const HERD: &str = env!("CARGO_BIN_EXE_herd");
-const WAIT_LIMIT: Duration = Duration::from_secs(30);
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The `herd` binary with no `HERD_*` or `RUST_LOG` setting inherited from the environment.
 fn herd_command() -> Command {
-    let mut command = Command::new(HERD);
-    for variable in [
-        "HERD_SERVER",
-        "HERD_LISTEN",
-        "HERD_DB",
-        "HERD_DATA_DIR",
-        "HERD_WORKER_TIMEOUT",
-        "HERD_HEARTBEAT",
-        "RUST_LOG",
-    ] {
-        command.env_remove(variable);
-    }
-    command.stdin(Stdio::null());
-    command
+    herd_tests::process::herd_command(Path::new(HERD))
 }
 
 /// What a finished `herd` command printed, and its exit code.
@@ -62,16 +48,19 @@ fn herd(args: &[&str]) -> Finished {
     run(herd_command().args(args))
 }
 
-/// Polls `condition` until it holds, or panics after [`WAIT_LIMIT`] naming `what`.
+/// Polls `condition` with [`herd_tests::wait_for`] until it holds, or panics after
+/// [`herd_tests::WAIT`] naming `what`. The tests are synchronous (they drive child processes):
+/// the wait runs on a runtime of its own.
 fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !condition() {
-        assert!(
-            started.elapsed() < WAIT_LIMIT,
-            "timed out after {WAIT_LIMIT:?} waiting for {what}"
-        );
-        std::thread::sleep(POLL_INTERVAL);
-    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime to wait on");
+    runtime
+        .block_on(herd_tests::wait_for(what, herd_tests::WAIT, || {
+            std::future::ready(condition().then_some(()))
+        }))
+        .unwrap_or_else(|error| panic!("{error}"));
 }
 
 /// A child process killed (and reaped) when dropped.
@@ -586,27 +575,28 @@ impl Cluster {
         let address = self.server_url.trim_start_matches("http://").to_owned();
         let port_file = self.path("server.addr");
         std::fs::remove_file(&port_file).expect("remove the old port file");
-        let mut restarted = None;
+        let mut starting: Option<KillOnDrop> = None;
         wait_until("the server to start again on its address", || {
-            let mut server = KillOnDrop::spawn(
-                herd_command()
-                    .args(["server", "--listen", &address, "--port-file"])
-                    .arg(&port_file)
-                    .arg("--data-dir")
-                    .arg(self.path("data")),
-                self.path("server-restarted.log"),
-            );
-            while !port_file.exists() {
-                if server.child.try_wait().expect("poll the server").is_some() {
-                    // The port may still be held for a moment after the kill: try again.
-                    return false;
-                }
-                std::thread::sleep(POLL_INTERVAL);
+            let server = starting.get_or_insert_with(|| {
+                KillOnDrop::spawn(
+                    herd_command()
+                        .args(["server", "--listen", &address, "--port-file"])
+                        .arg(&port_file)
+                        .arg("--data-dir")
+                        .arg(self.path("data")),
+                    self.path("server-restarted.log"),
+                )
+            });
+            if port_file.exists() {
+                return true;
             }
-            restarted = Some(server);
-            true
+            if server.child.try_wait().expect("poll the server").is_some() {
+                // The port may still be held for a moment after the kill: start another.
+                starting = None;
+            }
+            false
         });
-        self.server = restarted.expect("started above");
+        self.server = starting.expect("started above");
     }
 }
 
@@ -804,4 +794,45 @@ fn a_task_stages_its_input_and_resource_from_s3_and_uploads_its_output_there() {
     assert_eq!(direction("output")["files"], 2, "{task:#}");
 
     fetch(&["delete", "--recursive", &format!("s3://{bucket}/")]);
+}
+
+#[test]
+fn a_fetch_that_cannot_write_says_why_and_actions_on_the_destination_are_usage_errors() {
+    let directory = tempfile::tempdir().unwrap();
+    let source = directory.path().join("a.txt");
+    write_file(&source, "123456789");
+    let blocker = directory.path().join("file.txt");
+    write_file(&blocker, "a regular file, not a folder");
+    // Under a regular file there can be no folder: the operating system says so, and so does
+    // herd, with the path.
+    let target = blocker.join("deeper/copy.txt");
+    let source_text = source.to_str().expect("utf-8 path");
+    let finished = herd(&[
+        "fetch",
+        "copy",
+        source_text,
+        target.to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(finished.code, 1, "{finished:?}");
+    assert!(
+        finished.stderr.contains("Not a directory"),
+        "the OS's reason: {finished:?}"
+    );
+    assert!(
+        finished.stderr.contains(&blocker.display().to_string()),
+        "{finished:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&blocker).unwrap(),
+        "a regular file, not a folder"
+    );
+
+    let destination = format!("{}|gunzip", directory.path().join("out.txt").display());
+    let finished = herd(&["fetch", "copy", source_text, &destination]);
+    assert_eq!(finished.code, 2, "{finished:?}");
+    assert!(
+        finished.stderr.contains("put them on the source"),
+        "{finished:?}"
+    );
+    assert!(!directory.path().join("out.txt").exists());
 }

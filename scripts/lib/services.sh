@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# What the scripts/start-*.sh scripts share to start a test service on loopback, sourced with
-# the script's name, which starts every message:
+# What the service scripts (scripts/start-*.sh, bench/setup.sh, bench/fetch-s3.sh) share to
+# install a tool into a venv and start a test service on loopback, sourced with the script's
+# name, which starts every message:
 #
 #     source "$(dirname "${BASH_SOURCE[0]}")/lib/services.sh" start-gcs
 #
@@ -87,14 +88,15 @@ wait_until_answers() {
 
 # refuse_exposed NAME LISTENING COMMAND FLAGS: LISTENING holds the server's listening
 # "address:port" lines, as COMMAND shows them; fails, stopping the server if this run started
-# it, when there are none or one is not on 127.0.0.1 (FLAGS says what to check).
+# it, when there are none or one is not on loopback, 127.0.0.1 or [::1] (FLAGS says what to
+# check).
 refuse_exposed() {
     local name="$1" listening="$2" command="$3" flags="$4" exposed
     [[ -n "$listening" ]] || {
         stop_ours
         fail "cannot see $name's listening sockets with \`$command\` (run as root?)"
     }
-    exposed="$(grep -v '^127\.0\.0\.1:' <<< "$listening" || true)"
+    exposed="$(grep -vE '^(127\.0\.0\.1|\[::1\]):' <<< "$listening" || true)"
     if [[ -n "$exposed" ]]; then
         stop_ours
         fail "$name listens beyond 127.0.0.1 on: $(tr '\n' ' ' <<< "$exposed")— it was stopped; check the $flags"

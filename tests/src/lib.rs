@@ -10,7 +10,10 @@
 //! - [`postgres`]: a fresh PostgreSQL database per test (`HERD_TEST_POSTGRES_URL`).
 //! - [`executors`]: executors for tests and benchmarks (an instant one, and a wrapper that
 //!   records when attempts start).
-//! - [`wait_for`]: waits on a condition with a timeout; never a fixed sleep.
+//! - [`wait_for`]: waits on a condition with a timeout; never a fixed sleep. The one such
+//!   helper of the workspace: herd-fetch's and herd-launch's tests use it too (herd-tests is
+//!   their dev-dependency).
+//! - [`process`]: the one way to start the `herd` binary (launch's CLI tests, herd-bench).
 //!
 //! The tests themselves are in `tests/tests/`.
 
@@ -32,6 +35,7 @@ use tonic::transport::Channel;
 
 pub mod executors;
 pub mod postgres;
+pub mod process;
 
 /// How long harness waits last before a test fails.
 pub const WAIT: Duration = Duration::from_secs(30);

@@ -617,7 +617,8 @@ async fn work_survives_a_server_restart(engine: Engine) -> anyhow::Result<()> {
     Ok(())
 }
 
-// A kill -9 of a real server process is tested with the binary (launch/tests/durability.rs).
+// A kill -9 of a real server process is tested with the binary: launch/tests/cli.rs,
+// `a_server_killed_mid_run_loses_nothing_it_acknowledged`.
 #[tokio::test]
 async fn work_survives_a_server_restart_on_sqlite() -> anyhow::Result<()> {
     work_survives_a_server_restart(Engine::Sqlite).await
@@ -884,31 +885,41 @@ async fn a_worker_starts_no_pipelined_task_before_a_slot_frees() -> anyhow::Resu
         })
         .collect();
     let ids = cluster.submit(specs).await?;
-    let mut client = cluster.client().await?;
-    let mut most_under_way = 0;
-    let mut most_held = 0;
-    loop {
-        let tasks = client
-            .list_tasks(pb::ListTasksRequest::default())
-            .await?
-            .into_inner()
-            .tasks;
-        let count = |states: &[pb::TaskState]| {
-            tasks
-                .iter()
-                .filter(|task| ids.iter().any(|id| id.0 == task.id))
-                .filter(|task| states.iter().any(|state| *state as i32 == task.state))
-                .count()
-        };
-        use pb::TaskState::{Assigned, Canceled, Downloading, Failed, Running, Succeeded};
-        most_under_way = most_under_way.max(count(&[Downloading, Running]));
-        most_held = most_held.max(count(&[Assigned, Downloading, Running]));
-        if count(&[Succeeded]) == ids.len() {
-            break;
+    let client = cluster.client().await?;
+    let most_under_way = std::cell::Cell::new(0);
+    let most_held = std::cell::Cell::new(0);
+    let (most_under_way_ref, most_held_ref) = (&most_under_way, &most_held);
+    wait_for("every pipelined task to succeed", WAIT, || {
+        let mut client = client.clone();
+        let ids = &ids;
+        async move {
+            let listed = client.list_tasks(pb::ListTasksRequest::default()).await;
+            let tasks = match listed {
+                Ok(response) => response.into_inner().tasks,
+                Err(status) => return Some(Err(anyhow::Error::from(status))),
+            };
+            let count = |states: &[pb::TaskState]| {
+                tasks
+                    .iter()
+                    .filter(|task| ids.iter().any(|id| id.0 == task.id))
+                    .filter(|task| states.iter().any(|state| *state as i32 == task.state))
+                    .count()
+            };
+            use pb::TaskState::{Assigned, Canceled, Downloading, Failed, Running, Succeeded};
+            most_under_way_ref.set(most_under_way_ref.get().max(count(&[Downloading, Running])));
+            most_held_ref.set(
+                most_held_ref
+                    .get()
+                    .max(count(&[Assigned, Downloading, Running])),
+            );
+            if count(&[Failed, Canceled]) > 0 {
+                return Some(Err(anyhow::anyhow!("a task failed: {tasks:?}")));
+            }
+            (count(&[Succeeded]) == ids.len()).then_some(Ok(()))
         }
-        anyhow::ensure!(count(&[Failed, Canceled]) == 0, "a task failed: {tasks:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await??;
+    let (most_under_way, most_held) = (most_under_way.get(), most_held.get());
     assert!(most_held > 1, "the tasks were pipelined to the worker");
     assert_eq!(
         most_under_way, 1,

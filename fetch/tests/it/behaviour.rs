@@ -6,20 +6,30 @@ use std::sync::Arc;
 
 use herd_fetch::{MemoryBackend, Resolver, Scheme, Uri};
 
-use crate::support::contract::suite;
+use crate::support::contract::{Capabilities, suite};
+
+/// The contract on the local filesystem, the base written `{prefix}/tmp/.../store/`.
+async fn local_files_follow_the_contract(prefix: &str) {
+    let temp = tempfile::tempdir().unwrap();
+    let base = Uri::parse(&format!("{prefix}{}/store/", temp.path().display())).unwrap();
+    let local = temp.path().join("local");
+    suite(
+        &Resolver::default(),
+        &base,
+        &local,
+        Capabilities::READ_WRITE,
+    )
+    .await;
+}
 
 #[tokio::test]
 async fn file_backend_follows_the_contract() {
-    let temp = tempfile::tempdir().unwrap();
-    let base = Uri::parse(&format!("file://{}/store/", temp.path().display())).unwrap();
-    suite(&Resolver::default(), &base, &temp.path().join("local")).await;
+    local_files_follow_the_contract("file://").await;
 }
 
 #[tokio::test]
 async fn plain_paths_follow_the_contract() {
-    let temp = tempfile::tempdir().unwrap();
-    let base = Uri::parse(&format!("{}/store/", temp.path().display())).unwrap();
-    suite(&Resolver::default(), &base, &temp.path().join("local")).await;
+    local_files_follow_the_contract("").await;
 }
 
 #[tokio::test]
@@ -31,6 +41,7 @@ async fn memory_backend_follows_the_contract() {
         &resolver,
         &Uri::parse("s3://bucket/store/").unwrap(),
         temp.path(),
+        Capabilities::READ_WRITE,
     )
     .await;
 }

@@ -8,7 +8,9 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use herd_fetch::Uri;
 
-/// The `Backend` contract, shared with the test binaries of the remote schemes.
+/// The `Backend` contract, shared with the test binaries of the remote schemes (which use the
+/// capabilities the local backends do not need).
+#[allow(dead_code)]
 #[path = "../support/contract.rs"]
 pub mod contract;
 #[path = "../support/files.rs"]

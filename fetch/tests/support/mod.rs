@@ -13,7 +13,7 @@ pub mod stores;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herd_fetch::{Backend, Entry, Resolver, RetryPolicy, Scheme, Uri};
 use md5::{Digest as _, Md5};
@@ -74,14 +74,18 @@ pub fn unique_bucket(purpose: &str) -> String {
     name.chars().take(63).collect()
 }
 
-/// Polls `condition` until it holds, failing after 60 s (generous: a 2-core CI machine runs
+/// How long a test waits for a condition before it fails (generous: a 2-core CI machine runs
 /// every test binary at once, and an abort waits for the part in flight).
-pub async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits, with [`herd_tests::wait_for`], until `condition` holds; fails after [`PATIENCE`]
+/// naming `what`.
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    herd_tests::wait_for(what, PATIENCE, || {
+        std::future::ready(condition().then_some(()))
+    })
+    .await
+    .unwrap();
 }
 
 pub fn md5_hex(bytes: &[u8]) -> String {

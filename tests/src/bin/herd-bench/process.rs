@@ -119,21 +119,10 @@ pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// `herd ARGS` with no `HERD_*` or `RUST_LOG` setting inherited from the environment.
+/// `herd ARGS` as [`herd_tests::process::herd_command`] makes it, killed when dropped.
 pub fn herd_command(herd: &Path) -> Command {
-    let mut command = Command::new(herd);
-    for variable in [
-        "HERD_SERVER",
-        "HERD_LISTEN",
-        "HERD_DB",
-        "HERD_DATA_DIR",
-        "HERD_WORKER_TIMEOUT",
-        "HERD_HEARTBEAT",
-        "RUST_LOG",
-    ] {
-        command.env_remove(variable);
-    }
-    command.stdin(Stdio::null()).kill_on_drop(true);
+    let mut command = Command::from(herd_tests::process::herd_command(herd));
+    command.kill_on_drop(true);
     command
 }
 

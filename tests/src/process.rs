@@ -1,0 +1,28 @@
+//! The `herd` binary as a child process: the one way tests and herd-bench start it, with no
+//! `HERD_*` or `RUST_LOG` setting inherited from the environment that runs them (a developer's
+//! `HERD_SERVER` must not send a test's commands elsewhere).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// The settings a `herd` child process never inherits.
+pub const CLEARED_VARIABLES: [&str; 7] = [
+    "HERD_SERVER",
+    "HERD_LISTEN",
+    "HERD_DB",
+    "HERD_DATA_DIR",
+    "HERD_WORKER_TIMEOUT",
+    "HERD_HEARTBEAT",
+    "RUST_LOG",
+];
+
+/// `herd` (the binary at `herd`) with none of [`CLEARED_VARIABLES`] and stdin closed; add the
+/// arguments. Async code turns it into a `tokio::process::Command` with `From`.
+pub fn herd_command(herd: &Path) -> Command {
+    let mut command = Command::new(herd);
+    for variable in CLEARED_VARIABLES {
+        command.env_remove(variable);
+    }
+    command.stdin(Stdio::null());
+    command
+}
