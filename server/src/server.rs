@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use herd_proto::pb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
@@ -11,7 +10,7 @@ use tracing::info;
 
 use crate::logs::LogStore;
 use crate::queue::{Queue, QueueConfig, QueueError};
-use crate::service::{QueueService, WorkersService};
+use crate::service;
 use crate::store::{SqlStore, Store, StoreError};
 
 /// The largest message accepted: a `herd launch --file` of a million short commands fits.
@@ -95,20 +94,13 @@ pub async fn serve(
             queue.close();
         }
     });
-    let queue_service = pb::queue_server::QueueServer::new(QueueService::new(queue.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let workers_service =
-        pb::workers_server::WorkersServer::new(WorkersService::new(queue.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     if let Some(address) = address {
         info!(%address, "herd server listening");
     }
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
-        .add_service(queue_service)
-        .add_service(workers_service)
+        .add_routes(service::routes(queue.clone()))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     reaper.abort();

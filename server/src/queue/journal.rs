@@ -23,7 +23,9 @@ use herd_proto::{BatchName, TaskId, WorkerId};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, warn};
 
-use super::{Event, Shared, ToWorker};
+use herd_proto::session::ToWorker;
+
+use super::{Event, Shared};
 use crate::store::{Store, WriteSet};
 
 /// Keys of rows a change touched.

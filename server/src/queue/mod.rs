@@ -8,13 +8,14 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use herd_proto::session::{Hello, LogChunk, ToWorker};
 use herd_proto::view::{BatchView, TaskView, WorkerView};
-use herd_proto::{BatchName, Reason, TaskId, TaskSpec, TaskState, WorkerId};
+use herd_proto::{BatchName, Reason, TaskId, TaskReport, TaskSpec, TaskState, WorkerId};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::logs::{LogStore, LogStream};
+use crate::logs::LogStore;
 use crate::store::{Store, StoreError};
 use crate::stored_spec;
 
@@ -33,78 +34,6 @@ pub enum Event {
     Batch(BatchName),
     /// A task printed something.
     Log(TaskId),
-}
-
-/// A message for one worker.
-#[derive(Debug, Clone)]
-pub enum ToWorker {
-    /// The answer to a worker's hello.
-    Welcome {
-        /// The worker's identity, to give back when reconnecting.
-        worker_id: WorkerId,
-        /// How often the worker must show it is alive.
-        heartbeat_interval: Duration,
-    },
-    /// Run this attempt.
-    Assign {
-        /// The task.
-        task_id: TaskId,
-        /// The attempt number.
-        attempt: u32,
-        /// What to run.
-        spec: Arc<TaskSpec>,
-    },
-    /// Stop this attempt and forget it.
-    Cancel {
-        /// The task.
-        task_id: TaskId,
-        /// The attempt.
-        attempt: u32,
-        /// Why.
-        reason: String,
-    },
-    /// The attempt's final report is durable.
-    Ack {
-        /// The task.
-        task_id: TaskId,
-        /// The attempt.
-        attempt: u32,
-    },
-    /// The worker was deleted: exit.
-    Shutdown {
-        /// Why.
-        reason: String,
-    },
-}
-
-/// A worker's report about one task attempt.
-pub type WorkerReport = herd_proto::TaskReport;
-
-/// What a worker says when it (re)connects.
-#[derive(Debug, Clone)]
-pub struct WorkerHello {
-    /// Its identity from an earlier connection.
-    pub worker_id: Option<WorkerId>,
-    /// Its name.
-    pub name: String,
-    /// The batch it serves.
-    pub batch: BatchName,
-    /// Slots.
-    pub concurrency: u32,
-    /// Extra tasks to stage ahead.
-    pub prefetch: u32,
-    /// Runs Docker tasks.
-    pub docker: bool,
-    /// Runs privileged Docker tasks.
-    pub allow_privileged: bool,
-    /// Host cores.
-    pub cores: u32,
-    /// Host memory.
-    pub memory_bytes: u64,
-    /// herd version.
-    pub version: String,
-    /// Every task it holds, with its latest state.
-    pub tasks: Vec<WorkerReport>,
 }
 
 /// What can go wrong with a queue operation.
@@ -409,7 +338,7 @@ impl Queue {
     /// and the serial number of this connection.
     pub fn connect(
         &self,
-        hello: WorkerHello,
+        hello: Hello,
         sender: mpsc::UnboundedSender<ToWorker>,
     ) -> Result<(WorkerId, u64), QueueError> {
         if hello.concurrency == 0 {
@@ -429,7 +358,7 @@ impl Queue {
 
     /// Reports from a worker's connection `serial`, in order, applied at once; ignored if that
     /// connection was replaced.
-    pub fn report(&self, worker_id: WorkerId, serial: u64, reports: Vec<WorkerReport>) {
+    pub fn report(&self, worker_id: WorkerId, serial: u64, reports: Vec<TaskReport>) {
         let terminal: Vec<(TaskId, u32)> = reports
             .iter()
             .filter(|report| report.state.is_terminal())
@@ -455,22 +384,21 @@ impl Queue {
     }
 
     /// Log output from a worker; dropped if the task or attempt is unknown.
-    pub fn append_log(
-        &self,
-        worker_id: WorkerId,
-        serial: u64,
-        task_id: TaskId,
-        attempt: u32,
-        stream: LogStream,
-        data: &[u8],
-    ) {
+    pub fn append_log(&self, worker_id: WorkerId, serial: u64, chunk: &LogChunk) {
+        let LogChunk {
+            task_id, attempt, ..
+        } = *chunk;
         {
             let mut state = self.shared.lock();
             if !state.touch(worker_id, serial) || !state.log_allowed(task_id, attempt) {
                 return;
             }
         }
-        if let Err(error) = self.shared.logs.append(task_id, attempt, stream, data) {
+        if let Err(error) = self
+            .shared
+            .logs
+            .append(task_id, attempt, chunk.stream, &chunk.data)
+        {
             warn!(%task_id, attempt, %error, "cannot write task log");
             return;
         }

@@ -15,7 +15,10 @@ use herd_proto::{
 use tokio::sync::mpsc;
 
 use super::journal::{Change, Journal};
-use super::{Event, QueueError, ToWorker, WorkerHello, WorkerReport};
+use herd_proto::TaskReport;
+use herd_proto::session::{Hello, ToWorker};
+
+use super::{Event, QueueError};
 use crate::store::{AttemptRow, BatchRow, Snapshot, StoreError, TaskRow, WorkerRow};
 use crate::stored_spec;
 
@@ -673,7 +676,7 @@ impl State {
     /// A worker (re)connects. Returns its id and the serial of this connection.
     pub fn connect(
         &mut self,
-        hello: WorkerHello,
+        hello: Hello,
         sender: mpsc::UnboundedSender<ToWorker>,
         heartbeat_interval: Duration,
         change: &mut Change,
@@ -859,7 +862,7 @@ impl State {
     }
 
     /// Applies one task report from a worker's current connection.
-    pub fn report(&mut self, worker_id: WorkerId, report: WorkerReport, change: &mut Change) {
+    pub fn report(&mut self, worker_id: WorkerId, report: TaskReport, change: &mut Change) {
         let sender = self
             .workers
             .get(&worker_id)

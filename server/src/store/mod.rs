@@ -24,7 +24,7 @@ pub struct TaskRow {
     pub batch: String,
     /// Optional task name.
     pub name: Option<String>,
-    /// The task specification, JSON (`herd_proto::pb::TaskSpec` fields), immutable.
+    /// The task specification: the JSON of its `herd_proto::TaskRequest`, immutable.
     pub spec: String,
     /// Lowercase task state.
     pub state: String,
