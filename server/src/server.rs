@@ -8,10 +8,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
+use crate::Error;
 use crate::logs::LogStore;
-use crate::queue::{Queue, QueueConfig, QueueError};
+use crate::queue::{Queue, QueueConfig};
 use crate::service;
-use crate::store::{SqlStore, Store, StoreError};
+use crate::store::{SqlStore, Store};
 
 /// The largest message accepted: a `herd launch --file` of a million short commands fits.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
@@ -37,36 +38,13 @@ impl Config {
     }
 }
 
-/// Why the server could not start or stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    /// The data directory cannot be used.
-    #[error("cannot use the data directory {path}: {source}")]
-    DataDir {
-        /// The directory.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The database failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The queue could not load.
-    #[error(transparent)]
-    Queue(#[from] QueueError),
-    /// Serving failed.
-    #[error("gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
-
 /// Opens the store, loads the queue and serves on `listener` until `shutdown` fires.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> Result<(), ServerError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+) -> Result<(), Error> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
         path: config.data_dir.clone(),
         source,
     })?;
@@ -81,7 +59,7 @@ pub async fn serve(
     queue: Arc<Queue>,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> Result<(), ServerError> {
+) -> Result<(), Error> {
     let address = listener.local_addr().ok();
     let reaper = queue.spawn_reaper(shutdown.clone());
     // Long-lived streams (worker sessions, log follows, batch watches) end when shutdown
@@ -98,13 +76,17 @@ pub async fn serve(
     if let Some(address) = address {
         info!(%address, "herd server listening");
     }
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .add_routes(service::routes(queue.clone()))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await?;
+        .await;
     reaper.abort();
     closer.abort();
+    // Whatever was accepted (and anything a worker reported) is committed before returning.
+    queue.close();
+    queue.shutdown().await;
+    served?;
     info!("herd server stopped");
     Ok(())
 }

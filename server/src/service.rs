@@ -16,25 +16,29 @@ use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
-use crate::queue::{Event, Queue, QueueError};
+use crate::queue::{Event, Queue};
+use crate::{Error, chain};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// The one mapping from queue errors to gRPC statuses.
-pub fn status_of(error: QueueError) -> Status {
-    let message = error.to_string();
+/// The one mapping from server errors to gRPC statuses; the message carries every cause.
+pub fn status_of(error: Error) -> Status {
+    let message = chain(&error);
     match error {
-        QueueError::TaskNotFound(_)
-        | QueueError::BatchNotFound(_)
-        | QueueError::WorkerNotFound(_) => Status::not_found(message),
-        QueueError::InvalidState(_) => Status::failed_precondition(message),
-        QueueError::Invalid(_) => Status::invalid_argument(message),
-        QueueError::Store(_) | QueueError::ShuttingDown => Status::unavailable(message),
+        Error::TaskNotFound(_) | Error::BatchNotFound(_) | Error::WorkerNotFound(_) => {
+            Status::not_found(message)
+        }
+        Error::AlreadyFinished { .. } | Error::NotFinished { .. } => {
+            Status::failed_precondition(message)
+        }
+        Error::Invalid(_) => Status::invalid_argument(message),
+        Error::Store(_) | Error::ShuttingDown => Status::unavailable(message),
+        Error::DataDir { .. } | Error::Transport(_) => Status::internal(message),
     }
 }
 
 fn invalid(error: herd_proto::Error) -> Status {
-    Status::invalid_argument(error.to_string())
+    status_of(Error::Invalid(error))
 }
 
 fn batch_name(text: &str) -> Result<BatchName, Status> {

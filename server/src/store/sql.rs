@@ -356,7 +356,7 @@ impl StoreError {
                 StoreError::Unavailable(error)
             }
             sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
-                StoreError::Corrupt(error.to_string())
+                StoreError::corrupt("value", error)
             }
             other => StoreError::Database(other),
         }
@@ -919,9 +919,10 @@ fn flag(
     match column::<i64>(row, name)? {
         0 => Ok(false),
         1 => Ok(true),
-        other => Err(StoreError::Corrupt(format!(
-            "{table} row {key}: column `{name}` holds {other}, expected 0 or 1"
-        ))),
+        other => Err(StoreError::corrupt(
+            format!("{table} row {key}, column `{name}`"),
+            format!("it holds {other}, expected 0 or 1"),
+        )),
     }
 }
 
