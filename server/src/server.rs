@@ -90,3 +90,49 @@ pub async fn serve(
     info!("herd server stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Starts a server on `database` and returns what it failed with, rendered for a user.
+    async fn start_failure(database: String) -> String {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let config = Config {
+            database: Some(database),
+            data_dir: directory.path().to_path_buf(),
+            queue: QueueConfig::default(),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let shutdown = CancellationToken::new();
+        let error = run(config, listener, shutdown)
+            .await
+            .expect_err("the database cannot be used");
+        crate::chain(&error)
+    }
+
+    #[tokio::test]
+    async fn a_database_that_cannot_be_opened_is_reported_with_its_reason() {
+        // The database file is a directory: SQLite's own reason must reach the user.
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let blocker = directory.path().join("herd.db");
+        std::fs::create_dir(&blocker).expect("a directory");
+        let message = start_failure(format!("sqlite://{}", blocker.display())).await;
+        assert!(
+            message.starts_with("the database is unavailable: ")
+                && message.contains("unable to open database file"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_database_connection_is_reported_with_its_reason() {
+        // Port 1 on loopback: nothing listens there.
+        let message = start_failure("postgres://herd@127.0.0.1:1/herd".to_owned()).await;
+        assert!(
+            message.starts_with("the database is unavailable: ")
+                && message.to_lowercase().contains("connection refused"),
+            "{message}"
+        );
+    }
+}

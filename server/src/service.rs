@@ -450,3 +450,26 @@ impl pb::workers_server::Workers for WorkersService {
         Ok(Response::new(Box::pin(outbound)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    #[test]
+    fn statuses_carry_the_cause_of_a_database_failure() {
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let error = Error::Store(StoreError::Unavailable(sqlx::Error::Io(refused)));
+        let status = status_of(error);
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(
+            status
+                .message()
+                .starts_with("the database is unavailable: ")
+                && status.message().contains("connection refused"),
+            "{}",
+            status.message()
+        );
+    }
+}

@@ -90,6 +90,12 @@ impl Journal {
         Some(sequence)
     }
 
+    /// The sequence number of the last change pushed.
+    #[cfg(test)]
+    pub fn pushed(&self) -> u64 {
+        self.next_sequence - 1
+    }
+
     /// Accepts no more changes: the writer commits what it has, runs its effects, and stops.
     pub fn close(&mut self) {
         self.sender = None;

@@ -1,9 +1,19 @@
 //! The queue: scheduling state in memory, every acknowledged change durable first.
 //!
 //! No tonic and no SQL here: the gRPC service converts messages and calls [`Queue`]; the
-//! [`Store`] is reached only through the journal. Every mutation takes the state lock, changes
-//! the state, records the rows it touched and its effects in the journal, and releases the
-//! lock; answers that promise durability (a submit, a kill...) wait for the journal's commit.
+//! [`Store`] is reached only through the journal. Every mutation takes the lock, runs one
+//! event through the pure state machine (`state/`), pushes the [`Change`] it produced (row
+//! keys and effects) to the journal, and releases the lock; answers that promise durability (a
+//! submit, a kill...) wait for the journal's commit.
+//!
+//! Layout: `state/` (the state machine: decisions only), `change.rs` (what a decision
+//! produces), `journal.rs` (group commit, then the effects), this file (the [`Queue`]: the
+//! lock, the journal, the live worker connections, the reaper, shutdown).
+//!
+//! The state addresses messages to a connection serial; the queue keeps the serial → sender
+//! map. A sender is registered before its welcome is journaled and dropped by the state's
+//! hangup effect, after everything journaled before it was sent, so nothing reaches a worker
+//! before its commit and nothing is lost to a race with a reconnection.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -479,3 +489,6 @@ impl Queue {
         })
     }
 }
+
+#[cfg(test)]
+mod durability_tests;
