@@ -163,7 +163,8 @@ impl SqlStore {
         };
         let (engine, connect_url, pool_options) = match scheme.as_str() {
             "sqlite" => {
-                let connect_url = sqlite_connect_url(url).map_err(invalid)?;
+                let connect_url =
+                    sqlite_connect_url(url).map_err(|error| invalid(error.to_string()))?;
                 (Engine::Sqlite, connect_url, sqlite_pool_options())
             }
             "postgres" | "postgresql" => (
@@ -427,10 +428,25 @@ fn sqlite_pool_options() -> AnyPoolOptions {
         })
 }
 
+/// Why a `sqlite:` URL names no file herd can use (the message of [`StoreError::InvalidUrl`]).
+#[derive(Debug, thiserror::Error)]
+enum SqlitePathError {
+    #[error("no file path after the scheme; {SUPPORTED_URLS}, e.g. sqlite:///var/lib/herd/herd.db")]
+    NoPath,
+    #[error("bad percent escape at byte {0} of the path; write `%25` for a literal `%`")]
+    BadEscape(usize),
+    #[error("the path is not UTF-8 once percent-decoded")]
+    NotUtf8,
+    #[error(
+        "directory `{}` does not exist; create it or choose another path for the SQLite file",
+        .0.display()
+    )]
+    NoDirectory(std::path::PathBuf),
+}
+
 /// Turns a user's `sqlite://PATH` or `sqlite:PATH` into the URL sqlx is given, with
-/// `mode=rwc` (create if missing) unless a mode is set. Errors are messages for
-/// [`StoreError::InvalidUrl`].
-fn sqlite_connect_url(url: &str) -> Result<String, String> {
+/// `mode=rwc` (create if missing) unless a mode is set.
+fn sqlite_connect_url(url: &str) -> Result<String, SqlitePathError> {
     let after_scheme = &url["sqlite:".len()..];
     let rest = after_scheme.strip_prefix("//").unwrap_or(after_scheme);
     let (encoded_path, parameters) = match rest.split_once('?') {
@@ -439,9 +455,7 @@ fn sqlite_connect_url(url: &str) -> Result<String, String> {
     };
     let path = percent_decode(encoded_path)?;
     if path.is_empty() {
-        return Err(format!(
-            "no file path after the scheme; {SUPPORTED_URLS}, e.g. sqlite:///var/lib/herd/herd.db"
-        ));
+        return Err(SqlitePathError::NoPath);
     }
     // `sqlite:////abs` names the same file as `sqlite:///abs`; more than one leading slash
     // would make sqlx read a host name.
@@ -459,11 +473,7 @@ fn sqlite_connect_url(url: &str) -> Result<String, String> {
         if let Some(parent) = parent
             && !parent.is_dir()
         {
-            return Err(format!(
-                "directory `{}` does not exist; create it or choose another path for the \
-                 SQLite file",
-                parent.display()
-            ));
+            return Err(SqlitePathError::NoDirectory(parent.to_path_buf()));
         }
     }
 
@@ -485,7 +495,7 @@ fn sqlite_connect_url(url: &str) -> Result<String, String> {
 }
 
 /// Decodes `%XX` escapes in a URL path.
-fn percent_decode(text: &str) -> Result<String, String> {
+fn percent_decode(text: &str) -> Result<String, SqlitePathError> {
     let bytes = text.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut index = 0;
@@ -494,12 +504,7 @@ fn percent_decode(text: &str) -> Result<String, String> {
             let value = text
                 .get(index + 1..index + 3)
                 .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-                .ok_or_else(|| {
-                    format!(
-                        "bad percent escape at byte {index} of the path; write `%25` for a \
-                         literal `%`"
-                    )
-                })?;
+                .ok_or(SqlitePathError::BadEscape(index))?;
             decoded.push(value);
             index += 3;
         } else {
@@ -507,7 +512,7 @@ fn percent_decode(text: &str) -> Result<String, String> {
             index += 1;
         }
     }
-    String::from_utf8(decoded).map_err(|_| "the path is not UTF-8 once percent-decoded".to_owned())
+    String::from_utf8(decoded).map_err(|_| SqlitePathError::NotUtf8)
 }
 
 /// Escapes every byte of a path that could change the URL's meaning.
@@ -615,11 +620,13 @@ mod tests {
         assert!(
             sqlite_connect_url("sqlite://")
                 .unwrap_err()
+                .to_string()
                 .contains("no file path")
         );
         assert!(
             sqlite_connect_url("sqlite:///no/such/directory/herd.db")
                 .unwrap_err()
+                .to_string()
                 .contains("does not exist")
         );
     }
