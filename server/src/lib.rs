@@ -8,7 +8,9 @@
 //! - [`logs`]: task output, in files under the data directory.
 //! - [`service`]: the gRPC services, thin: convert, call the queue, convert back.
 //! - [`run`]: wires them together and serves until shutdown.
+//! - [`Error`]: the crate's one error type; [`chain`] renders one with its causes.
 
+mod error;
 pub mod logs;
 pub mod queue;
 pub mod service;
@@ -17,4 +19,5 @@ mod stored_spec;
 
 mod server;
 
-pub use server::{Config, MAX_MESSAGE_BYTES, ServerError, run, serve};
+pub use error::{Error, chain};
+pub use server::{Config, MAX_MESSAGE_BYTES, run, serve};

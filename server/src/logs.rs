@@ -10,24 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use herd_proto::TaskId;
-
-/// Which stream of a task's output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LogStream {
-    /// Standard output.
-    Stdout,
-    /// Standard error.
-    Stderr,
-}
-
-impl LogStream {
-    fn extension(self) -> &'static str {
-        match self {
-            LogStream::Stdout => "stdout",
-            LogStream::Stderr => "stderr",
-        }
-    }
-}
+use herd_proto::session::LogStream;
 
 /// Appends and reads task logs.
 pub struct LogStore {
@@ -52,7 +35,7 @@ impl LogStore {
     /// The file of one stream of one attempt.
     pub fn path(&self, task: TaskId, attempt: u32, stream: LogStream) -> PathBuf {
         self.task_dir(task)
-            .join(format!("{attempt}.{}", stream.extension()))
+            .join(format!("{attempt}.{}", stream.as_str()))
     }
 
     /// Appends a chunk.

@@ -3,16 +3,16 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use herd_proto::pb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tracing::info;
 
+use crate::Error;
 use crate::logs::LogStore;
-use crate::queue::{Queue, QueueConfig, QueueError};
-use crate::service::{QueueService, WorkersService};
-use crate::store::{SqlStore, Store, StoreError};
+use crate::queue::{Queue, QueueConfig};
+use crate::service;
+use crate::store::{SqlStore, Store};
 
 /// The largest message accepted: a `herd launch --file` of a million short commands fits.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
@@ -38,36 +38,13 @@ impl Config {
     }
 }
 
-/// Why the server could not start or stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    /// The data directory cannot be used.
-    #[error("cannot use the data directory {path}: {source}")]
-    DataDir {
-        /// The directory.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The database failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The queue could not load.
-    #[error(transparent)]
-    Queue(#[from] QueueError),
-    /// Serving failed.
-    #[error("gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
-}
-
 /// Opens the store, loads the queue and serves on `listener` until `shutdown` fires.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> Result<(), ServerError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+) -> Result<(), Error> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
         path: config.data_dir.clone(),
         source,
     })?;
@@ -82,7 +59,7 @@ pub async fn serve(
     queue: Arc<Queue>,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> Result<(), ServerError> {
+) -> Result<(), Error> {
     let address = listener.local_addr().ok();
     let reaper = queue.spawn_reaper(shutdown.clone());
     // Long-lived streams (worker sessions, log follows, batch watches) end when shutdown
@@ -95,24 +72,67 @@ pub async fn serve(
             queue.close();
         }
     });
-    let queue_service = pb::queue_server::QueueServer::new(QueueService::new(queue.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let workers_service =
-        pb::workers_server::WorkersServer::new(WorkersService::new(queue.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     if let Some(address) = address {
         info!(%address, "herd server listening");
     }
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
-        .add_service(queue_service)
-        .add_service(workers_service)
+        .add_routes(service::routes(queue.clone()))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await?;
+        .await;
     reaper.abort();
     closer.abort();
+    // Whatever was accepted (and anything a worker reported) is committed before returning.
+    queue.close();
+    queue.shutdown().await;
+    served?;
     info!("herd server stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Starts a server on `database` and returns what it failed with, rendered for a user.
+    async fn start_failure(database: String) -> String {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let config = Config {
+            database: Some(database),
+            data_dir: directory.path().to_path_buf(),
+            queue: QueueConfig::default(),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let shutdown = CancellationToken::new();
+        let error = run(config, listener, shutdown)
+            .await
+            .expect_err("the database cannot be used");
+        crate::chain(&error)
+    }
+
+    #[tokio::test]
+    async fn a_database_that_cannot_be_opened_is_reported_with_its_reason() {
+        // The database file is a directory: SQLite's own reason must reach the user.
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let blocker = directory.path().join("herd.db");
+        std::fs::create_dir(&blocker).expect("a directory");
+        let message = start_failure(format!("sqlite://{}", blocker.display())).await;
+        assert!(
+            message.starts_with("the database is unavailable: ")
+                && message.contains("unable to open database file"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_database_connection_is_reported_with_its_reason() {
+        // Port 1 on loopback: nothing listens there.
+        let message = start_failure("postgres://herd@127.0.0.1:1/herd".to_owned()).await;
+        assert!(
+            message.starts_with("the database is unavailable: ")
+                && message.to_lowercase().contains("connection refused"),
+            "{message}"
+        );
+    }
 }

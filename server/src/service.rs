@@ -6,39 +6,53 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
-use herd_proto::pb::{self, server_message, worker_message};
-use herd_proto::request::TaskFilter;
-use herd_proto::{BatchName, TaskId, TaskReport, TaskSpec, TaskState, WorkerId};
+use herd_proto::pb;
+use herd_proto::request::{BatchAction, LogRequest, TaskFilter};
+use herd_proto::session::{FromWorker, LogChunk, LogStream};
+use herd_proto::{BatchName, TaskId, TaskSpec, WorkerId};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
-use crate::logs::LogStream;
-use crate::queue::{Event, Queue, QueueError, ToWorker, WorkerHello};
+use crate::queue::{Event, Queue};
+use crate::{Error, chain};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// The one mapping from queue errors to gRPC statuses.
-pub fn status_of(error: QueueError) -> Status {
-    let message = error.to_string();
+/// The one mapping from server errors to gRPC statuses; the message carries every cause.
+pub fn status_of(error: Error) -> Status {
+    let message = chain(&error);
     match error {
-        QueueError::TaskNotFound(_)
-        | QueueError::BatchNotFound(_)
-        | QueueError::WorkerNotFound(_) => Status::not_found(message),
-        QueueError::InvalidState(_) => Status::failed_precondition(message),
-        QueueError::Invalid(_) => Status::invalid_argument(message),
-        QueueError::Store(_) | QueueError::ShuttingDown => Status::unavailable(message),
+        Error::TaskNotFound(_) | Error::BatchNotFound(_) | Error::WorkerNotFound(_) => {
+            Status::not_found(message)
+        }
+        Error::AlreadyFinished { .. } | Error::NotFinished { .. } => {
+            Status::failed_precondition(message)
+        }
+        Error::Invalid(_) => Status::invalid_argument(message),
+        Error::Store(_) | Error::ShuttingDown => Status::unavailable(message),
+        Error::DataDir { .. } | Error::Transport(_) => Status::internal(message),
     }
 }
 
 fn invalid(error: herd_proto::Error) -> Status {
-    Status::invalid_argument(error.to_string())
+    status_of(Error::Invalid(error))
 }
 
 fn batch_name(text: &str) -> Result<BatchName, Status> {
     BatchName::new(text).map_err(invalid)
+}
+
+/// Both services over `queue`, ready to be served (the only place the tonic servers are built).
+pub fn routes(queue: Arc<Queue>) -> tonic::service::Routes {
+    let queue_service = pb::queue_server::QueueServer::new(QueueService::new(queue.clone()))
+        .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::MAX_MESSAGE_BYTES);
+    let workers_service = pb::workers_server::WorkersServer::new(WorkersService::new(queue))
+        .max_decoding_message_size(crate::MAX_MESSAGE_BYTES);
+    tonic::service::Routes::new(queue_service).add_service(workers_service)
 }
 
 /// The `Queue` service: what users and tools call.
@@ -148,28 +162,23 @@ impl pb::queue_server::Queue for QueueService {
         &self,
         request: Request<pb::TaskLogsRequest>,
     ) -> Result<Response<Self::TaskLogsStream>, Status> {
-        let request = request.into_inner();
-        let task_id = TaskId(request.id);
+        let request = LogRequest::from(request.into_inner());
+        let task_id = request.task_id;
         // Subscribe before the first read, so nothing written in between is missed.
         let events = self.queue.subscribe();
         let task = self.queue.task(task_id).map_err(status_of)?;
         let attempt = match request.attempt {
-            0 => task
+            None => task
                 .attempts
                 .last()
                 .map_or(task.attempt, |attempt| attempt.number),
-            wanted if wanted <= task.attempt => wanted,
-            wanted => {
+            Some(wanted) if wanted <= task.attempt => wanted,
+            Some(wanted) => {
                 return Err(Status::not_found(format!(
                     "task {task_id} has no attempt {wanted}; its latest is {}",
                     task.attempt
                 )));
             }
-        };
-        let stream = if request.stderr {
-            LogStream::Stderr
-        } else {
-            LogStream::Stdout
         };
         let (sender, receiver) = mpsc::channel(16);
         tokio::spawn(follow_log(
@@ -177,7 +186,7 @@ impl pb::queue_server::Queue for QueueService {
             events,
             task_id,
             attempt,
-            stream,
+            request.stream,
             request.follow,
             sender,
         ));
@@ -204,18 +213,20 @@ impl pb::queue_server::Queue for QueueService {
     ) -> Result<Response<pb::BatchSummary>, Status> {
         let request = request.into_inner();
         let name = batch_name(&request.name)?;
-        let action =
-            pb::BatchAction::try_from(request.action).unwrap_or(pb::BatchAction::Unspecified);
+        let action = match BatchAction::try_from(request.action) {
+            Ok(action) => action,
+            Err(herd_proto::Error::MissingField(_)) => {
+                return Err(Status::invalid_argument("no batch action given"));
+            }
+            Err(error) => return Err(invalid(error)),
+        };
         let summary = match action {
-            pb::BatchAction::Pause => self.queue.set_paused(&name, true).await,
-            pb::BatchAction::Resume => self.queue.set_paused(&name, false).await,
-            pb::BatchAction::Stop => self.queue.stop_batch(&name).await,
-            pb::BatchAction::Delete => {
+            BatchAction::Pause => self.queue.set_paused(&name, true).await,
+            BatchAction::Resume => self.queue.set_paused(&name, false).await,
+            BatchAction::Stop => self.queue.stop_batch(&name).await,
+            BatchAction::Delete => {
                 let before = self.queue.batch(&name).map_err(status_of)?;
                 self.queue.delete_batch(&name).await.map(|()| before)
-            }
-            pb::BatchAction::Unspecified => {
-                return Err(Status::invalid_argument("no batch action given"));
             }
         }
         .map_err(status_of)?;
@@ -322,10 +333,6 @@ async fn follow_log(
     sender: mpsc::Sender<Result<pb::LogChunk, Status>>,
 ) {
     let mut offset = 0u64;
-    let pb_stream = match stream {
-        LogStream::Stdout => pb::LogStream::Stdout,
-        LogStream::Stderr => pb::LogStream::Stderr,
-    };
     loop {
         // Decide before reading: if it was finished before this read, the read sees everything.
         let finished = !follow || attempt_finished(&queue, task_id, attempt);
@@ -348,13 +355,13 @@ async fn follow_log(
                 break;
             }
             offset += data.len() as u64;
-            let chunk = pb::LogChunk {
-                task_id: task_id.0,
+            let chunk = LogChunk {
+                task_id,
                 attempt,
-                stream: pb_stream.into(),
+                stream,
                 data,
             };
-            if sender.send(Ok(chunk)).await.is_err() {
+            if sender.send(Ok(pb::LogChunk::from(chunk))).await.is_err() {
                 return;
             }
         }
@@ -385,69 +392,6 @@ impl WorkersService {
     }
 }
 
-fn hello_from(hello: pb::Hello) -> Result<WorkerHello, Status> {
-    let batch = if hello.batch.is_empty() {
-        BatchName::default_batch()
-    } else {
-        batch_name(&hello.batch)?
-    };
-    let tasks = hello
-        .tasks
-        .into_iter()
-        .map(TaskReport::try_from)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(invalid)?;
-    Ok(WorkerHello {
-        worker_id: hello.worker_id.map(WorkerId),
-        name: hello.name,
-        batch,
-        concurrency: hello.concurrency,
-        prefetch: hello.prefetch,
-        docker: hello.docker,
-        allow_privileged: hello.allow_privileged,
-        cores: hello.cores,
-        memory_bytes: hello.memory_bytes,
-        version: hello.version,
-        tasks,
-    })
-}
-
-fn to_pb(message: ToWorker) -> pb::ServerMessage {
-    let kind = match message {
-        ToWorker::Welcome {
-            worker_id,
-            heartbeat_interval,
-        } => server_message::Kind::Welcome(pb::Welcome {
-            worker_id: worker_id.0,
-            heartbeat_interval_ms: heartbeat_interval.as_millis() as u64,
-        }),
-        ToWorker::Assign {
-            task_id,
-            attempt,
-            spec,
-        } => server_message::Kind::Assign(pb::Assign {
-            task_id: task_id.0,
-            attempt,
-            spec: Some(pb::TaskSpec::from(spec.as_ref())),
-        }),
-        ToWorker::Cancel {
-            task_id,
-            attempt,
-            reason,
-        } => server_message::Kind::Cancel(pb::Cancel {
-            task_id: task_id.0,
-            attempt,
-            reason,
-        }),
-        ToWorker::Ack { task_id, attempt } => server_message::Kind::Ack(pb::Ack {
-            task_id: task_id.0,
-            attempt,
-        }),
-        ToWorker::Shutdown { reason } => server_message::Kind::Shutdown(pb::Shutdown { reason }),
-    };
-    pb::ServerMessage { kind: Some(kind) }
-}
-
 #[tonic::async_trait]
 impl pb::workers_server::Workers for WorkersService {
     type SessionStream = BoxStream<pb::ServerMessage>;
@@ -460,13 +404,14 @@ impl pb::workers_server::Workers for WorkersService {
         let first = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("the stream closed before the worker said hello")
         })?;
-        let hello = match first.kind {
-            Some(worker_message::Kind::Hello(hello)) => hello_from(hello)?,
-            _ => {
+        let hello = match FromWorker::try_from(first) {
+            Ok(FromWorker::Hello(hello)) => hello,
+            Ok(_) => {
                 return Err(Status::invalid_argument(
                     "the first message of a worker session must be a hello",
                 ));
             }
+            Err(error) => return Err(invalid(error)),
         };
         let (sender, receiver) = mpsc::unbounded_channel();
         let (worker_id, serial) = self.queue.connect(hello, sender).map_err(status_of)?;
@@ -481,60 +426,50 @@ impl pb::workers_server::Workers for WorkersService {
                         break;
                     }
                 };
-                match message.kind {
-                    Some(worker_message::Kind::Update(update)) => {
-                        match TaskReport::try_from(update) {
-                            Ok(report) => queue.report(worker_id, serial, vec![report]),
-                            Err(error) => warn!(%worker_id, %error, "invalid task update ignored"),
-                        }
-                    }
-                    Some(worker_message::Kind::Updates(batch)) => {
-                        let reports = batch
-                            .updates
-                            .into_iter()
-                            .filter_map(|update| match TaskReport::try_from(update) {
-                                Ok(report) => Some(report),
-                                Err(error) => {
-                                    warn!(%worker_id, %error, "invalid task update ignored");
-                                    None
-                                }
-                            })
-                            .collect();
-                        queue.report(worker_id, serial, reports);
-                    }
-                    Some(worker_message::Kind::Log(chunk)) => {
-                        let stream = if chunk.stream == i32::from(pb::LogStream::Stderr) {
-                            LogStream::Stderr
-                        } else {
-                            LogStream::Stdout
-                        };
-                        queue.append_log(
-                            worker_id,
-                            serial,
-                            TaskId(chunk.task_id),
-                            chunk.attempt,
-                            stream,
-                            &chunk.data,
-                        );
-                    }
-                    Some(worker_message::Kind::Heartbeat(_)) => {
+                match FromWorker::try_from(message) {
+                    Ok(FromWorker::Reports(reports)) => queue.report(worker_id, serial, reports),
+                    Ok(FromWorker::Log(chunk)) => queue.append_log(worker_id, serial, &chunk),
+                    Ok(FromWorker::Heartbeat) => {
                         if !queue.heartbeat(worker_id, serial) {
                             break;
                         }
                     }
-                    Some(worker_message::Kind::Hello(_)) | None => {
-                        warn!(%worker_id, "unexpected message on a worker session ignored");
+                    Ok(FromWorker::Hello(_)) => {
+                        warn!(%worker_id, "a second hello on a worker session ignored");
+                    }
+                    // A log chunk of an unknown stream is refused here, never read as stdout.
+                    Err(error) => {
+                        warn!(%worker_id, %error, "invalid message from a worker ignored")
                     }
                 }
             }
             queue.disconnect(worker_id, serial);
         });
-        let outbound = UnboundedReceiverStream::new(receiver).map(|message| Ok(to_pb(message)));
+        let outbound = UnboundedReceiverStream::new(receiver)
+            .map(|message| Ok(pb::ServerMessage::from(&message)));
         Ok(Response::new(Box::pin(outbound)))
     }
 }
 
-/// Parses the `state` filter of a task listing.
-pub fn parse_state(text: &str) -> Result<TaskState, herd_proto::Error> {
-    text.parse()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    #[test]
+    fn statuses_carry_the_cause_of_a_database_failure() {
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let error = Error::Store(StoreError::Unavailable(sqlx::Error::Io(refused)));
+        let status = status_of(error);
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(
+            status
+                .message()
+                .starts_with("the database is unavailable: ")
+                && status.message().contains("connection refused"),
+            "{}",
+            status.message()
+        );
+    }
 }

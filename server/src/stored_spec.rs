@@ -10,11 +10,21 @@ pub fn encode(spec: &TaskSpec) -> String {
     serde_json::to_string(&spec.to_request()).expect("a spec always serializes")
 }
 
+/// Why a stored value cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not the JSON herd writes.
+    #[error("not valid JSON")]
+    Json(#[from] serde_json::Error),
+    /// Valid JSON, but not a valid task any more.
+    #[error("not a valid task")]
+    Invalid(#[from] herd_proto::Error),
+}
+
 /// Decodes and re-validates a stored specification.
-pub fn decode(text: &str) -> Result<TaskSpec, String> {
-    let request: TaskRequest =
-        serde_json::from_str(text).map_err(|error| format!("spec is not valid JSON: {error}"))?;
-    TaskSpec::new(request).map_err(|error| error.to_string())
+pub fn decode(text: &str) -> Result<TaskSpec, DecodeError> {
+    let request: TaskRequest = serde_json::from_str(text)?;
+    Ok(TaskSpec::new(request)?)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -58,12 +68,11 @@ pub fn encode_transfers(transfers: &[Transfer]) -> String {
 }
 
 /// Decodes an attempt's transfers.
-pub fn decode_transfers(text: &str) -> Result<Vec<Transfer>, String> {
+pub fn decode_transfers(text: &str) -> Result<Vec<Transfer>, DecodeError> {
     if text.is_empty() {
         return Ok(Vec::new());
     }
-    let stored: Vec<StoredTransfer> = serde_json::from_str(text)
-        .map_err(|error| format!("transfers are not valid JSON: {error}"))?;
+    let stored: Vec<StoredTransfer> = serde_json::from_str(text)?;
     Ok(stored
         .into_iter()
         .map(|transfer| Transfer {

@@ -1,6 +1,6 @@
 //! Group commit: every change is durable before anything depends on it.
 //!
-//! A mutation of the queue state records which rows it touched (a [`Dirty`] set) and what
+//! A mutation of the queue state records which rows it touched (a [`Dirty`](super::change::Dirty) set) and what
 //! must happen only once those rows are durable (its [`Effect`]s: messages to workers, events
 //! for watchers). It pushes both to the journal while it still holds the state lock, so
 //! journal order is mutation order. The writer task takes every entry waiting, builds one
@@ -19,84 +19,13 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use herd_proto::{BatchName, TaskId, WorkerId};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tracing::{debug, error, warn};
 
-use super::{Event, Shared, ToWorker};
+use super::Shared;
+use super::change::{Change, Effect};
 use crate::store::{Store, WriteSet};
-
-/// Keys of rows a change touched.
-#[derive(Debug, Default)]
-pub(crate) struct Dirty {
-    pub tasks: Vec<TaskId>,
-    pub attempts: Vec<(TaskId, u32)>,
-    pub batches: Vec<BatchName>,
-    pub workers: Vec<WorkerId>,
-    pub counters: bool,
-}
-
-impl Dirty {
-    fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
-            && self.attempts.is_empty()
-            && self.batches.is_empty()
-            && self.workers.is_empty()
-            && !self.counters
-    }
-}
-
-/// Something to do once a change is durable.
-#[derive(Debug)]
-pub(crate) enum Effect {
-    /// A message to a worker, through the connection that was current at the change.
-    Send(mpsc::UnboundedSender<ToWorker>, ToWorker),
-    /// Tell watchers.
-    Notify(Event),
-    /// Remove a task's log directory.
-    RemoveLogs(TaskId),
-}
-
-/// A change: the rows it touched and what follows from it.
-#[derive(Debug, Default)]
-pub(crate) struct Change {
-    pub dirty: Dirty,
-    pub effects: Vec<Effect>,
-}
-
-impl Change {
-    pub fn task(&mut self, id: TaskId) {
-        self.dirty.tasks.push(id);
-    }
-
-    pub fn attempt(&mut self, id: TaskId, number: u32) {
-        self.dirty.attempts.push((id, number));
-    }
-
-    pub fn batch(&mut self, name: &BatchName) {
-        self.dirty.batches.push(name.clone());
-    }
-
-    pub fn worker(&mut self, id: WorkerId) {
-        self.dirty.workers.push(id);
-    }
-
-    pub fn counters(&mut self) {
-        self.dirty.counters = true;
-    }
-
-    pub fn send(&mut self, sender: &mpsc::UnboundedSender<ToWorker>, message: ToWorker) {
-        self.effects.push(Effect::Send(sender.clone(), message));
-    }
-
-    pub fn notify(&mut self, event: Event) {
-        self.effects.push(Effect::Notify(event));
-    }
-
-    pub fn remove_logs(&mut self, id: TaskId) {
-        self.effects.push(Effect::RemoveLogs(id));
-    }
-}
 
 struct Entry {
     sequence: u64,
@@ -109,7 +38,8 @@ const LAZY_DELAY: Duration = Duration::from_millis(25);
 
 /// The sending half, owned by the queue.
 pub(crate) struct Journal {
-    sender: mpsc::UnboundedSender<Entry>,
+    /// `None` once closed: the writer then finishes what it has and stops.
+    sender: Option<mpsc::UnboundedSender<Entry>>,
     next_sequence: u64,
     committed: watch::Receiver<u64>,
 }
@@ -118,19 +48,17 @@ pub(crate) struct Journal {
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Journal {
-    /// Starts the writer task; it ends when the journal is dropped and every entry is written.
+    /// Starts the writer task; it ends when the journal is closed (or dropped) and every
+    /// entry pushed before is committed, so awaiting its handle waits for the last commit.
     ///
     /// The writer holds the queue weakly: dropping the queue drops the journal's sender, and
     /// the writer finishes what it has and stops.
-    pub fn start(
-        store: Arc<dyn Store>,
-        shared: Weak<Shared>,
-    ) -> (Journal, tokio::task::JoinHandle<()>) {
+    pub fn start(store: Arc<dyn Store>, shared: Weak<Shared>) -> (Journal, JoinHandle<()>) {
         let (sender, receiver) = mpsc::unbounded_channel();
         let (committed_sender, committed) = watch::channel(0);
         let writer = tokio::spawn(write_loop(store, shared, receiver, committed_sender));
         let journal = Journal {
-            sender,
+            sender: Some(sender),
             next_sequence: 1,
             committed,
         };
@@ -141,28 +69,36 @@ impl Journal {
     /// and no effect (nothing to wait for). A change pushed as `lazy` that sends nothing to a
     /// worker may wait [`LAZY_DELAY`] to be committed: nobody may wait for its sequence number.
     pub fn push(&mut self, change: Change, lazy: bool) -> Option<u64> {
-        if change.dirty.is_empty() && change.effects.is_empty() {
+        if change.is_empty() {
             return None;
         }
-        let lazy = lazy
-            && !change
-                .effects
-                .iter()
-                .any(|effect| matches!(effect, Effect::Send(..)));
+        let lazy = lazy && !change.effects.iter().any(Effect::reaches_a_worker);
         let sequence = self.next_sequence;
         self.next_sequence += 1;
-        if self
+        let entry = Entry {
+            sequence,
+            change,
+            lazy,
+        };
+        let sent = self
             .sender
-            .send(Entry {
-                sequence,
-                change,
-                lazy,
-            })
-            .is_err()
-        {
-            warn!("journal writer has stopped; change not persisted");
+            .as_ref()
+            .is_some_and(|sender| sender.send(entry).is_ok());
+        if !sent {
+            warn!("the journal is closed; change not persisted");
         }
         Some(sequence)
+    }
+
+    /// The sequence number of the last change pushed.
+    #[cfg(test)]
+    pub fn pushed(&self) -> u64 {
+        self.next_sequence - 1
+    }
+
+    /// Accepts no more changes: the writer commits what it has, runs its effects, and stops.
+    pub fn close(&mut self) {
+        self.sender = None;
     }
 
     /// A receiver of the last committed sequence number.
@@ -220,14 +156,10 @@ async fn write_loop(
             "journal group committed"
         );
         committed.send_replace(last_sequence);
-        let queue = shared.upgrade();
-        for entry in entries.drain(..) {
-            for effect in entry.change.effects {
-                if let Some(queue) = &queue {
-                    queue.run_effect(effect);
-                }
-            }
+        if let Some(queue) = shared.upgrade() {
+            queue.run_effects(entries.drain(..).flat_map(|entry| entry.change.effects));
         }
+        entries.clear();
     }
 }
 
@@ -245,7 +177,8 @@ fn collect_writes(shared: &Shared, entries: &[Entry]) -> WriteSet {
         workers.extend(dirty.workers.iter().copied());
         counters |= dirty.counters;
     }
-    let state = shared.lock();
+    let locked = shared.lock();
+    let state = &locked.state;
     let mut writes = WriteSet::default();
     for id in tasks {
         match state.task_row(id) {

@@ -1,28 +1,45 @@
 //! The queue: scheduling state in memory, every acknowledged change durable first.
 //!
 //! No tonic and no SQL here: the gRPC service converts messages and calls [`Queue`]; the
-//! [`Store`] is reached only through the journal. Every mutation takes the state lock, changes
-//! the state, records the rows it touched and its effects in the journal, and releases the
-//! lock; answers that promise durability (a submit, a kill...) wait for the journal's commit.
+//! [`Store`] is reached only through the journal. Every mutation takes the lock, runs one
+//! event through the pure state machine (`state/`), pushes the [`Change`] it produced (row
+//! keys and effects) to the journal, and releases the lock; answers that promise durability (a
+//! submit, a kill...) wait for the journal's commit.
+//!
+//! Layout: `state/` (the state machine: decisions only), `change.rs` (what a decision
+//! produces), `journal.rs` (group commit, then the effects), this file (the [`Queue`]: the
+//! lock, the journal, the live worker connections, the reaper, shutdown).
+//!
+//! The state addresses messages to a connection serial; the queue keeps the serial → sender
+//! map. A sender is registered before its welcome is journaled and dropped by the state's
+//! hangup effect, after everything journaled before it was sent, so nothing reaches a worker
+//! before its commit and nothing is lost to a race with a reconnection.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use herd_proto::session::{Hello, LogChunk, ToWorker};
 use herd_proto::view::{BatchView, TaskView, WorkerView};
-use herd_proto::{BatchName, Reason, TaskId, TaskSpec, TaskState, WorkerId};
-use tokio::sync::{broadcast, mpsc};
+use herd_proto::{BatchName, Reason, TaskId, TaskReport, TaskSpec, TaskState, WorkerId};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::logs::{LogStore, LogStream};
-use crate::store::{Store, StoreError};
+use crate::Error;
+use crate::logs::LogStore;
+use crate::store::Store;
 use crate::stored_spec;
 
+mod change;
 mod journal;
 mod state;
 
-use journal::{Change, Effect, Journal, wait_durable};
-use state::State;
+use change::{Change, Effect};
+use journal::{Journal, wait_durable};
+use state::{State, SystemClock};
 
 /// Something watchers may want to look at again.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,104 +50,6 @@ pub enum Event {
     Batch(BatchName),
     /// A task printed something.
     Log(TaskId),
-}
-
-/// A message for one worker.
-#[derive(Debug, Clone)]
-pub enum ToWorker {
-    /// The answer to a worker's hello.
-    Welcome {
-        /// The worker's identity, to give back when reconnecting.
-        worker_id: WorkerId,
-        /// How often the worker must show it is alive.
-        heartbeat_interval: Duration,
-    },
-    /// Run this attempt.
-    Assign {
-        /// The task.
-        task_id: TaskId,
-        /// The attempt number.
-        attempt: u32,
-        /// What to run.
-        spec: Arc<TaskSpec>,
-    },
-    /// Stop this attempt and forget it.
-    Cancel {
-        /// The task.
-        task_id: TaskId,
-        /// The attempt.
-        attempt: u32,
-        /// Why.
-        reason: String,
-    },
-    /// The attempt's final report is durable.
-    Ack {
-        /// The task.
-        task_id: TaskId,
-        /// The attempt.
-        attempt: u32,
-    },
-    /// The worker was deleted: exit.
-    Shutdown {
-        /// Why.
-        reason: String,
-    },
-}
-
-/// A worker's report about one task attempt.
-pub type WorkerReport = herd_proto::TaskReport;
-
-/// What a worker says when it (re)connects.
-#[derive(Debug, Clone)]
-pub struct WorkerHello {
-    /// Its identity from an earlier connection.
-    pub worker_id: Option<WorkerId>,
-    /// Its name.
-    pub name: String,
-    /// The batch it serves.
-    pub batch: BatchName,
-    /// Slots.
-    pub concurrency: u32,
-    /// Extra tasks to stage ahead.
-    pub prefetch: u32,
-    /// Runs Docker tasks.
-    pub docker: bool,
-    /// Runs privileged Docker tasks.
-    pub allow_privileged: bool,
-    /// Host cores.
-    pub cores: u32,
-    /// Host memory.
-    pub memory_bytes: u64,
-    /// herd version.
-    pub version: String,
-    /// Every task it holds, with its latest state.
-    pub tasks: Vec<WorkerReport>,
-}
-
-/// What can go wrong with a queue operation.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    /// No such task.
-    #[error("task {0} does not exist; `herd task list` shows the tasks")]
-    TaskNotFound(TaskId),
-    /// No such batch.
-    #[error("batch `{0}` does not exist; `herd batch list` shows the batches")]
-    BatchNotFound(BatchName),
-    /// No such worker.
-    #[error("worker {0} does not exist; `herd worker list` shows the workers")]
-    WorkerNotFound(WorkerId),
-    /// The operation does not apply to the current state.
-    #[error("{0}")]
-    InvalidState(String),
-    /// A value was refused.
-    #[error(transparent)]
-    Invalid(#[from] herd_proto::Error),
-    /// The store failed at start-up.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The server is shutting down.
-    #[error("the server is shutting down; try again when it is back")]
-    ShuttingDown,
 }
 
 /// Timing settings of the queue.
@@ -151,29 +70,62 @@ impl Default for QueueConfig {
     }
 }
 
+/// What the lock guards: the state, and the journal, so that journal order is mutation order.
+pub(crate) struct Locked {
+    pub state: State,
+    pub journal: Journal,
+}
+
+/// The sending half of a worker connection's stream.
+type Sender = mpsc::UnboundedSender<ToWorker>;
+
 pub(crate) struct Shared {
-    state: Mutex<State>,
+    locked: Mutex<Locked>,
+    /// Live worker connections by serial. Inserted at connect, before the welcome is
+    /// journaled; removed by the state's hangups, after the messages before them were sent.
+    connections: Mutex<HashMap<u64, Sender>>,
     events: broadcast::Sender<Event>,
     logs: LogStore,
 }
 
 impl Shared {
-    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Locked> {
+        self.locked
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub(crate) fn run_effect(&self, effect: Effect) {
-        match effect {
-            Effect::Send(sender, message) => {
-                // A closed connection: the worker reconciles when it comes back.
-                let _ = sender.send(message);
+    fn connections(&self) -> MutexGuard<'_, HashMap<u64, Sender>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs the effects of committed changes, in order. The connections are locked once for
+    /// the whole group, not once a message.
+    pub(crate) fn run_effects(&self, effects: impl Iterator<Item = Effect>) {
+        let mut connections = None;
+        for effect in effects {
+            match effect {
+                Effect::Send(address, message) => {
+                    let connections = connections.get_or_insert_with(|| self.connections());
+                    if let Some(sender) = connections.get(&address.serial) {
+                        // A closed connection: the worker reconciles when it comes back.
+                        let _ = sender.send(message);
+                    }
+                }
+                Effect::Hangup(address) => {
+                    let connections = connections.get_or_insert_with(|| self.connections());
+                    connections.remove(&address.serial);
+                }
+                Effect::Notify(event) => {
+                    let _ = self.events.send(event);
+                }
+                Effect::RemoveLogs(task_id) => {
+                    connections = None;
+                    self.logs.remove(task_id);
+                }
             }
-            Effect::Notify(event) => {
-                let _ = self.events.send(event);
-            }
-            Effect::RemoveLogs(task_id) => self.logs.remove(task_id),
         }
     }
 }
@@ -181,61 +133,87 @@ impl Shared {
 /// The queue. Cheap to share (`Arc<Queue>`).
 pub struct Queue {
     shared: Arc<Shared>,
-    committed: tokio::sync::watch::Receiver<u64>,
+    committed: watch::Receiver<u64>,
     config: QueueConfig,
     closing: CancellationToken,
+    next_connection: AtomicU64,
+    /// The journal's writer, awaited by [`Queue::shutdown`].
+    writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Queue {
-    /// Loads the store's content and starts the journal writer.
+    /// Loads the store's content and starts the journal writer. Rows a crash left
+    /// inconsistent are repaired (see `state/rows.rs`), durably, before this returns.
     pub async fn open(
         store: Arc<dyn Store>,
         logs: LogStore,
         config: QueueConfig,
-    ) -> Result<Arc<Queue>, QueueError> {
+    ) -> Result<Arc<Queue>, Error> {
         let snapshot = store.load().await?;
+        let mut state = State::new(Box::new(SystemClock));
+        let mut repairs = Change::default();
+        state.restore(snapshot, &mut repairs)?;
+        info!(
+            tasks = state.tasks.len(),
+            batches = state.batches.len(),
+            workers = state.workers.len(),
+            store = %store.describe(),
+            "queue loaded"
+        );
         let (events, _) = broadcast::channel(4096);
-        let mut restore_error = None;
+        let mut writer = None;
         let mut committed = None;
         let shared = Arc::new_cyclic(|weak| {
-            let (journal, _writer) = Journal::start(store.clone(), weak.clone());
+            let (journal, handle) = Journal::start(store.clone(), weak.clone());
             committed = Some(journal.committed());
-            let mut state = State::new(journal);
-            if let Err(error) = state.restore(snapshot) {
-                restore_error = Some(error);
-            }
+            writer = Some(handle);
             Shared {
-                state: Mutex::new(state),
+                locked: Mutex::new(Locked { state, journal }),
+                connections: Mutex::new(HashMap::new()),
                 events,
                 logs,
             }
         });
-        if let Some(error) = restore_error {
-            return Err(error.into());
-        }
-        {
-            let state = shared.lock();
-            info!(
-                tasks = state.tasks.len(),
-                batches = state.batches.len(),
-                workers = state.workers.len(),
-                store = %store.describe(),
-                "queue loaded"
-            );
-        }
-        Ok(Arc::new(Queue {
+        let queue = Arc::new(Queue {
             shared,
             committed: committed.expect("set by new_cyclic"),
             config,
             closing: CancellationToken::new(),
-        }))
+            next_connection: AtomicU64::new(1),
+            writer: Mutex::new(writer),
+        });
+        if !repairs.is_empty() {
+            warn!("tasks left active by an interrupted server were queued again");
+            let sequence = queue.shared.lock().journal.push(repairs, false);
+            if let Some(sequence) = sequence {
+                wait_durable(queue.committed.clone(), sequence).await;
+            }
+        }
+        Ok(queue)
     }
 
     /// Ends every worker session and every watch stream, so that a graceful shutdown of the
     /// gRPC server does not wait for streams that would never end. Workers reconnect.
     pub fn close(&self) {
         self.closing.cancel();
-        self.shared.lock().close_sessions();
+        self.shared.lock().state.close_sessions();
+        self.shared.connections().clear();
+    }
+
+    /// Closes the journal and waits until everything pushed before is committed (and its
+    /// effects run). Call it last: later changes are refused with [`Error::ShuttingDown`].
+    pub async fn shutdown(&self) {
+        self.shared.lock().journal.close();
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(writer) = writer
+            && let Err(error) = writer.await
+        {
+            warn!(%error, "the journal writer failed");
+        }
     }
 
     /// Fires when the queue is closing: long-lived streams end then.
@@ -252,8 +230,8 @@ impl Queue {
     /// the sequence number to wait for.
     fn mutate<T>(
         &self,
-        mutation: impl FnOnce(&mut State, &mut Change) -> Result<T, QueueError>,
-    ) -> (Result<T, QueueError>, Option<u64>) {
+        mutation: impl FnOnce(&mut State, &mut Change) -> Result<T, Error>,
+    ) -> (Result<T, Error>, Option<u64>) {
         self.mutate_with(false, mutation)
     }
 
@@ -262,31 +240,31 @@ impl Queue {
     fn mutate_with<T>(
         &self,
         lazy: bool,
-        mutation: impl FnOnce(&mut State, &mut Change) -> Result<T, QueueError>,
-    ) -> (Result<T, QueueError>, Option<u64>) {
-        let mut state = self.shared.lock();
+        mutation: impl FnOnce(&mut State, &mut Change) -> Result<T, Error>,
+    ) -> (Result<T, Error>, Option<u64>) {
+        let mut locked = self.shared.lock();
         let mut change = Change::default();
-        let result = mutation(&mut state, &mut change);
-        let sequence = state.journal.push(change, lazy);
+        let result = mutation(&mut locked.state, &mut change);
+        let sequence = locked.journal.push(change, lazy);
         (result, sequence.filter(|_| !lazy))
     }
 
     /// Like [`Queue::mutate`], and answers only once the change is durable.
     async fn mutate_durably<T>(
         &self,
-        mutation: impl FnOnce(&mut State, &mut Change) -> Result<T, QueueError>,
-    ) -> Result<T, QueueError> {
+        mutation: impl FnOnce(&mut State, &mut Change) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let (result, sequence) = self.mutate(mutation);
         if let Some(sequence) = sequence
             && !wait_durable(self.committed.clone(), sequence).await
         {
-            return Err(QueueError::ShuttingDown);
+            return Err(Error::ShuttingDown);
         }
         result
     }
 
     /// Queues tasks; all of them are durable when this returns.
-    pub async fn submit(&self, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, QueueError> {
+    pub async fn submit(&self, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, Error> {
         let started = std::time::Instant::now();
         let count = specs.len();
         // Encoding happens outside the lock.
@@ -311,8 +289,8 @@ impl Queue {
     }
 
     /// One task.
-    pub fn task(&self, id: TaskId) -> Result<TaskView, QueueError> {
-        self.shared.lock().task_view(id)
+    pub fn task(&self, id: TaskId) -> Result<TaskView, Error> {
+        self.shared.lock().state.task_view(id)
     }
 
     /// Tasks, oldest first, optionally filtered; `limit` 0 means all.
@@ -322,73 +300,70 @@ impl Queue {
         state: Option<TaskState>,
         limit: usize,
     ) -> Vec<TaskView> {
-        self.shared.lock().list_tasks(batch, state, limit)
+        self.shared.lock().state.list_tasks(batch, state, limit)
     }
 
     /// Kills a task (cancels it if pending).
-    pub async fn kill(&self, id: TaskId) -> Result<TaskView, QueueError> {
+    pub async fn kill(&self, id: TaskId) -> Result<TaskView, Error> {
         self.mutate_durably(|state, change| state.cancel(id, Reason::Killed, change))
             .await?;
         self.task(id)
     }
 
     /// Queues a finished task again.
-    pub async fn retry(&self, id: TaskId) -> Result<TaskView, QueueError> {
+    pub async fn retry(&self, id: TaskId) -> Result<TaskView, Error> {
         self.mutate_durably(|state, change| state.retry(id, change))
             .await?;
         self.task(id)
     }
 
     /// Deletes a task and its logs, killing it first if needed.
-    pub async fn delete_task(&self, id: TaskId) -> Result<(), QueueError> {
+    pub async fn delete_task(&self, id: TaskId) -> Result<(), Error> {
         self.mutate_durably(|state, change| state.delete_task(id, change))
             .await
     }
 
     /// Every batch with its counts.
     pub fn batches(&self) -> Vec<BatchView> {
-        self.shared.lock().list_batches()
+        self.shared.lock().state.list_batches()
     }
 
     /// One batch.
-    pub fn batch(&self, name: &BatchName) -> Result<BatchView, QueueError> {
+    pub fn batch(&self, name: &BatchName) -> Result<BatchView, Error> {
         self.shared
             .lock()
+            .state
             .batch_view(name)
-            .ok_or_else(|| QueueError::BatchNotFound(name.clone()))
+            .ok_or_else(|| Error::BatchNotFound(name.clone()))
     }
 
     /// Pauses or resumes a batch.
-    pub async fn set_paused(
-        &self,
-        name: &BatchName,
-        paused: bool,
-    ) -> Result<BatchView, QueueError> {
+    pub async fn set_paused(&self, name: &BatchName, paused: bool) -> Result<BatchView, Error> {
         self.mutate_durably(|state, change| state.set_paused(name, paused, change))
             .await?;
         self.batch(name)
     }
 
     /// Cancels every unfinished task of a batch.
-    pub async fn stop_batch(&self, name: &BatchName) -> Result<BatchView, QueueError> {
+    pub async fn stop_batch(&self, name: &BatchName) -> Result<BatchView, Error> {
         self.mutate_durably(|state, change| state.stop_batch(name, change))
             .await?;
         self.batch(name)
     }
 
     /// Deletes a batch and all its tasks.
-    pub async fn delete_batch(&self, name: &BatchName) -> Result<(), QueueError> {
+    pub async fn delete_batch(&self, name: &BatchName) -> Result<(), Error> {
         self.mutate_durably(|state, change| state.delete_batch(name, change))
             .await
     }
 
     /// Every worker the server knows.
     pub fn workers(&self) -> Vec<WorkerView> {
-        self.shared.lock().worker_views()
+        self.shared.lock().state.worker_views()
     }
 
     /// Forgets a worker (telling it to exit if connected); its tasks get a new attempt.
-    pub async fn delete_worker(&self, id: WorkerId) -> Result<(), QueueError> {
+    pub async fn delete_worker(&self, id: WorkerId) -> Result<(), Error> {
         self.mutate_durably(|state, change| state.delete_worker(id, change))
             .await
     }
@@ -407,11 +382,7 @@ impl Queue {
 
     /// A worker connects; messages for it go to `sender` (the welcome first). Returns its id
     /// and the serial number of this connection.
-    pub fn connect(
-        &self,
-        hello: WorkerHello,
-        sender: mpsc::UnboundedSender<ToWorker>,
-    ) -> Result<(WorkerId, u64), QueueError> {
+    pub fn connect(&self, hello: Hello, sender: Sender) -> Result<(WorkerId, u64), Error> {
         if hello.concurrency == 0 {
             return Err(herd_proto::Error::invalid(
                 "concurrency",
@@ -419,17 +390,23 @@ impl Queue {
             )
             .into());
         }
+        if self.closing.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
         let interval = self.config.heartbeat_interval;
+        let serial = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        // Known before the welcome is journaled, so the writer finds it.
+        self.shared.connections().insert(serial, sender);
         let (result, _) =
-            self.mutate(|state, change| Ok(state.connect(hello, sender, interval, change)));
-        let (worker_id, serial) = result?;
+            self.mutate(|state, change| Ok(state.connect(hello, serial, interval, change)));
+        let worker_id = result?;
         info!(%worker_id, serial, "worker connected");
         Ok((worker_id, serial))
     }
 
     /// Reports from a worker's connection `serial`, in order, applied at once; ignored if that
     /// connection was replaced.
-    pub fn report(&self, worker_id: WorkerId, serial: u64, reports: Vec<WorkerReport>) {
+    pub fn report(&self, worker_id: WorkerId, serial: u64, reports: Vec<TaskReport>) {
         let terminal: Vec<(TaskId, u32)> = reports
             .iter()
             .filter(|report| report.state.is_terminal())
@@ -451,26 +428,25 @@ impl Queue {
 
     /// A heartbeat; false if the connection is no longer the worker's current one.
     pub fn heartbeat(&self, worker_id: WorkerId, serial: u64) -> bool {
-        self.shared.lock().touch(worker_id, serial)
+        self.shared.lock().state.touch(worker_id, serial)
     }
 
     /// Log output from a worker; dropped if the task or attempt is unknown.
-    pub fn append_log(
-        &self,
-        worker_id: WorkerId,
-        serial: u64,
-        task_id: TaskId,
-        attempt: u32,
-        stream: LogStream,
-        data: &[u8],
-    ) {
+    pub fn append_log(&self, worker_id: WorkerId, serial: u64, chunk: &LogChunk) {
+        let LogChunk {
+            task_id, attempt, ..
+        } = *chunk;
         {
-            let mut state = self.shared.lock();
+            let state = &mut self.shared.lock().state;
             if !state.touch(worker_id, serial) || !state.log_allowed(task_id, attempt) {
                 return;
             }
         }
-        if let Err(error) = self.shared.logs.append(task_id, attempt, stream, data) {
+        if let Err(error) = self
+            .shared
+            .logs
+            .append(task_id, attempt, chunk.stream, &chunk.data)
+        {
             warn!(%task_id, attempt, %error, "cannot write task log");
             return;
         }
@@ -513,3 +489,6 @@ impl Queue {
         })
     }
 }
+
+#[cfg(test)]
+mod durability_tests;

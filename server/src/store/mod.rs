@@ -24,7 +24,7 @@ pub struct TaskRow {
     pub batch: String,
     /// Optional task name.
     pub name: Option<String>,
-    /// The task specification, JSON (`herd_proto::pb::TaskSpec` fields), immutable.
+    /// The task specification: the JSON of its `herd_proto::TaskRequest`, immutable.
     pub spec: String,
     /// Lowercase task state.
     pub state: String,
@@ -168,7 +168,8 @@ impl WriteSet {
     }
 }
 
-/// What went wrong with the database.
+/// What went wrong with the database. Messages say what failed; the cause is the `source`
+/// (see [`crate::chain`]).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database URL is not one herd can use.
@@ -180,17 +181,36 @@ pub enum StoreError {
         message: String,
     },
     /// The database cannot be reached (connection refused, pool closed, I/O error).
-    #[error("database unavailable: {0}")]
+    #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
     /// Migrating the schema failed.
-    #[error("database migration failed: {0}")]
+    #[error("the database migration failed")]
     Migration(#[source] sqlx::migrate::MigrateError),
     /// A stored value could not be decoded.
-    #[error("corrupt row in the database: {0}")]
-    Corrupt(String),
+    #[error("corrupt {what} in the database; repair or remove it, or restore a backup")]
+    Corrupt {
+        /// Which row (and column), e.g. `task row 12, column spec`.
+        what: String,
+        /// What is wrong with it.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Any other database error.
-    #[error("database error: {0}")]
+    #[error("the database refused a statement")]
     Database(#[source] sqlx::Error),
+}
+
+impl StoreError {
+    /// A value of row `what` that cannot be read, for `source`.
+    pub fn corrupt(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> StoreError {
+        StoreError::Corrupt {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
 }
 
 /// The durable side of the queue. Implemented by [`SqlStore`] (SQLite and PostgreSQL).

@@ -1,0 +1,111 @@
+//! herd-server's one error type, [`Error`], and [`chain`], which renders an error with its
+//! causes for a user.
+//!
+//! The store's failures keep their own kinds ([`StoreError`], mapped from sqlx in exactly one
+//! place, `StoreError::from_sqlx`) and reach callers inside [`Error::Store`], sources intact.
+//! Messages name what failed and what to do, never their cause: the cause is the `source`,
+//! and [`chain`] (used by the service's one mapping to gRPC statuses, and by `anyhow`'s `{:#}`
+//! in the binary) appends it, so each cause is shown once.
+
+use std::path::PathBuf;
+
+use herd_proto::{BatchName, TaskId, TaskState, WorkerId};
+
+use crate::store::StoreError;
+
+/// What can go wrong in the server: a refused request, the database, start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No such task.
+    #[error("task {0} does not exist; `herd task list` shows the tasks")]
+    TaskNotFound(TaskId),
+    /// No such batch.
+    #[error("batch `{0}` does not exist; `herd batch list` shows the batches")]
+    BatchNotFound(BatchName),
+    /// No such worker.
+    #[error("worker {0} does not exist; `herd worker list` shows the workers")]
+    WorkerNotFound(WorkerId),
+    /// A kill of a task that has already finished.
+    #[error("task {task_id} has already {}; nothing to kill", finished(*state))]
+    AlreadyFinished {
+        /// The task.
+        task_id: TaskId,
+        /// Its (terminal) state.
+        state: TaskState,
+    },
+    /// A retry of a task that has not finished.
+    #[error("task {task_id} is {state}; only a finished task can be retried (kill it first)")]
+    NotFinished {
+        /// The task.
+        task_id: TaskId,
+        /// Its (unfinished) state.
+        state: TaskState,
+    },
+    /// A value was refused.
+    #[error(transparent)]
+    Invalid(#[from] herd_proto::Error),
+    /// The database failed (at start-up: the queue retries commits until they succeed).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The server is shutting down.
+    #[error("the server is shutting down; try again when it is back")]
+    ShuttingDown,
+    /// The data directory cannot be used.
+    #[error("cannot use the data directory {path}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("the gRPC server failed")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+fn finished(state: TaskState) -> &'static str {
+    match state {
+        TaskState::Succeeded => "succeeded",
+        TaskState::Failed => "failed",
+        _ => "been canceled",
+    }
+}
+
+/// `error` and its causes, outermost first, joined by `: `. A cause whose text the message
+/// already shows (an error that prints its source) is not repeated.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !cause_text.is_empty() && !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chain_shows_every_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "permission denied");
+        let error = Error::DataDir {
+            path: PathBuf::from("/data"),
+            source: io,
+        };
+        assert_eq!(
+            chain(&error),
+            "cannot use the data directory /data: permission denied"
+        );
+        let store = Error::Store(StoreError::Unavailable(sqlx::Error::PoolClosed));
+        let text = chain(&store);
+        assert!(text.starts_with("the database is unavailable: "), "{text}");
+        assert_eq!(text.matches("closed").count(), 1, "{text}");
+    }
+}

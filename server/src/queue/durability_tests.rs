@@ -1,0 +1,84 @@
+//! The queue with its journal on a real (SQLite) store: what is durable when.
+
+use std::sync::Arc;
+
+use herd_proto::session::{Hello, ToWorker};
+use herd_proto::{BatchName, TaskReport, TaskRequest, TaskSpec, TaskState};
+use tokio::sync::mpsc;
+
+use super::{Queue, QueueConfig};
+use crate::logs::LogStore;
+use crate::store::{SqlStore, Store};
+
+fn hello() -> Hello {
+    Hello {
+        worker_id: None,
+        name: "fake".to_owned(),
+        batch: BatchName::default_batch(),
+        concurrency: 1,
+        prefetch: 0,
+        docker: false,
+        allow_privileged: false,
+        cores: 1,
+        memory_bytes: 1 << 30,
+        version: "test".to_owned(),
+        tasks: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_the_last_commit() -> Result<(), Box<dyn std::error::Error>> {
+    let directory = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", directory.path().join("herd.db").display());
+    let store: Arc<dyn Store> = Arc::new(SqlStore::open(&url).await?);
+    let logs = LogStore::new(directory.path().join("logs"));
+    let queue = Queue::open(store, logs, QueueConfig::default()).await?;
+    let (sender, mut receiver) = mpsc::unbounded_channel();
+    let (worker_id, serial) = queue.connect(hello(), sender)?;
+    let spec = TaskSpec::new(TaskRequest {
+        batch: BatchName::default_batch().to_string(),
+        command: vec!["true".to_owned()],
+        ..TaskRequest::default()
+    })?;
+    let ids = queue.submit(vec![spec]).await?;
+    // The assignment is sent once committed.
+    loop {
+        match receiver.recv().await {
+            Some(ToWorker::Assign { task_id, .. }) if task_id == ids[0] => break,
+            Some(_) => continue,
+            None => return Err("the connection closed before the assignment".into()),
+        }
+    }
+    // A started phase is journaled lazily: alone, it would wait for company before its commit.
+    queue.report(
+        worker_id,
+        serial,
+        vec![TaskReport::new(ids[0], 1, TaskState::Running)],
+    );
+    let pushed = queue.shared.lock().journal.pushed();
+    assert!(
+        *queue.committed.borrow() < pushed,
+        "the phase waits for company"
+    );
+    queue.close();
+    queue.shutdown().await;
+    assert_eq!(
+        *queue.committed.borrow(),
+        pushed,
+        "shutdown waited for the commit"
+    );
+
+    let reopened = SqlStore::open(&url).await?;
+    let snapshot = reopened.load().await?;
+    let attempt = snapshot
+        .attempts
+        .iter()
+        .find(|row| row.task_id == ids[0].0 as i64)
+        .ok_or("the attempt was not stored")?;
+    assert_eq!(attempt.state, "running", "the last change was committed");
+    assert_eq!(snapshot.tasks[0].state, "running");
+    // Once shut down, a change is refused rather than lost silently.
+    let refused = queue.retry(ids[0]).await;
+    assert!(refused.is_err());
+    Ok(())
+}

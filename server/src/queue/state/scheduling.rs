@@ -1,0 +1,194 @@
+//! Submitting tasks and handing pending tasks to workers.
+//!
+//! Every worker's free slots (`--concurrency` plus `--prefetch`, less the attempts it holds
+//! that are not uploading) are filled first, then their pipelines (see
+//! [`PIPELINE_HORIZON_MS`](super::PIPELINE_HORIZON_MS)), so no task waits behind another
+//! while a slot is free anywhere. Within a batch, a worker takes the oldest pending task among
+//! the requirements it can serve (a bare worker never gets a Docker task).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use herd_proto::session::ToWorker;
+use herd_proto::{BatchName, TaskId, TaskSpec, TaskState, WorkerId};
+
+use super::{Attempt, Change, State, Task, Worker, state_index};
+use crate::queue::Event;
+
+impl State {
+    /// Queues tasks (with their stored JSON, encoded outside the lock) and schedules them.
+    pub fn submit(&mut self, specs: Vec<(TaskSpec, String)>, change: &mut Change) -> Vec<TaskId> {
+        let now = self.clock.now();
+        let mut ids = Vec::with_capacity(specs.len());
+        let mut batches = BTreeSet::new();
+        for (spec, spec_json) in specs {
+            let id = TaskId(self.next_task_id);
+            self.next_task_id += 1;
+            self.ensure_batch(spec.batch(), change);
+            let batch = self.batches.get_mut(spec.batch()).expect("ensured above");
+            batch.counts[state_index(TaskState::Pending)] += 1;
+            batch
+                .queues
+                .entry(spec.requirement())
+                .or_default()
+                .push_back(id);
+            batches.insert(spec.batch().clone());
+            self.tasks.insert(
+                id,
+                Box::new(Task {
+                    spec: Arc::new(spec),
+                    spec_json: spec_json.into(),
+                    state: TaskState::Pending,
+                    attempt: 1,
+                    worker: None,
+                    exit_code: None,
+                    reason: None,
+                    message: None,
+                    created_at: now,
+                    updated_at: now,
+                    attempts: Vec::new(),
+                }),
+            );
+            change.task(id);
+            ids.push(id);
+        }
+        change.counters();
+        for name in batches {
+            change.notify(Event::Batch(name.clone()));
+            self.schedule_batch(&name, change);
+        }
+        ids
+    }
+
+    /// How many more tasks `worker` can take: its free slots (`--concurrency` plus
+    /// `--prefetch`, less the tasks it holds that are not uploading), and, with `pipeline`, the
+    /// room left in its pipeline too.
+    fn free_slots(&self, worker: &Worker, pipeline: bool) -> usize {
+        let busy = worker
+            .tasks
+            .iter()
+            .filter(|id| {
+                self.tasks
+                    .get(id)
+                    .is_some_and(|task| task.state != TaskState::Uploading)
+            })
+            .count();
+        let slots = worker.concurrency as usize + worker.prefetch as usize;
+        let depth = match self.batches.get(&worker.batch) {
+            Some(batch) if pipeline => batch.pipeline_depth(worker.concurrency as usize),
+            _ => 0,
+        };
+        (slots + depth).saturating_sub(busy)
+    }
+
+    /// Gives pending tasks of `name` to its idle workers: first every worker's free slots,
+    /// then their pipelines, so no task is queued behind another while a slot is free.
+    pub fn schedule_batch(&mut self, name: &BatchName, change: &mut Change) {
+        let workers: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, worker)| &worker.batch == name && worker.connection.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        for pipeline in [false, true] {
+            for &worker in &workers {
+                if self
+                    .batches
+                    .get(name)
+                    .is_none_or(|batch| batch.counts[state_index(TaskState::Pending)] == 0)
+                {
+                    return;
+                }
+                self.fill_worker(worker, pipeline, change);
+            }
+        }
+    }
+
+    /// Fills `worker_id`'s free slots and pipeline with pending tasks of its batch that it can
+    /// serve.
+    pub fn schedule_worker(&mut self, worker_id: WorkerId, change: &mut Change) {
+        self.fill_worker(worker_id, true, change);
+    }
+
+    fn fill_worker(&mut self, worker_id: WorkerId, pipeline: bool, change: &mut Change) {
+        let Some(worker) = self.workers.get(&worker_id) else {
+            return;
+        };
+        if worker.connection.is_none() || worker.lost {
+            return;
+        }
+        let mut free = self.free_slots(worker, pipeline);
+        while free > 0 {
+            let Some(task_id) = self.pop_pending(worker_id) else {
+                return;
+            };
+            self.assign(task_id, worker_id, change);
+            free -= 1;
+        }
+    }
+
+    fn pop_pending(&mut self, worker_id: WorkerId) -> Option<TaskId> {
+        let worker = self.workers.get(&worker_id)?;
+        let batch = self.batches.get_mut(&worker.batch)?;
+        if batch.paused {
+            return None;
+        }
+        loop {
+            // The oldest head among the queues this worker can serve.
+            let requirement = batch
+                .queues
+                .iter()
+                .filter(|(requirement, queue)| worker.can_serve(**requirement) && !queue.is_empty())
+                .min_by_key(|(_, queue)| queue.front().copied())
+                .map(|(requirement, _)| *requirement)?;
+            let id = batch.queues.get_mut(&requirement)?.pop_front()?;
+            if self
+                .tasks
+                .get(&id)
+                .is_some_and(|task| task.state == TaskState::Pending)
+            {
+                return Some(id);
+            }
+        }
+    }
+
+    fn assign(&mut self, task_id: TaskId, worker_id: WorkerId, change: &mut Change) {
+        let now = self.clock.now();
+        let Some(worker) = self.workers.get_mut(&worker_id) else {
+            return;
+        };
+        let Some(address) = worker.address(worker_id) else {
+            return;
+        };
+        worker.tasks.insert(task_id);
+        let worker_name = worker.name.clone();
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
+        task.worker = Some(worker_id);
+        let number = task.attempt;
+        task.attempts.push(Attempt {
+            number,
+            worker: worker_id,
+            worker_name,
+            state: TaskState::Assigned,
+            exit_code: None,
+            reason: None,
+            message: None,
+            assigned_at: now,
+            download_started_at: None,
+            run_started_at: None,
+            upload_started_at: None,
+            ended_at: None,
+            transfers: Vec::new(),
+        });
+        let message = ToWorker::Assign {
+            task_id,
+            attempt: number,
+            spec: task.spec.clone(),
+        };
+        change.attempt(task_id, number);
+        self.set_state(task_id, TaskState::Assigned, change);
+        change.send(address, message);
+    }
+}
