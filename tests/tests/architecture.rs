@@ -268,7 +268,7 @@ fn long_functions(lines: &[&str], limit: usize) -> Vec<(String, usize, usize)> {
     let mut found = Vec::new();
     for (index, line) in lines.iter().enumerate() {
         let indent = line.len() - line.trim_start().len();
-        let words: Vec<&str> = line.trim_start().split_whitespace().collect();
+        let words: Vec<&str> = line.split_whitespace().collect();
         let Some(position) = words.iter().position(|word| *word == "fn") else {
             continue;
         };
