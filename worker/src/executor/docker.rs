@@ -30,7 +30,10 @@ use herd_proto::spec::DockerSpec;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{ExecError, Executor, Exit, Job, LogSink, Stream as LogStream};
+use herd_proto::session::LogStream;
+
+use super::{Executor, Exit, Job, LogSink};
+use crate::Error;
 
 /// Where bollard (and the docker CLI) look for the engine when `DOCKER_HOST` is not set.
 const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -63,19 +66,17 @@ impl DockerExecutor {
     ///
     /// Privileged containers are refused until [`DockerExecutor::allow_privileged`] says
     /// otherwise.
-    pub async fn connect() -> Result<Self, ExecError> {
+    pub async fn connect() -> Result<Self, Error> {
         let host = std::env::var("DOCKER_HOST")
             .ok()
             .filter(|host| !host.is_empty())
             .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_owned());
-        let no_engine = |cause: String| {
-            ExecError::Docker(format!(
-                "no Docker engine answers at {host} ({cause}): start Docker or run the worker \
-                 with --executor bare"
-            ))
+        let advice = "start Docker or run the worker with --executor bare";
+        let no_engine = |source: DockerError| Error::Docker {
+            context: format!("no Docker engine answers at {host} ({advice})"),
+            source,
         };
-        let docker =
-            Docker::connect_with_host(&host).map_err(|error| no_engine(error.to_string()))?;
+        let docker = Docker::connect_with_host(&host).map_err(no_engine)?;
         let handshake = async {
             let docker = docker.negotiate_version().await?;
             docker.ping().await?;
@@ -83,10 +84,10 @@ impl DockerExecutor {
         };
         let docker = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
             Ok(Ok(docker)) => docker,
-            Ok(Err(error)) => return Err(no_engine(error.to_string())),
+            Ok(Err(error)) => return Err(no_engine(error)),
             Err(_) => {
-                return Err(no_engine(format!(
-                    "no answer within {} s",
+                return Err(Error::Engine(format!(
+                    "no Docker engine answers at {host} within {} s: {advice}",
                     CONNECT_TIMEOUT.as_secs()
                 )));
             }
@@ -112,14 +113,14 @@ impl DockerExecutor {
         job: &Job,
         logs: LogSink,
         cancel: CancellationToken,
-    ) -> Result<Exit, ExecError> {
+    ) -> Result<Exit, Error> {
         let Some(docker_spec) = job.spec.docker() else {
-            return Err(ExecError::Start(
+            return Err(Error::Start(
                 "the task has no docker image: run it on a worker with the bare executor".into(),
             ));
         };
         if docker_spec.options.privileged && !self.allow_privileged {
-            return Err(ExecError::Start(
+            return Err(Error::Start(
                 "the task asks for --privileged and this worker refuses privileged containers: \
                  run it on a worker started with --allow-privileged"
                     .into(),
@@ -157,7 +158,7 @@ impl DockerExecutor {
     }
 
     /// Makes sure `image` is present, pulling it once if it is not.
-    async fn ensure_image(&self, image: &str) -> Result<(), ExecError> {
+    async fn ensure_image(&self, image: &str) -> Result<(), Error> {
         match self.docker.inspect_image(image).await {
             Ok(_) => return Ok(()),
             Err(error) if status_code(&error) == Some(404) => {}
@@ -177,11 +178,13 @@ impl DockerExecutor {
         let mut progress = self.docker.create_image(Some(options.build()), None, None);
         while let Some(item) = progress.next().await {
             if let Err(error) = item {
-                return Err(ExecError::Start(format!(
-                    "the image `{image}` is neither present locally nor pullable ({}): \
-                     load or build it on this worker, or fix its name",
-                    server_message(&error)
-                )));
+                return Err(Error::Refused {
+                    context: format!(
+                        "the image `{image}` is neither present locally nor pullable (load or \
+                         build it on this worker, or fix its name)"
+                    ),
+                    source: error,
+                });
             }
         }
         info!(%image, "image pulled");
@@ -194,7 +197,7 @@ impl DockerExecutor {
         body: ContainerCreateBody,
         logs: &LogSink,
         cancel: &CancellationToken,
-    ) -> Result<Exit, ExecError> {
+    ) -> Result<Exit, Error> {
         let name = job.name.as_str();
         let image = body.image.clone().unwrap_or_default();
         self.docker
@@ -205,11 +208,13 @@ impl DockerExecutor {
             .await
             .map_err(|error| match status_code(&error) {
                 // A bad request is the task's configuration (a mount, a volume, an option).
-                Some(400) => ExecError::Start(format!(
-                    "cannot create the container `{name}` from `{image}`: {}: check the task's \
-                     docker options",
-                    server_message(&error)
-                )),
+                Some(400) => Error::Refused {
+                    context: format!(
+                        "cannot create the container `{name}` from `{image}` (check the task's \
+                         docker options)"
+                    ),
+                    source: error,
+                },
                 _ => engine_error(format!("cannot create the container `{name}`"), error),
             })?;
 
@@ -230,11 +235,13 @@ impl DockerExecutor {
         let mut output = attached.output;
 
         if let Err(error) = self.docker.start_container(name, None).await {
-            return Err(ExecError::Start(format!(
-                "the container `{name}` from `{image}` did not start: {}: check the command \
-                 and the image",
-                server_message(&error)
-            )));
+            return Err(Error::Refused {
+                context: format!(
+                    "the container `{name}` from `{image}` did not start (check the command and \
+                     the image)"
+                ),
+                source: error,
+            });
         }
         debug!(container = name, %image, "container started");
 
@@ -320,7 +327,7 @@ impl Executor for DockerExecutor {
         job: &'a Job,
         logs: LogSink,
         cancel: CancellationToken,
-    ) -> BoxFuture<'a, Result<Exit, ExecError>> {
+    ) -> BoxFuture<'a, Result<Exit, Error>> {
         self.run_job(job, logs, cancel).boxed()
     }
 
@@ -412,7 +419,7 @@ async fn copy_output(
 }
 
 /// The exit code of a container that has stopped (or is about to).
-async fn wait_for_exit(docker: &Docker, name: &str) -> Result<i32, ExecError> {
+async fn wait_for_exit(docker: &Docker, name: &str) -> Result<i32, Error> {
     let options = WaitContainerOptionsBuilder::new()
         .condition("not-running")
         .build();
@@ -428,13 +435,13 @@ async fn wait_for_exit(docker: &Docker, name: &str) -> Result<i32, ExecError> {
             ));
         }
         None => {
-            return Err(ExecError::Docker(format!(
+            return Err(Error::Engine(format!(
                 "the engine gave no exit code for the container `{name}`: check the engine's logs"
             )));
         }
     };
     i32::try_from(code).map_err(|_| {
-        ExecError::Docker(format!(
+        Error::Engine(format!(
             "the container `{name}` exited with the impossible code {code}"
         ))
     })
@@ -446,7 +453,7 @@ fn container_body(
     job: &Job,
     docker_spec: &DockerSpec,
     worker_env: impl Fn(&str) -> Option<String>,
-) -> Result<ContainerCreateBody, ExecError> {
+) -> Result<ContainerCreateBody, Error> {
     let options = &docker_spec.options;
     let dirs = &job.dirs;
     let mounts = vec![
@@ -503,13 +510,15 @@ fn container_body(
 
 /// A bind mount of one of herd's directories. A `Mount` rather than a `Binds` string: a host
 /// path containing `:` stays one path, and a missing directory is an error, not a new one.
-fn bind_mount(source: &Path, target: &str, read_only: bool) -> Result<Mount, ExecError> {
-    let absolute = std::path::absolute(source).map_err(|error| ExecError::Io {
-        context: format!("cannot resolve the directory {}", source.display()),
-        source: error,
+fn bind_mount(source: &Path, target: &str, read_only: bool) -> Result<Mount, Error> {
+    let absolute = std::path::absolute(source).map_err(|error| {
+        Error::io(
+            format!("cannot resolve the directory {}", source.display()),
+            error,
+        )
     })?;
     let Some(source) = absolute.to_str() else {
-        return Err(ExecError::Start(format!(
+        return Err(Error::Start(format!(
             "the directory {} is not valid UTF-8 and cannot be given to docker: use a worker \
              directory with a plain name",
             absolute.display()
@@ -613,8 +622,8 @@ fn server_message(error: &DockerError) -> String {
     }
 }
 
-fn engine_error(context: String, error: DockerError) -> ExecError {
-    ExecError::Docker(format!("{context}: {error}"))
+fn engine_error(context: String, source: DockerError) -> Error {
+    Error::Docker { context, source }
 }
 
 #[cfg(test)]
@@ -796,7 +805,7 @@ mod tests {
             .block_on(executor.run(&bare, logs, CancellationToken::new()))
             .unwrap_err();
         assert!(
-            matches!(&error, ExecError::Start(message) if message.contains("no docker image")),
+            matches!(&error, Error::Start(message) if message.contains("no docker image")),
             "{error}"
         );
     }
