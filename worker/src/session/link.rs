@@ -62,7 +62,7 @@ impl Incoming {
 }
 
 /// Decodes what the server sent.
-pub(super) fn decode(message: pb::ServerMessage) -> Result<ToWorker, UndecodableMessage> {
+fn decode(message: pb::ServerMessage) -> Result<ToWorker, UndecodableMessage> {
     ToWorker::try_from(message)
 }
 
@@ -93,4 +93,32 @@ pub(super) async fn connect(
         .map_err(|status| status.message().to_owned())?
         .into_inner();
     Ok((Outgoing(sender), Incoming(inbound)))
+}
+
+/// Messages as a server would send them, decoded: for the session's tests, which see no
+/// protobuf.
+#[cfg(test)]
+pub(super) mod samples {
+    use herd_proto::TaskId;
+
+    use super::*;
+
+    /// An assignment without its spec: what a newer server's spec looks like to this worker.
+    pub fn assignment_without_spec(
+        task_id: TaskId,
+        attempt: u32,
+    ) -> Result<ToWorker, UndecodableMessage> {
+        decode(pb::ServerMessage {
+            kind: Some(pb::server_message::Kind::Assign(pb::Assign {
+                task_id: task_id.0,
+                attempt,
+                spec: None,
+            })),
+        })
+    }
+
+    /// A message of a kind this worker does not know (or an empty one).
+    pub fn unknown_kind() -> Result<ToWorker, UndecodableMessage> {
+        decode(pb::ServerMessage { kind: None })
+    }
 }

@@ -345,8 +345,7 @@ fn handle(
 
 #[cfg(test)]
 mod tests {
-    use herd_proto::pb;
-
+    use super::link::samples;
     use super::*;
 
     fn session(work_dir: &std::path::Path) -> Arc<Session> {
@@ -379,16 +378,8 @@ mod tests {
     async fn an_assignment_this_worker_cannot_read_fails_its_attempt_until_acknowledged() {
         let work = tempfile::tempdir().unwrap();
         let session = session(work.path());
-        // An assignment as the server sends it, its spec missing (as a field this worker does
-        // not know would be, to the decoder).
-        let unreadable = pb::ServerMessage {
-            kind: Some(pb::server_message::Kind::Assign(pb::Assign {
-                task_id: 5,
-                attempt: 2,
-                spec: None,
-            })),
-        };
-        assert!(handle(&session, link::decode(unreadable.clone())).is_none());
+        let unreadable = || samples::assignment_without_spec(TaskId(5), 2);
+        assert!(handle(&session, unreadable()).is_none());
         let sent = drained(&session);
         assert_eq!(sent.len(), 1, "{sent:?}");
         let report = &sent[0];
@@ -405,7 +396,7 @@ mod tests {
         );
 
         // Repeated, it is not reported twice; kept for the next hello until acknowledged.
-        handle(&session, link::decode(unreadable));
+        handle(&session, unreadable());
         assert!(drained(&session).is_empty());
         assert_eq!(session.outbox.snapshot(), sent);
         handle(
@@ -422,8 +413,7 @@ mod tests {
     async fn another_unreadable_message_is_ignored() {
         let work = tempfile::tempdir().unwrap();
         let session = session(work.path());
-        let empty = pb::ServerMessage { kind: None };
-        assert!(handle(&session, link::decode(empty)).is_none());
+        assert!(handle(&session, samples::unknown_kind()).is_none());
         assert!(drained(&session).is_empty());
         assert_eq!(session.outbox.len(), 0);
     }
