@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use futures::future::BoxFuture;
 use herd_proto::TaskId;
-use herd_worker::executor::{ExecError, Executor, Exit, Job, LogSink};
+use herd_worker::Error;
+use herd_worker::executor::{Executor, Exit, Job, LogSink};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +20,7 @@ impl Executor for InstantExecutor {
         _job: &'a Job,
         _logs: LogSink,
         _cancel: CancellationToken,
-    ) -> BoxFuture<'a, Result<Exit, ExecError>> {
+    ) -> BoxFuture<'a, Result<Exit, Error>> {
         Box::pin(async { Ok(Exit::Code(0)) })
     }
 
@@ -48,7 +49,7 @@ impl Executor for ClockedExecutor {
         job: &'a Job,
         logs: LogSink,
         cancel: CancellationToken,
-    ) -> BoxFuture<'a, Result<Exit, ExecError>> {
+    ) -> BoxFuture<'a, Result<Exit, Error>> {
         let _ = self.started.send((job.task_id, Instant::now()));
         self.inner.run(job, logs, cancel)
     }

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use herd_proto::session::LogStream;
 use herd_proto::{TaskId, TaskRequest, TaskSpec};
+use herd_worker::Error;
 use herd_worker::executor::docker::DockerExecutor;
-use herd_worker::executor::{ExecError, Executor, Exit, Job, LogSink, Stream, TaskDirs};
+use herd_worker::executor::{Executor, Exit, Job, LogSink, TaskDirs};
 use tempfile::TempDir;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -148,19 +150,19 @@ impl Printed {
     }
 }
 
-async fn collect(mut receiver: mpsc::Receiver<(Stream, Vec<u8>)>) -> Printed {
+async fn collect(mut receiver: mpsc::Receiver<(LogStream, Vec<u8>)>) -> Printed {
     let mut printed = Printed::default();
     while let Some((stream, chunk)) = receiver.recv().await {
         match stream {
-            Stream::Stdout => printed.stdout.extend(chunk),
-            Stream::Stderr => printed.stderr.extend(chunk),
+            LogStream::Stdout => printed.stdout.extend(chunk),
+            LogStream::Stderr => printed.stderr.extend(chunk),
         }
     }
     printed
 }
 
 /// Runs `job` to its end and checks that its container is gone afterwards.
-async fn run(executor: &DockerExecutor, job: &Job) -> (Result<Exit, ExecError>, Printed) {
+async fn run(executor: &DockerExecutor, job: &Job) -> (Result<Exit, Error>, Printed) {
     let (logs, receiver) = LogSink::channel(16);
     let collector = tokio::spawn(collect(receiver));
     let result = tokio::time::timeout(
@@ -232,10 +234,10 @@ async fn a_command_that_does_not_exist_fails_to_start_and_is_cleaned_up() {
     let attempt = attempt("nocommand", &["herd-no-such-command"], "");
     let (result, _) = run(&executor, &attempt.job).await;
     let error = result.unwrap_err();
-    assert!(
-        matches!(&error, ExecError::Start(message) if message.contains("herd-no-such-command")),
-        "{error}"
-    );
+    assert!(matches!(&error, Error::Refused { .. }), "{error:?}");
+    // The engine's own reason names the command.
+    let shown = error.chain();
+    assert!(shown.contains("herd-no-such-command"), "{shown}");
 }
 
 #[tokio::test]
@@ -362,7 +364,7 @@ async fn cancellation_kills_the_container_quickly() {
             .expect("the command prints before it sleeps");
         assert_eq!(
             (stream, chunk.as_slice()),
-            (Stream::Stdout, b"started\n".as_slice())
+            (LogStream::Stdout, b"started\n".as_slice())
         );
         let cancelled_at = Instant::now();
         cancel.cancel();
@@ -410,9 +412,8 @@ async fn a_missing_image_fails_to_start_and_names_the_image() {
     let attempt = attempt_with_image("noimage", image, &["true"], "");
     let (result, _) = run(&executor, &attempt.job).await;
     let error = result.unwrap_err();
-    let ExecError::Start(message) = &error else {
-        panic!("expected a start error, got {error:?}");
-    };
+    assert!(matches!(&error, Error::Refused { .. }), "{error:?}");
+    let message = error.chain();
     assert!(message.contains(image), "{message}");
     assert!(
         message.contains("neither present locally nor pullable"),
@@ -427,7 +428,7 @@ async fn privileged_needs_the_worker_to_allow_it() {
     let (result, _) = run(&executor, &attempt.job).await;
     let error = result.unwrap_err();
     assert!(
-        matches!(&error, ExecError::Start(message) if message.contains("--allow-privileged")),
+        matches!(&error, Error::Start(message) if message.contains("--allow-privileged")),
         "{error}"
     );
 
@@ -449,5 +450,26 @@ async fn a_bare_task_is_refused() {
     request.docker_image = None;
     attempt.job.spec = Arc::new(TaskSpec::new(request).unwrap());
     let (result, _) = run(&executor, &attempt.job).await;
-    assert!(matches!(result, Err(ExecError::Start(_))), "{result:?}");
+    assert!(matches!(result, Err(Error::Start(_))), "{result:?}");
+}
+
+#[tokio::test]
+async fn a_container_the_engine_refuses_to_create_fails_with_the_engine_s_reason() {
+    let executor = executor().await;
+    // The option parser takes any size; the engine refuses a memory limit below its minimum.
+    let attempt = attempt("refused", &["true"], "-m 1k");
+    let (result, _) = run(&executor, &attempt.job).await;
+    let error = result.unwrap_err();
+    assert!(matches!(&error, Error::Refused { .. }), "{error:?}");
+    let shown = error.chain();
+    assert!(
+        shown.contains("cannot create the container")
+            && shown.contains("check the task's docker options"),
+        "{shown}"
+    );
+    // The engine's own words, kept as the typed cause.
+    assert!(
+        shown.to_lowercase().contains("minimum memory limit"),
+        "{shown}"
+    );
 }

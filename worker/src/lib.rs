@@ -5,11 +5,15 @@
 //!   (or until the server deletes the worker).
 //! - `session`: the one long-lived bidirectional gRPC stream: hello (with every task the
 //!   worker holds), assignments and cancellations in, state reports, logs and heartbeats out.
-//!   Terminal reports stay in an outbox until the server acknowledges them.
-//! - `runner`: one attempt from assignment to final report: staging (`/input`, `/resource`),
-//!   a run slot, the executor, the upload of `/output`, cleanup.
+//!   Terminal reports stay in its outbox until the server acknowledges them. Its `link`
+//!   module is the only code that sees protobuf.
+//! - `runner`: one attempt from assignment to final report, phase by phase: staging
+//!   (`/input`, `/resource`), a run slot, the executor under the run deadline, the outcome,
+//!   the upload of `/output`; it reports through a `Reporter`.
 //! - [`executor`]: how a command runs: Docker (bollard) or a bare process group.
-//! - `staging`: inputs, resources and outputs through herd-fetch.
+//! - `staging`: inputs, resources and outputs through herd-fetch, behind a trait.
+//! - `folders`: the attempts' folders, reused, emptied by a janitor thread.
+//! - [`Error`]: the crate's one error type; [`Error::chain`] is what people see.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,12 +21,14 @@ use std::sync::Arc;
 use herd_proto::BatchName;
 use tokio_util::sync::CancellationToken;
 
+mod error;
 pub mod executor;
 mod folders;
 mod runner;
 mod session;
 mod staging;
 
+pub use error::Error;
 use executor::Executor;
 
 /// Which executors a worker offers.
@@ -71,26 +77,6 @@ pub struct Executors {
     pub docker: Option<Arc<dyn Executor>>,
 }
 
-/// Why a worker stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    /// A setting is wrong.
-    #[error("{0}")]
-    Config(String),
-    /// The Docker executor was asked for and cannot start.
-    #[error(transparent)]
-    Executor(#[from] executor::ExecError),
-    /// The scratch folder cannot be used.
-    #[error("cannot use the work directory {path}: {source}")]
-    WorkDir {
-        /// The folder.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
 /// Host facts used for defaults: cores and memory.
 pub fn host_resources() -> (u32, u64) {
     let cores = std::thread::available_parallelism().map_or(1, |count| count.get() as u32);
@@ -107,7 +93,7 @@ pub fn host_resources() -> (u32, u64) {
 }
 
 /// Builds the executors `config` asks for.
-pub async fn executors(config: &Config) -> Result<Executors, WorkerError> {
+pub async fn executors(config: &Config) -> Result<Executors, Error> {
     let bare: Arc<dyn Executor> = Arc::new(executor::bare::BareExecutor::new());
     let docker: Option<Arc<dyn Executor>> = match config.executor {
         ExecutorKind::Bare => None,
@@ -119,7 +105,7 @@ pub async fn executors(config: &Config) -> Result<Executors, WorkerError> {
         ExecutorKind::Auto => match executor::docker::DockerExecutor::connect().await {
             Ok(docker) => Some(Arc::new(docker.allow_privileged(config.allow_privileged))),
             Err(error) => {
-                tracing::info!(%error, "no Docker engine: running bare tasks only");
+                tracing::info!(error = %error.chain(), "no Docker engine: running bare tasks only");
                 None
             }
         },
@@ -128,7 +114,7 @@ pub async fn executors(config: &Config) -> Result<Executors, WorkerError> {
 }
 
 /// Runs a worker until `shutdown` fires or the server deletes it.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
     let executors = executors(&config).await?;
     run_with(config, executors, shutdown).await
 }
@@ -138,13 +124,11 @@ pub async fn run_with(
     config: Config,
     executors: Executors,
     shutdown: CancellationToken,
-) -> Result<(), WorkerError> {
+) -> Result<(), Error> {
     if config.concurrency == 0 {
-        return Err(WorkerError::Config(
-            "--concurrency must be at least 1".to_owned(),
-        ));
+        return Err(Error::Config("--concurrency must be at least 1".to_owned()));
     }
-    std::fs::create_dir_all(&config.work_dir).map_err(|source| WorkerError::WorkDir {
+    std::fs::create_dir_all(&config.work_dir).map_err(|source| Error::WorkDir {
         path: config.work_dir.clone(),
         source,
     })?;

@@ -1,5 +1,9 @@
-//! Staging through herd-fetch: inputs into `/input`, resources through a per-worker cache
-//! into `/resource`, and `/output` to its URI.
+//! Staging: inputs into `/input`, resources through a per-worker cache into `/resource`, and
+//! `/output` to its URI.
+//!
+//! The runner sees staging through the [`Staging`] trait, so its tests can script it;
+//! [`FetchStaging`], through herd-fetch, is the one production implementation (tested end to
+//! end by the cluster tests).
 //!
 //! Resources are fetched once per worker (actions applied) into
 //! `<work-dir>/resources/<key>/`, keyed by the URI with its actions. A marker file written
@@ -16,6 +20,7 @@ use herd_proto::TaskSpec;
 use herd_proto::view::{Transfer, TransferredFile};
 use tokio::sync::OnceCell;
 
+use crate::Error;
 use crate::executor::TaskDirs;
 
 /// Marker written once a cached resource is complete; holds the URI.
@@ -39,19 +44,66 @@ fn transfer(direction: &str, uri: &Uri, stats: &TransferStats) -> Transfer {
     }
 }
 
-fn parse(text: &str) -> Result<Uri, String> {
-    Uri::parse(text).map_err(|error| error.to_string())
+fn parse(text: &str) -> Result<Uri, Error> {
+    Uri::parse(text).map_err(|source| Error::Fetch {
+        context: "invalid URI".to_owned(),
+        source,
+    })
+}
+
+/// How an attempt's files move in and out.
+pub(crate) trait Staging: Send + Sync + 'static {
+    /// Stages the inputs and resources of `spec` into `dirs`; returns what was moved.
+    fn stage_in(
+        &self,
+        spec: &TaskSpec,
+        dirs: &TaskDirs,
+    ) -> impl Future<Output = Result<Vec<Transfer>, Error>> + Send;
+
+    /// Uploads the content of `source` (an attempt's `/output`) to `uri`.
+    fn upload_output(
+        &self,
+        source: &Path,
+        uri: &str,
+    ) -> impl Future<Output = Result<Transfer, Error>> + Send;
+}
+
+/// Staging through herd-fetch, with the worker's resource cache.
+pub(crate) struct FetchStaging {
+    resolver: Arc<Resolver>,
+    cache: ResourceCache,
+}
+
+impl FetchStaging {
+    /// Staging with a resource cache under `work_dir`.
+    pub fn new(work_dir: &Path) -> Self {
+        let resolver = Arc::new(Resolver::new());
+        FetchStaging {
+            cache: ResourceCache::new(work_dir, resolver.clone()),
+            resolver,
+        }
+    }
+}
+
+impl Staging for FetchStaging {
+    async fn stage_in(&self, spec: &TaskSpec, dirs: &TaskDirs) -> Result<Vec<Transfer>, Error> {
+        stage_in(&self.resolver, &self.cache, spec, dirs).await
+    }
+
+    async fn upload_output(&self, source: &Path, uri: &str) -> Result<Transfer, Error> {
+        upload_output(&self.resolver, source, uri).await
+    }
 }
 
 /// The worker's resource cache.
-pub(crate) struct ResourceCache {
+struct ResourceCache {
     root: PathBuf,
     resolver: Arc<Resolver>,
     downloads: Mutex<HashMap<String, Arc<OnceCell<PathBuf>>>>,
 }
 
 impl ResourceCache {
-    pub fn new(work_dir: &Path, resolver: Arc<Resolver>) -> Self {
+    fn new(work_dir: &Path, resolver: Arc<Resolver>) -> Self {
         ResourceCache {
             root: work_dir.join("resources"),
             resolver,
@@ -60,7 +112,7 @@ impl ResourceCache {
     }
 
     /// The cached copy of `uri` (with its actions applied), downloading it if needed.
-    async fn get(&self, uri: &Uri) -> Result<(PathBuf, bool), String> {
+    async fn get(&self, uri: &Uri) -> Result<(PathBuf, bool), Error> {
         let key = uri.to_string();
         let folder = self.root.join(format!(
             "{:016x}",
@@ -86,20 +138,23 @@ impl ResourceCache {
                 // An incomplete earlier download: start over.
                 let _ = tokio::fs::remove_dir_all(&folder).await;
                 tokio::fs::create_dir_all(&folder).await.map_err(|error| {
-                    format!(
-                        "cannot create the resource cache {}: {error}",
-                        folder.display()
+                    Error::io(
+                        format!("cannot create the resource cache {}", folder.display()),
+                        error,
                     )
                 })?;
                 self.resolver
                     .fetch(uri, &folder)
                     .await
-                    .map_err(|error| format!("resource {}: {error}", uri.redacted()))?;
-                tokio::fs::write(&marker, &key)
-                    .await
-                    .map_err(|error| format!("cannot write {}: {error}", marker.display()))?;
+                    .map_err(|source| Error::Fetch {
+                        context: format!("resource {}", uri.redacted()),
+                        source,
+                    })?;
+                tokio::fs::write(&marker, &key).await.map_err(|error| {
+                    Error::io(format!("cannot write {}", marker.display()), error)
+                })?;
                 fetched = true;
-                Ok::<PathBuf, String>(folder.clone())
+                Ok::<PathBuf, Error>(folder.clone())
             })
             .await?;
         Ok((path.clone(), fetched))
@@ -107,12 +162,12 @@ impl ResourceCache {
 }
 
 /// Stages inputs and resources of `spec` into `dirs`; returns what was moved.
-pub(crate) async fn stage_in(
+async fn stage_in(
     resolver: &Resolver,
     cache: &ResourceCache,
     spec: &TaskSpec,
     dirs: &TaskDirs,
-) -> Result<Vec<Transfer>, String> {
+) -> Result<Vec<Transfer>, Error> {
     let inputs: Vec<Uri> = spec
         .inputs()
         .iter()
@@ -128,7 +183,10 @@ pub(crate) async fn stage_in(
             .fetch(uri, &dirs.input)
             .await
             .map(|fetched| transfer("input", uri, &fetched.stats))
-            .map_err(|error| format!("input {}: {error}", uri.redacted()))
+            .map_err(|source| Error::Fetch {
+                context: format!("input {}", uri.redacted()),
+                source,
+            })
     });
     let mut transfers = futures::future::try_join_all(downloads).await?;
     for uri in &resources {
@@ -136,8 +194,10 @@ pub(crate) async fn stage_in(
         let destination = dirs.resource.clone();
         let linked = tokio::task::spawn_blocking(move || link_tree(&cached, &destination))
             .await
-            .map_err(|error| format!("resource linking stopped: {error}"))?
-            .map_err(|error| format!("cannot link resource {}: {error}", uri.redacted()))?;
+            .map_err(|error| Error::io("resource linking stopped", std::io::Error::other(error)))?
+            .map_err(|error| {
+                Error::io(format!("cannot link resource {}", uri.redacted()), error)
+            })?;
         if fetched {
             transfers.push(transfer("resource", uri, &linked));
         }
@@ -179,15 +239,14 @@ fn link_tree(source: &Path, destination: &Path) -> std::io::Result<TransferStats
 }
 
 /// Uploads the content of `/output` to `uri`.
-pub(crate) async fn upload_output(
-    resolver: &Resolver,
-    source: &Path,
-    uri: &str,
-) -> Result<Transfer, String> {
+async fn upload_output(resolver: &Resolver, source: &Path, uri: &str) -> Result<Transfer, Error> {
     let uri = parse(uri)?;
     let stats = resolver
         .put(source, &uri)
         .await
-        .map_err(|error| error.to_string())?;
+        .map_err(|source| Error::Fetch {
+            context: format!("output {}", uri.redacted()),
+            source,
+        })?;
     Ok(transfer("output", &uri, &stats))
 }

@@ -17,11 +17,13 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
+use herd_proto::session::LogStream;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use super::{ExecError, Executor, Exit, Job, LogSink, Stream};
+use super::{Executor, Exit, Job, LogSink};
+use crate::Error;
 
 /// Runs commands as host processes.
 #[derive(Debug, Default, Clone)]
@@ -108,7 +110,7 @@ fn kill_group(group: u32) {
 /// The most a pump reads at once.
 const CHUNK: usize = 64 * 1024;
 
-async fn pump(mut reader: impl AsyncRead + Unpin, stream: Stream, logs: LogSink) {
+async fn pump(mut reader: impl AsyncRead + Unpin, stream: LogStream, logs: LogSink) {
     // Read into spare capacity: no 64 KiB zeroed per stream per task, most of which print
     // little or nothing.
     let mut buffer = Vec::with_capacity(CHUNK);
@@ -173,7 +175,7 @@ impl Executor for BareExecutor {
         job: &'a Job,
         logs: LogSink,
         cancel: CancellationToken,
-    ) -> BoxFuture<'a, Result<Exit, ExecError>> {
+    ) -> BoxFuture<'a, Result<Exit, Error>> {
         Box::pin(async move {
             let program = &job.spec.command()[0];
             // Another user's rights may differ: the search is left to execvp then.
@@ -192,26 +194,24 @@ impl Executor for BareExecutor {
                 },
                 None => command_for(job, None).spawn(),
             };
-            let mut child = spawned.map_err(|error| {
-                ExecError::Start(match error.kind() {
-                    std::io::ErrorKind::NotFound => {
-                        format!("`{program}` is not found on this worker's PATH")
-                    }
-                    std::io::ErrorKind::PermissionDenied => {
-                        format!("`{program}` cannot be executed: permission denied")
-                    }
-                    _ => format!("`{program}`: {error}"),
-                })
+            let mut child = spawned.map_err(|error| match error.kind() {
+                std::io::ErrorKind::NotFound => {
+                    Error::Start(format!("`{program}` is not found on this worker's PATH"))
+                }
+                std::io::ErrorKind::PermissionDenied => {
+                    Error::Start(format!("`{program}` cannot be executed: permission denied"))
+                }
+                _ => Error::io(format!("cannot start `{program}`"), error),
             })?;
             let group = child.id().unwrap_or(0);
             let stdout = child
                 .stdout
                 .take()
-                .map(|pipe| tokio::spawn(pump(pipe, Stream::Stdout, logs.clone())));
+                .map(|pipe| tokio::spawn(pump(pipe, LogStream::Stdout, logs.clone())));
             let stderr = child
                 .stderr
                 .take()
-                .map(|pipe| tokio::spawn(pump(pipe, Stream::Stderr, logs.clone())));
+                .map(|pipe| tokio::spawn(pump(pipe, LogStream::Stderr, logs.clone())));
             drop(logs);
             let waited = tokio::select! {
                 status = child.wait() => Some(status),
@@ -221,10 +221,9 @@ impl Executor for BareExecutor {
             // pipes so the pumps finish.
             kill_group(group);
             let status = match waited {
-                Some(status) => Some(status.map_err(|source| ExecError::Io {
-                    context: "waiting for the task's process".to_owned(),
-                    source,
-                })?),
+                Some(status) => Some(
+                    status.map_err(|source| Error::io("waiting for the task's process", source))?,
+                ),
                 None => {
                     let _ = child.wait().await;
                     None
@@ -286,17 +285,14 @@ mod tests {
         }
     }
 
-    async fn run(
-        job: &Job,
-        cancel: CancellationToken,
-    ) -> (Result<Exit, ExecError>, Vec<u8>, Vec<u8>) {
+    async fn run(job: &Job, cancel: CancellationToken) -> (Result<Exit, Error>, Vec<u8>, Vec<u8>) {
         let (sink, mut receiver) = LogSink::channel(16);
         let collector = tokio::spawn(async move {
             let (mut out, mut err) = (Vec::new(), Vec::new());
             while let Some((stream, data)) = receiver.recv().await {
                 match stream {
-                    Stream::Stdout => out.extend(data),
-                    Stream::Stderr => err.extend(data),
+                    LogStream::Stdout => out.extend(data),
+                    LogStream::Stderr => err.extend(data),
                 }
             }
             (out, err)

@@ -10,7 +10,7 @@
 //! # Layout
 //! - [`DockerExecutor`]: connecting to the engine and the [`Executor`] implementation.
 //! - `container_body` and its helpers: pure functions from a [`Job`] to the engine's
-//!   `ContainerCreateBody`, unit-tested below without an engine.
+//!   `ContainerCreateBody`, unit-tested without an engine in `docker/tests.rs`.
 //! - `ContainerGuard`: removes the container even when the attempt's future is dropped.
 
 use std::path::Path;
@@ -30,7 +30,10 @@ use herd_proto::spec::DockerSpec;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{ExecError, Executor, Exit, Job, LogSink, Stream as LogStream};
+use herd_proto::session::LogStream;
+
+use super::{Executor, Exit, Job, LogSink};
+use crate::Error;
 
 /// Where bollard (and the docker CLI) look for the engine when `DOCKER_HOST` is not set.
 const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
@@ -63,19 +66,17 @@ impl DockerExecutor {
     ///
     /// Privileged containers are refused until [`DockerExecutor::allow_privileged`] says
     /// otherwise.
-    pub async fn connect() -> Result<Self, ExecError> {
+    pub async fn connect() -> Result<Self, Error> {
         let host = std::env::var("DOCKER_HOST")
             .ok()
             .filter(|host| !host.is_empty())
             .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_owned());
-        let no_engine = |cause: String| {
-            ExecError::Docker(format!(
-                "no Docker engine answers at {host} ({cause}): start Docker or run the worker \
-                 with --executor bare"
-            ))
+        let advice = "start Docker or run the worker with --executor bare";
+        let no_engine = |source: DockerError| Error::Docker {
+            context: format!("no Docker engine answers at {host} ({advice})"),
+            source,
         };
-        let docker =
-            Docker::connect_with_host(&host).map_err(|error| no_engine(error.to_string()))?;
+        let docker = Docker::connect_with_host(&host).map_err(no_engine)?;
         let handshake = async {
             let docker = docker.negotiate_version().await?;
             docker.ping().await?;
@@ -83,10 +84,10 @@ impl DockerExecutor {
         };
         let docker = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
             Ok(Ok(docker)) => docker,
-            Ok(Err(error)) => return Err(no_engine(error.to_string())),
+            Ok(Err(error)) => return Err(no_engine(error)),
             Err(_) => {
-                return Err(no_engine(format!(
-                    "no answer within {} s",
+                return Err(Error::Engine(format!(
+                    "no Docker engine answers at {host} within {} s: {advice}",
                     CONNECT_TIMEOUT.as_secs()
                 )));
             }
@@ -112,14 +113,14 @@ impl DockerExecutor {
         job: &Job,
         logs: LogSink,
         cancel: CancellationToken,
-    ) -> Result<Exit, ExecError> {
+    ) -> Result<Exit, Error> {
         let Some(docker_spec) = job.spec.docker() else {
-            return Err(ExecError::Start(
+            return Err(Error::Start(
                 "the task has no docker image: run it on a worker with the bare executor".into(),
             ));
         };
         if docker_spec.options.privileged && !self.allow_privileged {
-            return Err(ExecError::Start(
+            return Err(Error::Start(
                 "the task asks for --privileged and this worker refuses privileged containers: \
                  run it on a worker started with --allow-privileged"
                     .into(),
@@ -157,7 +158,7 @@ impl DockerExecutor {
     }
 
     /// Makes sure `image` is present, pulling it once if it is not.
-    async fn ensure_image(&self, image: &str) -> Result<(), ExecError> {
+    async fn ensure_image(&self, image: &str) -> Result<(), Error> {
         match self.docker.inspect_image(image).await {
             Ok(_) => return Ok(()),
             Err(error) if status_code(&error) == Some(404) => {}
@@ -177,11 +178,13 @@ impl DockerExecutor {
         let mut progress = self.docker.create_image(Some(options.build()), None, None);
         while let Some(item) = progress.next().await {
             if let Err(error) = item {
-                return Err(ExecError::Start(format!(
-                    "the image `{image}` is neither present locally nor pullable ({}): \
-                     load or build it on this worker, or fix its name",
-                    server_message(&error)
-                )));
+                return Err(Error::Refused {
+                    context: format!(
+                        "the image `{image}` is neither present locally nor pullable (load or \
+                         build it on this worker, or fix its name)"
+                    ),
+                    source: error,
+                });
             }
         }
         info!(%image, "image pulled");
@@ -194,7 +197,7 @@ impl DockerExecutor {
         body: ContainerCreateBody,
         logs: &LogSink,
         cancel: &CancellationToken,
-    ) -> Result<Exit, ExecError> {
+    ) -> Result<Exit, Error> {
         let name = job.name.as_str();
         let image = body.image.clone().unwrap_or_default();
         self.docker
@@ -205,11 +208,13 @@ impl DockerExecutor {
             .await
             .map_err(|error| match status_code(&error) {
                 // A bad request is the task's configuration (a mount, a volume, an option).
-                Some(400) => ExecError::Start(format!(
-                    "cannot create the container `{name}` from `{image}`: {}: check the task's \
-                     docker options",
-                    server_message(&error)
-                )),
+                Some(400) => Error::Refused {
+                    context: format!(
+                        "cannot create the container `{name}` from `{image}` (check the task's \
+                         docker options)"
+                    ),
+                    source: error,
+                },
                 _ => engine_error(format!("cannot create the container `{name}`"), error),
             })?;
 
@@ -230,11 +235,13 @@ impl DockerExecutor {
         let mut output = attached.output;
 
         if let Err(error) = self.docker.start_container(name, None).await {
-            return Err(ExecError::Start(format!(
-                "the container `{name}` from `{image}` did not start: {}: check the command \
-                 and the image",
-                server_message(&error)
-            )));
+            return Err(Error::Refused {
+                context: format!(
+                    "the container `{name}` from `{image}` did not start (check the command and \
+                     the image)"
+                ),
+                source: error,
+            });
         }
         debug!(container = name, %image, "container started");
 
@@ -320,7 +327,7 @@ impl Executor for DockerExecutor {
         job: &'a Job,
         logs: LogSink,
         cancel: CancellationToken,
-    ) -> BoxFuture<'a, Result<Exit, ExecError>> {
+    ) -> BoxFuture<'a, Result<Exit, Error>> {
         self.run_job(job, logs, cancel).boxed()
     }
 
@@ -412,7 +419,7 @@ async fn copy_output(
 }
 
 /// The exit code of a container that has stopped (or is about to).
-async fn wait_for_exit(docker: &Docker, name: &str) -> Result<i32, ExecError> {
+async fn wait_for_exit(docker: &Docker, name: &str) -> Result<i32, Error> {
     let options = WaitContainerOptionsBuilder::new()
         .condition("not-running")
         .build();
@@ -428,13 +435,13 @@ async fn wait_for_exit(docker: &Docker, name: &str) -> Result<i32, ExecError> {
             ));
         }
         None => {
-            return Err(ExecError::Docker(format!(
+            return Err(Error::Engine(format!(
                 "the engine gave no exit code for the container `{name}`: check the engine's logs"
             )));
         }
     };
     i32::try_from(code).map_err(|_| {
-        ExecError::Docker(format!(
+        Error::Engine(format!(
             "the container `{name}` exited with the impossible code {code}"
         ))
     })
@@ -446,7 +453,7 @@ fn container_body(
     job: &Job,
     docker_spec: &DockerSpec,
     worker_env: impl Fn(&str) -> Option<String>,
-) -> Result<ContainerCreateBody, ExecError> {
+) -> Result<ContainerCreateBody, Error> {
     let options = &docker_spec.options;
     let dirs = &job.dirs;
     let mounts = vec![
@@ -503,13 +510,15 @@ fn container_body(
 
 /// A bind mount of one of herd's directories. A `Mount` rather than a `Binds` string: a host
 /// path containing `:` stays one path, and a missing directory is an error, not a new one.
-fn bind_mount(source: &Path, target: &str, read_only: bool) -> Result<Mount, ExecError> {
-    let absolute = std::path::absolute(source).map_err(|error| ExecError::Io {
-        context: format!("cannot resolve the directory {}", source.display()),
-        source: error,
+fn bind_mount(source: &Path, target: &str, read_only: bool) -> Result<Mount, Error> {
+    let absolute = std::path::absolute(source).map_err(|error| {
+        Error::io(
+            format!("cannot resolve the directory {}", source.display()),
+            error,
+        )
     })?;
     let Some(source) = absolute.to_str() else {
-        return Err(ExecError::Start(format!(
+        return Err(Error::Start(format!(
             "the directory {} is not valid UTF-8 and cannot be given to docker: use a worker \
              directory with a plain name",
             absolute.display()
@@ -613,191 +622,9 @@ fn server_message(error: &DockerError) -> String {
     }
 }
 
-fn engine_error(context: String, error: DockerError) -> ExecError {
-    ExecError::Docker(format!("{context}: {error}"))
+fn engine_error(context: String, source: DockerError) -> Error {
+    Error::Docker { context, source }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::path::PathBuf;
-    use std::sync::Arc;
-
-    use herd_proto::{TaskId, TaskRequest, TaskSpec};
-
-    use super::*;
-    use crate::executor::TaskDirs;
-
-    fn job(command: &[&str], options: &str) -> Job {
-        let spec = TaskSpec::new(TaskRequest {
-            command: command.iter().map(|word| word.to_string()).collect(),
-            docker_image: Some("busybox:1".into()),
-            docker_options: options.into(),
-            ..TaskRequest::default()
-        })
-        .unwrap();
-        let root = PathBuf::from("/scratch/attempt");
-        Job {
-            task_id: TaskId(17),
-            attempt: 2,
-            spec: Arc::new(spec),
-            dirs: TaskDirs {
-                input: root.join("input"),
-                output: root.join("output"),
-                resource: root.join("resource"),
-                tmp: root.join("tmp"),
-                root,
-            },
-            env: vec![("CPU".into(), "4".into()), ("THREADS".into(), "4".into())],
-            name: "herd-w1-t17-a2".into(),
-        }
-    }
-
-    fn body(job: &Job) -> ContainerCreateBody {
-        container_body(job, job.spec.docker().unwrap(), |key| {
-            (key == "FROM_WORKER").then(|| "worker value".to_owned())
-        })
-        .unwrap()
-    }
-
-    #[test]
-    fn command_mounts_and_defaults() {
-        let body = body(&job(&["sh", "-c", "echo hi"], ""));
-        assert_eq!(body.image.as_deref(), Some("busybox:1"));
-        assert_eq!(
-            body.cmd,
-            Some(vec!["sh".into(), "-c".into(), "echo hi".into()])
-        );
-        assert_eq!(body.entrypoint, None);
-        assert_eq!(body.working_dir, None);
-        assert_eq!(body.user, None);
-        assert_eq!(body.tty, Some(false));
-        let host = body.host_config.unwrap();
-        let mounts: Vec<(String, String, bool)> = host
-            .mounts
-            .unwrap()
-            .into_iter()
-            .map(|mount| {
-                (
-                    mount.source.unwrap(),
-                    mount.target.unwrap(),
-                    mount.read_only.unwrap(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            mounts,
-            vec![
-                ("/scratch/attempt/input".into(), "/input".into(), false),
-                ("/scratch/attempt/output".into(), "/output".into(), false),
-                ("/scratch/attempt/resource".into(), "/resource".into(), true),
-                ("/scratch/attempt/tmp".into(), "/tmp".into(), false),
-            ]
-        );
-        assert_eq!(host.binds, None);
-        assert_eq!(host.privileged, None);
-        assert_eq!(host.device_requests, None);
-    }
-
-    #[test]
-    fn options_become_host_config() {
-        let body = body(&job(
-            &["true"],
-            "--shm-size 1g --network none -m 256m --cpus 0.5 -v /data:/data:ro -v cache:/cache \
-             -w /work --entrypoint /bin/env --privileged",
-        ));
-        assert_eq!(body.entrypoint, Some(vec!["/bin/env".to_owned()]));
-        assert_eq!(body.working_dir.as_deref(), Some("/work"));
-        let host = body.host_config.unwrap();
-        assert_eq!(host.shm_size, Some(1 << 30));
-        assert_eq!(host.network_mode.as_deref(), Some("none"));
-        assert_eq!(host.memory, Some(256 << 20));
-        assert_eq!(host.nano_cpus, Some(500_000_000));
-        assert_eq!(host.privileged, Some(true));
-        assert_eq!(
-            host.binds,
-            Some(vec!["/data:/data:ro".to_owned(), "cache:/cache".to_owned()])
-        );
-    }
-
-    #[test]
-    fn environment_merges_job_and_options() {
-        let body = body(&job(
-            &["true"],
-            "-e THREADS=1 -e A=x=y -e FROM_WORKER -e NOT_ON_WORKER",
-        ));
-        assert_eq!(
-            body.env.unwrap(),
-            vec!["CPU=4", "THREADS=1", "A=x=y", "FROM_WORKER=worker value"]
-        );
-    }
-
-    #[test]
-    fn user_from_uid_and_gid() {
-        assert_eq!(user(Some(1234), Some(99)).as_deref(), Some("1234:99"));
-        assert_eq!(user(Some(1234), None).as_deref(), Some("1234"));
-        assert_eq!(user(None, Some(99)).as_deref(), Some("0:99"));
-        assert_eq!(user(None, None), None);
-    }
-
-    #[test]
-    fn gpus_like_the_docker_cli() {
-        let all = gpu_request("all");
-        assert_eq!((all.count, all.device_ids.clone()), (Some(-1), None));
-        assert_eq!(all.capabilities, Some(vec![vec!["gpu".to_owned()]]));
-        let two = gpu_request("2");
-        assert_eq!((two.count, two.device_ids), (Some(2), None));
-        let devices = gpu_request("device=0,1");
-        assert_eq!(devices.count, None);
-        assert_eq!(
-            devices.device_ids,
-            Some(vec!["0".to_owned(), "1".to_owned()])
-        );
-    }
-
-    #[test]
-    fn pulls_latest_only_when_no_tag_or_digest() {
-        assert_eq!(pull_reference("busybox"), ("busybox", Some("latest")));
-        assert_eq!(
-            pull_reference("localhost:5000/team/tool"),
-            ("localhost:5000/team/tool", Some("latest"))
-        );
-        assert_eq!(
-            pull_reference("localhost:5000/team/tool:2"),
-            ("localhost:5000/team/tool:2", None)
-        );
-        assert_eq!(
-            pull_reference("busybox@sha256:abcd"),
-            ("busybox@sha256:abcd", None)
-        );
-    }
-
-    #[test]
-    fn a_bare_task_is_refused() {
-        let mut bare = job(&["true"], "");
-        let mut request = bare.spec.to_request();
-        request.docker_image = None;
-        request.docker_options.clear();
-        bare.spec = Arc::new(TaskSpec::new(request).unwrap());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        // No engine is needed to refuse: connect lazily to a socket that is never used.
-        let executor = DockerExecutor {
-            docker: Docker::connect_with_http(
-                "http://127.0.0.1:9",
-                1,
-                bollard::API_DEFAULT_VERSION,
-            )
-            .unwrap(),
-            allow_privileged: false,
-        };
-        let (logs, _receiver) = LogSink::channel(1);
-        let error = runtime
-            .block_on(executor.run(&bare, logs, CancellationToken::new()))
-            .unwrap_err();
-        assert!(
-            matches!(&error, ExecError::Start(message) if message.contains("no docker image")),
-            "{error}"
-        );
-    }
-}
+mod tests;

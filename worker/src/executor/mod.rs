@@ -4,15 +4,19 @@
 //! an [`Executor`]: [`docker::DockerExecutor`] (one container per attempt, through bollard) or
 //! [`bare::BareExecutor`] (a process group on the host). The runner owns timeouts and
 //! cancellation: it cancels the token, and the executor kills what it started, cleans up, and
-//! returns [`Exit::Killed`].
+//! returns [`Exit::Killed`]. What the command prints goes to a [`LogSink`], tagged with
+//! herd-proto's [`LogStream`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use herd_proto::session::LogStream;
 use herd_proto::{TaskId, TaskSpec};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::Error;
 
 pub mod bare;
 pub mod docker;
@@ -51,30 +55,21 @@ pub struct Job {
     pub name: String,
 }
 
-/// Which output stream a chunk of log comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
-    /// Standard output.
-    Stdout,
-    /// Standard error.
-    Stderr,
-}
-
 /// Where an executor sends what the command prints, as it prints it.
 #[derive(Debug, Clone)]
 pub struct LogSink {
-    sender: mpsc::Sender<(Stream, Vec<u8>)>,
+    sender: mpsc::Sender<(LogStream, Vec<u8>)>,
 }
 
 impl LogSink {
     /// A sink and the receiver that drains it.
-    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<(Stream, Vec<u8>)>) {
+    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<(LogStream, Vec<u8>)>) {
         let (sender, receiver) = mpsc::channel(capacity);
         (LogSink { sender }, receiver)
     }
 
     /// Sends a chunk; waits when the receiver is behind (back-pressure, not loss).
-    pub async fn send(&self, stream: Stream, data: Vec<u8>) {
+    pub async fn send(&self, stream: LogStream, data: Vec<u8>) {
         if data.is_empty() {
             return;
         }
@@ -92,26 +87,6 @@ pub enum Exit {
     Killed,
 }
 
-/// Why an executor could not run a job.
-#[derive(Debug, thiserror::Error)]
-pub enum ExecError {
-    /// The program or image could not be started (not found, bad option...).
-    #[error("cannot start the task: {0}")]
-    Start(String),
-    /// The Docker engine failed.
-    #[error("docker: {0}")]
-    Docker(String),
-    /// A local I/O error.
-    #[error("{context}: {source}")]
-    Io {
-        /// What was being done.
-        context: String,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
 /// Runs one attempt to its end.
 pub trait Executor: Send + Sync + 'static {
     /// Runs `job`, streaming its output into `logs`. When `cancel` fires, kills the command,
@@ -121,7 +96,7 @@ pub trait Executor: Send + Sync + 'static {
         job: &'a Job,
         logs: LogSink,
         cancel: CancellationToken,
-    ) -> BoxFuture<'a, Result<Exit, ExecError>>;
+    ) -> BoxFuture<'a, Result<Exit, Error>>;
 
     /// Short name for logs: `docker` or `bare`.
     fn name(&self) -> &'static str;

@@ -1,0 +1,420 @@
+//! The worker's one stream to the server, kept open across server restarts.
+//!
+//! Each connection starts with a hello that lists every attempt the worker holds and its
+//! latest report, so a restarted server learns what is still running (and nothing is killed
+//! because the server went away). Reports are kept in an [`Outbox`]: running attempts until
+//! they end, terminal reports until the server acknowledges them (it does so once they are
+//! durable).
+//!
+//! # Layout
+//! - this module: [`Session`] (the outbox, the current connection, what runners need),
+//!   the reconnection loop, the handling of each server message, and the [`Reporter`] the
+//!   runners report through.
+//! - `link`: the connection itself, the only code that sees protobuf.
+//! - `outbox`: [`Outbox`].
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use herd_proto::convert::UndecodableMessage;
+use herd_proto::session::{FromWorker, Hello, LogChunk, ToWorker};
+use herd_proto::{Reason, TaskId, TaskReport, TaskSpec, TaskState, WorkerId};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::runner::{self, Attempt, Reporter, Resources};
+use crate::staging::FetchStaging;
+use crate::{Config, Executors};
+
+mod link;
+mod outbox;
+
+use link::{Incoming, Outgoing};
+use outbox::Outbox;
+
+/// This worker's herd version, told to the server and to users of tasks it cannot read.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How long a worker with queued work gathers its updates before sending them in one message.
+const GATHER_UPDATES: Duration = Duration::from_millis(5);
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The session's state, shared by the session loop and (as their [`Reporter`]) the runners.
+pub(crate) struct Session {
+    config: Arc<Config>,
+    /// Whether this worker runs Docker tasks (told in the hello).
+    docker: bool,
+    outbox: Outbox,
+    /// What the runners run attempts with.
+    resources: Arc<Resources<FetchStaging>>,
+    /// The current connection's sender, `None` while disconnected.
+    link: Mutex<Option<Outgoing>>,
+    worker_id: Mutex<Option<WorkerId>>,
+}
+
+impl Session {
+    fn new(config: Arc<Config>, executors: Executors) -> Session {
+        Session {
+            docker: executors.docker.is_some(),
+            outbox: Outbox::default(),
+            resources: Arc::new(Resources::new(&config, executors)),
+            link: Mutex::new(None),
+            worker_id: Mutex::new(None),
+            config,
+        }
+    }
+
+    fn link(&self) -> Option<Outgoing> {
+        self.link
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    fn set_link(&self, link: Option<Outgoing>) {
+        *self
+            .link
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = link;
+    }
+
+    /// The worker's id, once the server has welcomed it.
+    fn worker_id(&self) -> Option<WorkerId> {
+        *self
+            .worker_id
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn set_worker_id(&self, worker_id: WorkerId) {
+        *self
+            .worker_id
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(worker_id);
+    }
+
+    /// Whether attempts wait to start: the server pipelined work to this worker, so its next
+    /// assignment is not urgent.
+    fn has_queued_work(&self) -> bool {
+        let config = &self.config;
+        self.outbox.len() > (config.concurrency + config.prefetch) as usize
+    }
+
+    fn hello(&self) -> FromWorker {
+        let config = &self.config;
+        FromWorker::Hello(Hello {
+            worker_id: self.worker_id(),
+            name: config.name.clone(),
+            batch: config.batch.clone(),
+            concurrency: config.concurrency,
+            prefetch: config.prefetch,
+            docker: self.docker,
+            allow_privileged: config.allow_privileged,
+            cores: config.cores,
+            memory_bytes: config.memory_bytes,
+            version: VERSION.to_owned(),
+            // The latest report of every attempt: what was not sent is in it.
+            tasks: self.outbox.snapshot(),
+        })
+    }
+
+    /// Starts a runner for an assigned attempt (once: the server may repeat an assignment).
+    fn start(self: &Arc<Self>, task_id: TaskId, number: u32, spec: Arc<TaskSpec>) {
+        let cancel = CancellationToken::new();
+        if !self.outbox.hold(task_id, number, cancel.clone()) {
+            return;
+        }
+        let attempt = Attempt {
+            task_id,
+            number,
+            spec,
+            cancel,
+            worker_id: self.worker_id(),
+        };
+        tokio::spawn(runner::run(attempt, self.clone(), self.resources.clone()));
+    }
+
+    /// An assignment this worker cannot read (a newer server's spec, say) fails its attempt
+    /// with the reason, like any final report, so that the task does not wait forever.
+    fn refuse_assignment(&self, task_id: TaskId, attempt: u32, error: &UndecodableMessage) {
+        let reason = herd_fetch::error_chain(error);
+        warn!(%task_id, attempt, error = %reason, "cannot read an assignment; failing the attempt");
+        if !self.outbox.hold(task_id, attempt, CancellationToken::new()) {
+            return;
+        }
+        let mut report = TaskReport::new(task_id, attempt, TaskState::Failed);
+        report.reason = Some(Reason::Executor);
+        report.message = Some(format!(
+            "this worker (herd {VERSION}) cannot read the assignment: {reason}; upgrade the worker"
+        ));
+        self.outbox.push(report);
+    }
+}
+
+impl Reporter for Arc<Session> {
+    fn report(&self, report: TaskReport) {
+        self.outbox.push(report);
+    }
+
+    async fn log(&self, chunk: LogChunk) {
+        if let Some(link) = self.link() {
+            // A closed link means a reconnection is under way: logs are not kept.
+            let _ = link.send(FromWorker::Log(chunk)).await;
+        }
+    }
+
+    fn is_forgotten(&self, task_id: TaskId, attempt: u32) -> bool {
+        self.outbox.is_forgotten(task_id, attempt)
+    }
+}
+
+/// Sends the outbox's reports down `link`, several at once: as soon as they come when the
+/// worker has nothing queued (the server waits for them to give it work), after gathering
+/// them for [`GATHER_UPDATES`] when it has (its slots are fed from its own queue; one message
+/// and one commit then carry the updates of many tasks). Ends when the stream closes.
+async fn flush_reports(session: &Session, link: &Outgoing) {
+    let mut batch = Vec::new();
+    loop {
+        session.outbox.pushed().await;
+        if session.has_queued_work() {
+            tokio::time::sleep(GATHER_UPDATES).await;
+        }
+        session.outbox.drain_into(&mut batch);
+        if batch.is_empty() {
+            continue;
+        }
+        if link.send_reports(&mut batch).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Connects, serves, and reconnects until `shutdown` or a deletion by the server.
+pub(crate) async fn run(config: Arc<Config>, executors: Executors, shutdown: CancellationToken) {
+    let session = Arc::new(Session::new(config, executors));
+    let mut backoff = MIN_BACKOFF;
+    let mut warned = false;
+    loop {
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            outcome = connect_and_serve(&session, &shutdown) => outcome,
+        };
+        session.set_link(None);
+        match outcome {
+            Outcome::Shutdown(reason) => {
+                warn!(%reason, "the server asked this worker to stop");
+                break;
+            }
+            Outcome::Stopped => break,
+            Outcome::Broken {
+                error,
+                was_connected,
+            } => {
+                if was_connected {
+                    backoff = MIN_BACKOFF;
+                    warned = false;
+                    warn!(%error, "lost the server; reconnecting");
+                } else if !warned {
+                    warn!(server = %session.config.server, %error, "cannot reach the herd server; retrying");
+                    warned = true;
+                } else {
+                    debug!(%error, "still cannot reach the server");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    // Stop every attempt still running.
+    session.outbox.cancel_all();
+}
+
+enum Outcome {
+    Shutdown(String),
+    Stopped,
+    Broken { error: String, was_connected: bool },
+}
+
+fn broken(error: impl Into<String>, was_connected: bool) -> Outcome {
+    Outcome::Broken {
+        error: error.into(),
+        was_connected,
+    }
+}
+
+async fn connect_and_serve(session: &Arc<Session>, shutdown: &CancellationToken) -> Outcome {
+    let (link, mut incoming) = match link::connect(&session.config.server, &session.hello()).await {
+        Ok(connection) => connection,
+        Err(error) => return broken(error, false),
+    };
+    let heartbeat = match welcome(session, &mut incoming).await {
+        Ok(heartbeat) => heartbeat,
+        Err(error) => return broken(error, false),
+    };
+    session.set_link(Some(link.clone()));
+    let flusher = flush_reports(session, &link);
+    tokio::pin!(flusher);
+    let mut ticker = tokio::time::interval(heartbeat);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Outcome::Stopped,
+            () = &mut flusher => return broken("the stream closed", true),
+            _ = ticker.tick() => {
+                if link.send(FromWorker::Heartbeat).await.is_err() {
+                    return broken("the stream closed", true);
+                }
+            }
+            message = incoming.next() => match message {
+                Ok(Some(message)) => {
+                    if let Some(outcome) = handle(session, message) {
+                        return outcome;
+                    }
+                }
+                Ok(None) => return broken("the server closed the stream", true),
+                Err(error) => return broken(error, true),
+            },
+        }
+    }
+}
+
+/// Waits for the server's welcome; returns the heartbeat interval it asks for.
+async fn welcome(session: &Session, incoming: &mut Incoming) -> Result<Duration, String> {
+    match incoming.next().await? {
+        Some(Ok(ToWorker::Welcome {
+            worker_id,
+            heartbeat_interval,
+        })) => {
+            session.set_worker_id(worker_id);
+            let config = &session.config;
+            info!(%worker_id, server = %config.server, batch = %config.batch, "connected");
+            Ok(heartbeat_interval.max(Duration::from_millis(100)))
+        }
+        Some(Err(error)) => Err(format!(
+            "cannot read the server's welcome: {}",
+            herd_fetch::error_chain(&error)
+        )),
+        _ => Err("the server did not welcome the worker".to_owned()),
+    }
+}
+
+/// Acts on one message from the server; `Some` ends the connection.
+fn handle(
+    session: &Arc<Session>,
+    message: Result<ToWorker, UndecodableMessage>,
+) -> Option<Outcome> {
+    let message = match message {
+        Ok(message) => message,
+        Err(error) => {
+            match error.assignment {
+                Some((task_id, attempt)) => session.refuse_assignment(task_id, attempt, &error),
+                None => warn!(
+                    error = %herd_fetch::error_chain(&error),
+                    "ignored a message from the server that this worker cannot read"
+                ),
+            }
+            return None;
+        }
+    };
+    match message {
+        ToWorker::Assign {
+            task_id,
+            attempt,
+            spec,
+        } => session.start(task_id, attempt, spec),
+        ToWorker::Cancel {
+            task_id,
+            attempt,
+            reason,
+        } => {
+            if session.outbox.forget(task_id, attempt) {
+                debug!(%task_id, attempt, %reason, "attempt canceled by the server");
+            }
+        }
+        ToWorker::Ack { task_id, attempt } => session.outbox.ack(task_id, attempt),
+        ToWorker::Shutdown { reason } => return Some(Outcome::Shutdown(reason)),
+        ToWorker::Welcome { .. } => {}
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::link::samples;
+    use super::*;
+
+    fn session(work_dir: &std::path::Path) -> Arc<Session> {
+        let config = Config {
+            server: "http://127.0.0.1:1".to_owned(),
+            name: "test".to_owned(),
+            batch: herd_proto::BatchName::default_batch(),
+            concurrency: 1,
+            prefetch: 0,
+            executor: crate::ExecutorKind::Bare,
+            allow_privileged: false,
+            work_dir: work_dir.to_path_buf(),
+            cores: 1,
+            memory_bytes: 1 << 30,
+        };
+        let executors = Executors {
+            bare: Arc::new(crate::executor::bare::BareExecutor::new()),
+            docker: None,
+        };
+        Arc::new(Session::new(Arc::new(config), executors))
+    }
+
+    fn drained(session: &Session) -> Vec<TaskReport> {
+        let mut batch = Vec::new();
+        session.outbox.drain_into(&mut batch);
+        batch
+    }
+
+    #[tokio::test]
+    async fn an_assignment_this_worker_cannot_read_fails_its_attempt_until_acknowledged() {
+        let work = tempfile::tempdir().unwrap();
+        let session = session(work.path());
+        let unreadable = || samples::assignment_without_spec(TaskId(5), 2);
+        assert!(handle(&session, unreadable()).is_none());
+        let sent = drained(&session);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        let report = &sent[0];
+        assert_eq!((report.task_id, report.attempt), (TaskId(5), 2));
+        assert_eq!(report.state, TaskState::Failed);
+        assert_eq!(report.reason, Some(Reason::Executor));
+        let message = report.message.as_deref().unwrap_or_default();
+        assert!(
+            message.starts_with(&format!(
+                "this worker (herd {VERSION}) cannot read the assignment: "
+            )) && message.contains("spec")
+                && message.ends_with("; upgrade the worker"),
+            "{message}"
+        );
+
+        // Repeated, it is not reported twice; kept for the next hello until acknowledged.
+        handle(&session, unreadable());
+        assert!(drained(&session).is_empty());
+        assert_eq!(session.outbox.snapshot(), sent);
+        handle(
+            &session,
+            Ok(ToWorker::Ack {
+                task_id: TaskId(5),
+                attempt: 2,
+            }),
+        );
+        assert!(session.outbox.snapshot().is_empty());
+    }
+
+    #[tokio::test]
+    async fn another_unreadable_message_is_ignored() {
+        let work = tempfile::tempdir().unwrap();
+        let session = session(work.path());
+        assert!(handle(&session, samples::unknown_kind()).is_none());
+        assert!(drained(&session).is_empty());
+        assert_eq!(session.outbox.len(), 0);
+    }
+}
