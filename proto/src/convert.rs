@@ -427,12 +427,7 @@ fn stream_from_i32(value: i32) -> Result<LogStream, Error> {
 
 impl From<&LogChunk> for pb::LogChunk {
     fn from(chunk: &LogChunk) -> Self {
-        pb::LogChunk {
-            task_id: chunk.task_id.0,
-            attempt: chunk.attempt,
-            stream: pb::LogStream::from(chunk.stream).into(),
-            data: chunk.data.clone(),
-        }
+        pb::LogChunk::from(chunk.clone())
     }
 }
 
