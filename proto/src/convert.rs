@@ -704,6 +704,7 @@ mod tests {
 
     fn report() -> TaskReport {
         let mut report = TaskReport::new(TaskId(7), 2, TaskState::Failed);
+        report.at = Timestamp(1_700_000_000_000);
         report.exit_code = Some(3);
         report.reason = Some(Reason::ExitCode);
         report.message = Some("exit code 3".into());
