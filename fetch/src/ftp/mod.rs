@@ -14,7 +14,6 @@
 //! - Transient failures (connection errors, 4xx replies, time-outs) are retried on a new
 //!   connection ([`RetryPolicy`]); an interrupted download resumes with `REST` when the server
 //!   allows it, and starts over otherwise.
-
 //!
 //! # Layout
 //!

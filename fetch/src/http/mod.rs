@@ -10,7 +10,6 @@
 //!
 //! The module also holds the pieces the other network backends (ftp, run+fastq) share: the
 //! retry policy and the `FileSink` writer.
-
 //!
 //! # Layout
 //!
