@@ -555,28 +555,74 @@ fn parse_report(text: &str, accession: &str) -> Result<Vec<RunFile>> {
     let Some(header) = lines.next() else {
         return Err(unknown_run(accession));
     };
-    let columns: Vec<&str> = header.split('\t').map(str::trim).collect();
-    let column = |name: &str| {
-        columns
-            .iter()
-            .position(|column| *column == name)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::InvalidData,
-                    format!(
-                        "ENA's report for {accession} has no `{name}` column (header `{}`): check HERD_ENA_ENDPOINT",
-                        header.trim()
-                    ),
-                )
-            })
-    };
-    let run_column = column("run_accession")?;
-    let ftp_column = column("fastq_ftp")?;
-    let md5_column = column("fastq_md5")?;
-    let bytes_column = column("fastq_bytes")?;
+    let columns = ReportColumns::find(header, accession)?;
     let rows: Vec<Vec<&str>> = lines
         .map(|line| line.split('\t').map(str::trim).collect())
         .collect();
+    let row = run_row(&rows, columns.run, accession)?;
+    let list = |text: &str| -> Vec<String> {
+        text.split(';')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let paths = list(field(row, columns.ftp));
+    let md5s = list(field(row, columns.md5));
+    let sizes = list(field(row, columns.bytes));
+    if paths.is_empty() {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "ENA has no FASTQ files for run {accession} (only submitted files, or not yet processed): try @sra-tools"
+            ),
+        ));
+    }
+    run_files(accession, paths, &md5s, &sizes)
+}
+
+/// Where the columns herd reads are in ENA's report.
+struct ReportColumns {
+    run: usize,
+    ftp: usize,
+    md5: usize,
+    bytes: usize,
+}
+
+impl ReportColumns {
+    /// The columns named in `header`; a missing one is an error.
+    fn find(header: &str, accession: &str) -> Result<ReportColumns> {
+        let columns: Vec<&str> = header.split('\t').map(str::trim).collect();
+        let column = |name: &str| {
+            columns
+                .iter()
+                .position(|column| *column == name)
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::InvalidData,
+                        format!(
+                            "ENA's report for {accession} has no `{name}` column (header `{}`): check HERD_ENA_ENDPOINT",
+                            header.trim()
+                        ),
+                    )
+                })
+        };
+        Ok(ReportColumns {
+            run: column("run_accession")?,
+            ftp: column("fastq_ftp")?,
+            md5: column("fastq_md5")?,
+            bytes: column("fastq_bytes")?,
+        })
+    }
+}
+
+/// The row of the run `accession` among `rows`; an accession that names a study or a sample
+/// (several runs) says which runs it has.
+fn run_row<'r, 't>(
+    rows: &'r [Vec<&'t str>],
+    run_column: usize,
+    accession: &str,
+) -> Result<&'r [&'t str]> {
     let Some(row) = rows
         .iter()
         .find(|row| field(row, run_column).eq_ignore_ascii_case(accession))
@@ -596,24 +642,17 @@ fn parse_report(text: &str, accession: &str) -> Result<Vec<RunFile>> {
             runs.join(", ")
         )));
     };
-    let list = |text: &str| -> Vec<String> {
-        text.split(';')
-            .map(str::trim)
-            .filter(|item| !item.is_empty())
-            .map(str::to_owned)
-            .collect()
-    };
-    let paths = list(field(row, ftp_column));
-    let md5s = list(field(row, md5_column));
-    let sizes = list(field(row, bytes_column));
-    if paths.is_empty() {
-        return Err(Error::new(
-            ErrorKind::NotFound,
-            format!(
-                "ENA has no FASTQ files for run {accession} (only submitted files, or not yet processed): try @sra-tools"
-            ),
-        ));
-    }
+    Ok(row)
+}
+
+/// The files of a run from the `fastq_ftp`, `fastq_md5` and `fastq_bytes` lists of its row;
+/// `md5s` and `sizes` must be empty or as long as `paths`.
+fn run_files(
+    accession: &str,
+    paths: Vec<String>,
+    md5s: &[String],
+    sizes: &[String],
+) -> Result<Vec<RunFile>> {
     let malformed = |what: &str| {
         Error::new(
             ErrorKind::InvalidData,

@@ -273,18 +273,7 @@ impl Uri {
             Some(bar) => (&trimmed[..bar], Some(&trimmed[bar + 1..])),
             None => (trimmed, None),
         };
-        let mut actions = Vec::new();
-        if let Some(actions_text) = actions_text {
-            for action_text in actions_text.split('|') {
-                if action_text.is_empty() {
-                    return Err(Error::invalid_uri(format!(
-                        "empty action in `{}`: remove the extra `|`",
-                        redact_str(trimmed)
-                    )));
-                }
-                actions.push(Action::parse(action_text)?);
-            }
-        }
+        let actions = parse_actions(trimmed, actions_text)?;
 
         let separator = body.find("://").filter(|&end| !body[..end].contains('/'));
         let Some(separator) = separator else {
@@ -306,72 +295,14 @@ impl Uri {
         let prefix = &body[..separator];
         let mut words = prefix.split('@');
         let scheme_name = words.next().unwrap_or_default();
-        let Some(scheme) = Scheme::from_name(scheme_name) else {
-            let known: Vec<&str> = Scheme::ALL.iter().map(|scheme| scheme.as_str()).collect();
-            let shown = if scheme_name.is_empty() {
-                "(none)"
-            } else {
-                scheme_name
-            };
-            return Err(Error::invalid_uri(format!(
-                "unknown scheme `{shown}` in `{}`: known schemes are {}; a plain path is a local file",
-                redact_str(trimmed),
-                known.join(", ")
-            )));
-        };
-        let mut options = Vec::new();
-        for word in words {
-            if word.is_empty() {
-                return Err(Error::invalid_uri(format!(
-                    "empty option in `{}`: remove the `@` or name an option after it",
-                    redact_str(trimmed)
-                )));
-            }
-            let allowed = scheme.options();
-            let Some(option) = allowed
-                .iter()
-                .copied()
-                .find(|option| option.as_str().eq_ignore_ascii_case(word))
-            else {
-                let hint = if allowed.is_empty() {
-                    format!("{scheme} takes no options")
-                } else {
-                    let names: Vec<String> =
-                        allowed.iter().map(|option| format!("@{option}")).collect();
-                    format!("{scheme} options are {}", names.join(", "))
-                };
-                return Err(Error::invalid_uri(format!(
-                    "unknown option `@{word}` for {scheme}: {hint}"
-                )));
-            };
-            if !options.contains(&option) {
-                options.push(option);
-            }
-        }
+        let scheme = parse_scheme(trimmed, scheme_name)?;
+        let options = parse_options(trimmed, scheme, words)?;
 
         let path = &body[separator + 3..];
-        if path.is_empty() {
-            return Err(Error::invalid_uri(format!(
-                "empty path in `{}`: put the path after `://`, e.g. {scheme}://{}",
-                redact_str(trimmed),
-                example_path(scheme)
-            )));
-        }
-        if scheme == Scheme::File && !path.starts_with('/') {
-            return Err(Error::invalid_uri(format!(
-                "`{trimmed}` must have an absolute path: write file:///abs/path, or a plain relative path"
-            )));
-        }
+        check_path(trimmed, scheme, path)?;
 
         // Keep the text as given, but with the scheme in lower case so that equal URIs compare equal.
-        let text = if scheme_name.bytes().any(|byte| byte.is_ascii_uppercase()) {
-            let mut text = String::with_capacity(trimmed.len());
-            text.push_str(scheme.as_str());
-            text.push_str(&trimmed[scheme_name.len()..]);
-            text
-        } else {
-            trimmed.to_owned()
-        };
+        let text = with_lowercase_scheme(trimmed, scheme, scheme_name);
         Ok(Uri {
             text,
             scheme,
@@ -517,6 +448,109 @@ impl Uri {
     /// and the query of http(s) URIs (pre-signed URLs carry signatures there) become `***`.
     pub fn redacted(&self) -> Redacted<'_> {
         Redacted(self)
+    }
+}
+
+/// The actions after the first `|` of `trimmed` (`actions_text`), each checked.
+fn parse_actions(trimmed: &str, actions_text: Option<&str>) -> Result<Vec<Action>> {
+    let mut actions = Vec::new();
+    if let Some(actions_text) = actions_text {
+        for action_text in actions_text.split('|') {
+            if action_text.is_empty() {
+                return Err(Error::invalid_uri(format!(
+                    "empty action in `{}`: remove the extra `|`",
+                    redact_str(trimmed)
+                )));
+            }
+            actions.push(Action::parse(action_text)?);
+        }
+    }
+    Ok(actions)
+}
+
+/// The scheme named `scheme_name` at the start of `trimmed`; an unknown one lists the known.
+fn parse_scheme(trimmed: &str, scheme_name: &str) -> Result<Scheme> {
+    let Some(scheme) = Scheme::from_name(scheme_name) else {
+        let known: Vec<&str> = Scheme::ALL.iter().map(|scheme| scheme.as_str()).collect();
+        let shown = if scheme_name.is_empty() {
+            "(none)"
+        } else {
+            scheme_name
+        };
+        return Err(Error::invalid_uri(format!(
+            "unknown scheme `{shown}` in `{}`: known schemes are {}; a plain path is a local file",
+            redact_str(trimmed),
+            known.join(", ")
+        )));
+    };
+    Ok(scheme)
+}
+
+/// The `@option` words after the scheme's name: each must be one of `scheme`'s options
+/// (case-insensitive); a repeated one is kept once.
+fn parse_options<'w>(
+    trimmed: &str,
+    scheme: Scheme,
+    words: impl Iterator<Item = &'w str>,
+) -> Result<Vec<SchemeOption>> {
+    let mut options = Vec::new();
+    for word in words {
+        if word.is_empty() {
+            return Err(Error::invalid_uri(format!(
+                "empty option in `{}`: remove the `@` or name an option after it",
+                redact_str(trimmed)
+            )));
+        }
+        let allowed = scheme.options();
+        let Some(option) = allowed
+            .iter()
+            .copied()
+            .find(|option| option.as_str().eq_ignore_ascii_case(word))
+        else {
+            let hint = if allowed.is_empty() {
+                format!("{scheme} takes no options")
+            } else {
+                let names: Vec<String> =
+                    allowed.iter().map(|option| format!("@{option}")).collect();
+                format!("{scheme} options are {}", names.join(", "))
+            };
+            return Err(Error::invalid_uri(format!(
+                "unknown option `@{word}` for {scheme}: {hint}"
+            )));
+        };
+        if !options.contains(&option) {
+            options.push(option);
+        }
+    }
+    Ok(options)
+}
+
+/// Refuses an empty `path` after `://`, and a relative one for `file://`.
+fn check_path(trimmed: &str, scheme: Scheme, path: &str) -> Result<()> {
+    if path.is_empty() {
+        return Err(Error::invalid_uri(format!(
+            "empty path in `{}`: put the path after `://`, e.g. {scheme}://{}",
+            redact_str(trimmed),
+            example_path(scheme)
+        )));
+    }
+    if scheme == Scheme::File && !path.starts_with('/') {
+        return Err(Error::invalid_uri(format!(
+            "`{trimmed}` must have an absolute path: write file:///abs/path, or a plain relative path"
+        )));
+    }
+    Ok(())
+}
+
+/// `trimmed` with its scheme's name (`scheme_name`, as written) in lower case.
+fn with_lowercase_scheme(trimmed: &str, scheme: Scheme, scheme_name: &str) -> String {
+    if scheme_name.bytes().any(|byte| byte.is_ascii_uppercase()) {
+        let mut text = String::with_capacity(trimmed.len());
+        text.push_str(scheme.as_str());
+        text.push_str(&trimmed[scheme_name.len()..]);
+        text
+    } else {
+        trimmed.to_owned()
     }
 }
 
