@@ -9,6 +9,7 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::Context;
+use herd_proto::spec::MAX_TASKS_PER_SUBMIT;
 use herd_proto::{TaskId, TaskRequest, TaskSpec};
 use serde::Serialize;
 
@@ -35,6 +36,13 @@ pub async fn run(server: &str, args: LaunchArgs) -> anyhow::Result<Outcome> {
         None => vec![candidate_from_command_line(&options, args.command.clone())?],
     };
     let from_file = args.file.is_some();
+    if candidates.len() > MAX_TASKS_PER_SUBMIT {
+        return Err(exit::Error::usage(format!(
+            "the file has {} tasks; the limit is {MAX_TASKS_PER_SUBMIT} a launch: split the file into parts of at most {MAX_TASKS_PER_SUBMIT} lines",
+            candidates.len()
+        ))
+        .into());
+    }
 
     if args.test {
         print_test(&candidates, from_file, args.json)?;

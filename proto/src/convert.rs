@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::request::{BatchAction, LogRequest, TaskFilter};
-use crate::session::{FromWorker, Hello, LogChunk, LogStream, ToWorker};
+use crate::session::{FromWorker, Hello, LogChunk, LogStream, ToWorker, check_report};
 use crate::spec::TaskRequest;
 use crate::view::{AttemptView, BatchView, TaskView, Transfer, TransferredFile, WorkerView};
 use crate::{
@@ -446,12 +446,14 @@ impl TryFrom<pb::LogChunk> for LogChunk {
     type Error = Error;
 
     fn try_from(chunk: pb::LogChunk) -> Result<Self, Error> {
-        Ok(LogChunk {
+        let chunk = LogChunk {
             task_id: TaskId(chunk.task_id),
             attempt: chunk.attempt,
             stream: stream_from_i32(chunk.stream)?,
             data: chunk.data,
-        })
+        };
+        chunk.check()?;
+        Ok(chunk)
     }
 }
 
@@ -476,7 +478,7 @@ impl TryFrom<pb::TaskUpdate> for TaskReport {
     type Error = Error;
 
     fn try_from(update: pb::TaskUpdate) -> Result<Self, Error> {
-        Ok(TaskReport {
+        let report = TaskReport {
             task_id: TaskId(update.task_id),
             attempt: update.attempt,
             state: state_from_i32(update.state)?,
@@ -485,7 +487,9 @@ impl TryFrom<pb::TaskUpdate> for TaskReport {
             reason: reason_from(update.reason)?,
             message: update.message,
             transfers: update.transfers.into_iter().map(Transfer::from).collect(),
-        })
+        };
+        check_report(&report)?;
+        Ok(report)
     }
 }
 
@@ -520,7 +524,7 @@ impl TryFrom<pb::Hello> for Hello {
         } else {
             BatchName::new(hello.batch)?
         };
-        Ok(Hello {
+        let hello = Hello {
             worker_id: hello.worker_id.map(WorkerId),
             name: hello.name,
             batch,
@@ -532,7 +536,9 @@ impl TryFrom<pb::Hello> for Hello {
             memory_bytes: hello.memory_bytes,
             version: hello.version,
             tasks: reports_from(hello.tasks)?,
-        })
+        };
+        hello.check()?;
+        Ok(hello)
     }
 }
 

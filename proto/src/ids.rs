@@ -77,7 +77,11 @@ impl BatchName {
         {
             return Err(Error::invalid(
                 "batch",
-                format!("`{name}` contains `{bad}`; use letters, digits and _ - . : @"),
+                format!(
+                    "`{}` contains `{}`; use letters, digits and _ - . : @",
+                    name.escape_debug(),
+                    bad.escape_debug()
+                ),
             ));
         }
         Ok(BatchName(name))

@@ -7,7 +7,20 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::{BatchName, TaskId, TaskReport, TaskSpec, WorkerId};
+use crate::{BatchName, Error, TaskId, TaskReport, TaskSpec, WorkerId};
+
+/// The longest worker name, in bytes.
+pub const MAX_WORKER_NAME_BYTES: usize = 256;
+/// The longest version string a worker may give, in bytes.
+pub const MAX_VERSION_BYTES: usize = 64;
+/// The most tasks a worker may run at once, and the most it may stage ahead.
+pub const MAX_CONCURRENCY: u32 = 4096;
+/// The longest message a report may carry, in bytes (a worker truncates longer ones).
+pub const MAX_REPORT_MESSAGE_BYTES: usize = 64 << 10;
+/// The most transferred files one report may list.
+pub const MAX_TRANSFER_ITEMS: usize = 100_000;
+/// The most bytes one log chunk may carry.
+pub const MAX_LOG_CHUNK_BYTES: usize = 1 << 20;
 
 /// Which stream of a task's output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -48,6 +61,22 @@ pub struct LogChunk {
     pub data: Vec<u8>,
 }
 
+impl LogChunk {
+    /// Refuses a chunk larger than [`MAX_LOG_CHUNK_BYTES`].
+    pub fn check(&self) -> Result<(), Error> {
+        if self.data.len() > MAX_LOG_CHUNK_BYTES {
+            return Err(Error::invalid(
+                "log chunk",
+                format!(
+                    "{} bytes in one chunk; the limit is {MAX_LOG_CHUNK_BYTES}: send smaller chunks",
+                    self.data.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What a worker says when it (re)connects.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hello {
@@ -73,6 +102,79 @@ pub struct Hello {
     pub version: String,
     /// Every attempt it holds, with its latest report.
     pub tasks: Vec<TaskReport>,
+}
+
+impl Hello {
+    /// Refuses a hello whose strings hold a NUL byte or are too long, or whose numbers are
+    /// out of range; checks every report it carries with [`check_report`].
+    pub fn check(&self) -> Result<(), Error> {
+        check_text("worker name", &self.name, MAX_WORKER_NAME_BYTES)?;
+        check_text("worker version", &self.version, MAX_VERSION_BYTES)?;
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            return Err(Error::invalid(
+                "concurrency",
+                format!(
+                    "{} tasks at once; give 1 to {MAX_CONCURRENCY}",
+                    self.concurrency
+                ),
+            ));
+        }
+        if self.prefetch > MAX_CONCURRENCY {
+            return Err(Error::invalid(
+                "prefetch",
+                format!(
+                    "{} tasks staged ahead; the limit is {MAX_CONCURRENCY}",
+                    self.prefetch
+                ),
+            ));
+        }
+        self.tasks.iter().try_for_each(check_report)
+    }
+}
+
+/// Refuses a report whose message holds a NUL byte or is longer than
+/// [`MAX_REPORT_MESSAGE_BYTES`], or whose transfers list more than [`MAX_TRANSFER_ITEMS`]
+/// files or hold a NUL byte.
+pub fn check_report(report: &TaskReport) -> Result<(), Error> {
+    if let Some(message) = &report.message {
+        check_text("report message", message, MAX_REPORT_MESSAGE_BYTES)?;
+    }
+    let items: usize = report
+        .transfers
+        .iter()
+        .map(|transfer| transfer.items.len())
+        .sum();
+    if items > MAX_TRANSFER_ITEMS {
+        return Err(Error::invalid(
+            "transfers",
+            format!("{items} files listed in one report; the limit is {MAX_TRANSFER_ITEMS}"),
+        ));
+    }
+    for transfer in &report.transfers {
+        check_text(
+            "transfer direction",
+            &transfer.direction,
+            MAX_WORKER_NAME_BYTES,
+        )?;
+        check_text("transfer uri", &transfer.uri, crate::spec::MAX_URI_BYTES)?;
+        for item in &transfer.items {
+            check_text("transferred file", &item.path, crate::spec::MAX_URI_BYTES)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_text(field: &'static str, text: &str, limit: usize) -> Result<(), Error> {
+    if text.len() > limit {
+        return Err(Error::invalid(
+            field,
+            format!("{} bytes long; the limit is {limit}", text.len()),
+        ));
+    }
+    if text.contains('\0') {
+        return Err(Error::invalid(field, "contains a NUL byte"));
+    }
+    Ok(())
 }
 
 /// A message from a worker to the server.
@@ -129,4 +231,79 @@ pub enum ToWorker {
         /// Why.
         reason: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TaskState;
+
+    fn hello() -> Hello {
+        Hello {
+            worker_id: None,
+            name: "w1".into(),
+            batch: BatchName::default_batch(),
+            concurrency: 4,
+            prefetch: 0,
+            docker: false,
+            allow_privileged: false,
+            cores: 4,
+            memory_bytes: 1 << 30,
+            version: "0.1.0".into(),
+            tasks: Vec::new(),
+        }
+    }
+
+    fn refused(hello: Hello) -> String {
+        hello.check().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_hello_is_checked_field_by_field() {
+        assert!(hello().check().is_ok());
+        let error = refused(Hello {
+            concurrency: 0,
+            ..hello()
+        });
+        assert!(error.starts_with("invalid concurrency: "), "{error}");
+        let error = refused(Hello {
+            concurrency: 5000,
+            ..hello()
+        });
+        assert!(error.contains("give 1 to 4096"), "{error}");
+        let error = refused(Hello {
+            prefetch: 4097,
+            ..hello()
+        });
+        assert!(error.starts_with("invalid prefetch: "), "{error}");
+        let error = refused(Hello {
+            name: "w\0".into(),
+            ..hello()
+        });
+        assert!(error.starts_with("invalid worker name: "), "{error}");
+        let error = refused(Hello {
+            version: "v".repeat(65),
+            ..hello()
+        });
+        assert!(error.contains("the limit is 64"), "{error}");
+        let mut report = TaskReport::new(TaskId(1), 1, TaskState::Failed);
+        report.message = Some("x".repeat(MAX_REPORT_MESSAGE_BYTES + 1));
+        let error = refused(Hello {
+            tasks: vec![report],
+            ..hello()
+        });
+        assert!(error.starts_with("invalid report message: "), "{error}");
+    }
+
+    #[test]
+    fn a_log_chunk_is_bounded() {
+        let chunk = |size| LogChunk {
+            task_id: TaskId(1),
+            attempt: 1,
+            stream: LogStream::Stdout,
+            data: vec![b'x'; size],
+        };
+        assert!(chunk(MAX_LOG_CHUNK_BYTES).check().is_ok());
+        assert!(chunk(MAX_LOG_CHUNK_BYTES + 1).check().is_err());
+    }
 }

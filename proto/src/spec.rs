@@ -113,6 +113,25 @@ fn serialize_seconds<S: serde::Serializer>(
 pub const MAX_COMMAND_BYTES: usize = 1 << 20;
 /// The longest task name, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
+/// The longest input, resource or output URI, in bytes.
+pub const MAX_URI_BYTES: usize = 8 << 10;
+/// The longest `-O` docker options text, in bytes.
+pub const MAX_DOCKER_OPTIONS_BYTES: usize = 16 << 10;
+/// The longest Docker image reference, in bytes.
+pub const MAX_IMAGE_BYTES: usize = 1 << 10;
+/// The most inputs one task may have.
+pub const MAX_INPUTS: usize = 10_000;
+/// The most resources one task may have.
+pub const MAX_RESOURCES: usize = 1_000;
+/// The highest user or group id accepted (`2^31 - 1`: ids above are the kernel's overflow
+/// ids or negative numbers read as unsigned).
+pub const MAX_ID: u32 = i32::MAX as u32;
+/// The longest run or download timeout, in seconds (30 days).
+pub const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
+/// The most automatic retries of a task.
+pub const MAX_RETRY: u32 = 100;
+/// The most tasks one submit may carry.
+pub const MAX_TASKS_PER_SUBMIT: usize = 100_000;
 
 impl TaskSpec {
     /// Checks everything that does not need a worker (a command, valid docker options, sane
@@ -122,7 +141,7 @@ impl TaskSpec {
         let batch = if request.batch.is_empty() {
             BatchName::default_batch()
         } else {
-            BatchName::new(request.batch)?
+            BatchName::new(request.batch.as_str())?
         };
         check_command(&request.command)?;
         if let Some(name) = &request.name
@@ -135,22 +154,19 @@ impl TaskSpec {
         }
         let run_timeout = timeout("run timeout", request.run_timeout_secs)?;
         let download_timeout = timeout("download timeout", request.download_timeout_secs)?;
-        for uri in request
-            .inputs
-            .iter()
-            .chain(&request.resources)
-            .chain(&request.output)
-        {
-            if uri.trim().is_empty() {
-                return Err(Error::invalid(
-                    "uri",
-                    "an input, resource or output URI is empty",
-                ));
-            }
+        check_uris(&request)?;
+        check_id("uid", request.uid)?;
+        check_id("gid", request.gid)?;
+        if request.retry > MAX_RETRY {
+            return Err(Error::invalid(
+                "retry",
+                format!("{} retries asked; the limit is {MAX_RETRY}", request.retry),
+            ));
         }
         let docker = match request.docker_image {
             Some(image) => Some(Box::new(docker_spec(image, request.docker_options)?)),
             None if !request.docker_options.trim().is_empty() => {
+                check_docker_options(&request.docker_options)?;
                 return Err(Error::invalid(
                     "docker options",
                     "-O/--option needs a Docker image: add -d IMAGE",
@@ -295,17 +311,97 @@ fn timeout(field: &'static str, seconds: Option<u64>) -> Result<Option<Duration>
             field,
             "a timeout must be at least 1 second; leave it out for none",
         )),
+        Some(seconds) if seconds > MAX_TIMEOUT_SECS => Err(Error::invalid(
+            field,
+            format!(
+                "{seconds} seconds is more than the limit of {MAX_TIMEOUT_SECS} (30 days); leave it out for none"
+            ),
+        )),
         other => Ok(other.map(Duration::from_secs)),
     }
 }
 
+fn check_docker_options(text: &str) -> Result<(), Error> {
+    if text.len() > MAX_DOCKER_OPTIONS_BYTES {
+        return Err(Error::invalid(
+            "docker options",
+            format!(
+                "-O is {} bytes long; the limit is {MAX_DOCKER_OPTIONS_BYTES}",
+                text.len()
+            ),
+        ));
+    }
+    if text.contains('\0') {
+        return Err(Error::invalid("docker options", "-O contains a NUL byte"));
+    }
+    Ok(())
+}
+
+fn check_id(field: &'static str, id: Option<u32>) -> Result<(), Error> {
+    match id {
+        Some(id) if id > MAX_ID => Err(Error::invalid(
+            field,
+            format!("{id} is not a usable id; the limit is {MAX_ID}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_uris(request: &TaskRequest) -> Result<(), Error> {
+    let counts = [
+        ("inputs", request.inputs.len(), MAX_INPUTS),
+        ("resources", request.resources.len(), MAX_RESOURCES),
+    ];
+    for (field, count, limit) in counts {
+        if count > limit {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "{count} {field} given; the limit is {limit} a task: pack them into an archive or a folder URI"
+                ),
+            ));
+        }
+    }
+    let fields = (request.inputs.iter().map(|uri| ("input", uri)))
+        .chain(request.resources.iter().map(|uri| ("resource", uri)))
+        .chain(request.output.iter().map(|uri| ("output", uri)));
+    for (field, uri) in fields {
+        if uri.trim().is_empty() {
+            return Err(Error::invalid(field, "the URI is empty"));
+        }
+        if uri.len() > MAX_URI_BYTES {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "the URI is {} bytes long; the limit is {MAX_URI_BYTES}",
+                    uri.len()
+                ),
+            ));
+        }
+        if uri.contains('\0') {
+            return Err(Error::invalid(field, "the URI contains a NUL byte"));
+        }
+    }
+    Ok(())
+}
+
 fn docker_spec(image: String, options_text: String) -> Result<DockerSpec, Error> {
+    if image.len() > MAX_IMAGE_BYTES {
+        return Err(Error::invalid(
+            "docker image",
+            format!(
+                "the image reference is {} bytes long; the limit is {MAX_IMAGE_BYTES}",
+                image.len()
+            ),
+        ));
+    }
     if image.trim().is_empty() || image.chars().any(|c| c.is_whitespace() || c == '\0') {
         return Err(Error::invalid(
             "docker image",
             format!("`{}` is not an image reference", image.escape_debug()),
         ));
     }
+    check_docker_options(&options_text)?;
     let options = DockerOptions::parse(&options_text)?;
     Ok(DockerSpec {
         image,
@@ -346,6 +442,75 @@ mod tests {
         let mut docker = request(&["true"]);
         docker.docker_image = Some("busy\0box".into());
         assert!(TaskSpec::new(docker).is_err());
+    }
+
+    fn refused(request: TaskRequest) -> String {
+        TaskSpec::new(request).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn nul_bytes_are_refused_in_uris_options_and_batch() {
+        let mut task = request(&["true"]);
+        task.inputs = vec!["s3://b/a\0b".into()];
+        assert!(refused(task).starts_with("invalid input: "));
+        let mut task = request(&["true"]);
+        task.output = Some("/out\0".into());
+        assert!(refused(task).contains("NUL"));
+        let mut task = request(&["true"]);
+        task.docker_image = Some("busybox".into());
+        task.docker_options = "--shm-size\u{0}1g".into();
+        assert!(refused(task).starts_with("invalid docker options: "));
+        let mut task = request(&["true"]);
+        task.batch = "b\0".into();
+        let error = refused(task);
+        assert!(
+            error.starts_with("invalid batch: ") && !error.contains('\0'),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn lengths_and_counts_are_bounded() {
+        let mut task = request(&["true"]);
+        task.resources = vec![format!("s3://b/{}", "a".repeat(MAX_URI_BYTES))];
+        assert!(refused(task).contains("the limit is 8192"));
+        let mut task = request(&["true"]);
+        task.docker_image = Some("busybox".into());
+        task.docker_options = format!("--label a={}", "x".repeat(MAX_DOCKER_OPTIONS_BYTES));
+        assert!(refused(task).contains("the limit is 16384"));
+        let mut task = request(&["true"]);
+        task.inputs = vec!["/in".into(); MAX_INPUTS + 1];
+        assert!(refused(task).contains("the limit is 10000"));
+        let mut task = request(&["true"]);
+        task.inputs = vec!["/in".into(); MAX_INPUTS];
+        task.resources = vec!["/r".into(); MAX_RESOURCES];
+        assert!(TaskSpec::new(task).is_ok());
+        let mut task = request(&["true"]);
+        task.resources = vec!["/r".into(); MAX_RESOURCES + 1];
+        assert!(refused(task).contains("the limit is 1000"));
+    }
+
+    #[test]
+    fn numbers_are_in_range() {
+        let mut task = request(&["true"]);
+        task.uid = Some(u32::MAX);
+        assert!(refused(task).starts_with("invalid uid: "));
+        let mut task = request(&["true"]);
+        task.gid = Some(MAX_ID + 1);
+        assert!(refused(task).starts_with("invalid gid: "));
+        let mut task = request(&["true"]);
+        task.uid = Some(MAX_ID);
+        task.gid = Some(0);
+        assert!(TaskSpec::new(task).is_ok());
+        let mut task = request(&["true"]);
+        task.retry = MAX_RETRY + 1;
+        assert!(refused(task).contains("the limit is 100"));
+        let mut task = request(&["true"]);
+        task.run_timeout_secs = Some(MAX_TIMEOUT_SECS + 1);
+        assert!(refused(task).starts_with("invalid run timeout: "));
+        let mut task = request(&["true"]);
+        task.download_timeout_secs = Some(MAX_TIMEOUT_SECS);
+        assert!(TaskSpec::new(task).is_ok());
     }
 
     #[test]

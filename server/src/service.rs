@@ -9,6 +9,7 @@ use futures::Stream;
 use herd_proto::pb;
 use herd_proto::request::{BatchAction, LogRequest, TaskFilter};
 use herd_proto::session::{FromWorker, LogChunk, LogStream};
+use herd_proto::spec::MAX_TASKS_PER_SUBMIT;
 use herd_proto::{BatchName, TaskId, TaskSpec, WorkerId};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::StreamExt;
@@ -81,6 +82,11 @@ impl pb::queue_server::Queue for QueueService {
             return Err(Status::invalid_argument("no task to queue"));
         }
         let count = tasks.len();
+        if count > MAX_TASKS_PER_SUBMIT {
+            return Err(Status::invalid_argument(format!(
+                "{count} tasks in one submit; the limit is {MAX_TASKS_PER_SUBMIT}: split the file into parts of at most {MAX_TASKS_PER_SUBMIT} lines; nothing was queued"
+            )));
+        }
         let specs = tasks
             .into_iter()
             .enumerate()

@@ -1,0 +1,388 @@
+//! Hostile input at the edge, through the real gRPC API: every string a client or a worker
+//! sends is checked before it reaches the queue (NUL bytes, lengths, counts, numbers), a bad
+//! task refuses its whole submit and queues nothing, and the server goes on serving.
+
+use herd_proto::pb::{self, server_message, worker_message};
+use herd_proto::{TaskRequest, TaskState};
+use herd_tests::{Cluster, ClusterOptions, Engine, WAIT, shell_task};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+/// A request straight on the wire: `TaskSpec::new` on the client side is skipped on purpose.
+fn wire(request: TaskRequest) -> pb::TaskSpec {
+    pb::TaskSpec::from(request)
+}
+
+async fn submit_raw(
+    cluster: &Cluster,
+    tasks: Vec<pb::TaskSpec>,
+) -> Result<Vec<u64>, tonic::Status> {
+    let mut client = cluster.client().await.expect("a client");
+    client
+        .submit(pb::SubmitRequest { tasks })
+        .await
+        .map(|response| response.into_inner().ids)
+}
+
+async fn task_count(cluster: &Cluster) -> anyhow::Result<usize> {
+    let mut client = cluster.client().await?;
+    let response = client
+        .list_tasks(pb::ListTasksRequest::default())
+        .await?
+        .into_inner();
+    Ok(response.tasks.len())
+}
+
+/// Submits `bad` after a good task in the same request: refused with `InvalidArgument`
+/// whose message contains each of `words`, and nothing queued.
+async fn assert_refused(cluster: &Cluster, bad: TaskRequest, words: &[&str]) -> anyhow::Result<()> {
+    let good = wire(shell_task("default", "true"));
+    let status = submit_raw(cluster, vec![good, wire(bad)])
+        .await
+        .expect_err("a bad task is refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    for word in words {
+        assert!(
+            status.message().contains(word),
+            "`{word}` in {:?}",
+            status.message()
+        );
+    }
+    assert!(
+        status.message().contains("nothing was queued"),
+        "{}",
+        status.message()
+    );
+    assert!(!status.message().contains('\0'));
+    assert_eq!(
+        task_count(cluster).await?,
+        0,
+        "nothing queued after {words:?}"
+    );
+    Ok(())
+}
+
+async fn nul_bytes_are_refused_field_by_field_and_nothing_is_queued(
+    engine: Engine,
+) -> anyhow::Result<()> {
+    let cluster = Cluster::start_with(ClusterOptions {
+        engine,
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let base = || shell_task("default", "true");
+    let cases: Vec<(TaskRequest, &str)> = vec![
+        (
+            TaskRequest {
+                name: Some("a\0b".into()),
+                ..base()
+            },
+            "invalid name",
+        ),
+        (shell_task("default", "echo a\0b"), "invalid command"),
+        (
+            TaskRequest {
+                inputs: vec!["/data/a\0b".into()],
+                ..base()
+            },
+            "invalid input",
+        ),
+        (
+            TaskRequest {
+                resources: vec!["s3://b/\0".into()],
+                ..base()
+            },
+            "invalid resource",
+        ),
+        (
+            TaskRequest {
+                output: Some("/out/\0".into()),
+                ..base()
+            },
+            "invalid output",
+        ),
+        (
+            TaskRequest {
+                docker_image: Some("busybox".into()),
+                docker_options: "--shm-size\u{0}1g".into(),
+                ..base()
+            },
+            "invalid docker options",
+        ),
+        (
+            TaskRequest {
+                docker_image: Some("busy\0box".into()),
+                ..base()
+            },
+            "invalid docker image",
+        ),
+        (shell_task("b\0", "true"), "invalid batch"),
+    ];
+    for (bad, field) in cases {
+        assert_refused(&cluster, bad, &[field, "task 2 of 2"]).await?;
+    }
+    // The server still serves.
+    let ids = submit_raw(&cluster, vec![wire(base())]).await?;
+    assert_eq!(ids.len(), 1);
+    assert_eq!(task_count(&cluster).await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn nul_bytes_are_refused_field_by_field_and_nothing_is_queued_sqlite() -> anyhow::Result<()> {
+    nul_bytes_are_refused_field_by_field_and_nothing_is_queued(Engine::Sqlite).await
+}
+
+/// PostgreSQL refuses a NUL in text at commit time: it must never get that far.
+#[tokio::test]
+async fn nul_bytes_are_refused_field_by_field_and_nothing_is_queued_postgres() -> anyhow::Result<()>
+{
+    nul_bytes_are_refused_field_by_field_and_nothing_is_queued(Engine::Postgres).await
+}
+
+#[tokio::test]
+async fn oversized_fields_counts_and_numbers_are_refused_with_the_limit() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let base = || shell_task("default", "true");
+    let cases: Vec<(TaskRequest, &[&str])> = vec![
+        (
+            TaskRequest {
+                name: Some("n".repeat(257)),
+                ..base()
+            },
+            &["invalid name", "256"],
+        ),
+        (
+            shell_task("default", &"x".repeat((1 << 20) + 1)),
+            &["invalid command", "1048576"],
+        ),
+        (
+            TaskRequest {
+                inputs: vec![format!("/{}", "a".repeat(8 << 10))],
+                ..base()
+            },
+            &["invalid input", "8192"],
+        ),
+        (
+            TaskRequest {
+                inputs: vec!["/in".into(); 10_001],
+                ..base()
+            },
+            &["invalid inputs", "10000"],
+        ),
+        (
+            TaskRequest {
+                resources: vec!["/r".into(); 1_001],
+                ..base()
+            },
+            &["invalid resources", "1000"],
+        ),
+        (
+            TaskRequest {
+                docker_image: Some("busybox".into()),
+                docker_options: format!("--label a={}", "x".repeat(16 << 10)),
+                ..base()
+            },
+            &["invalid docker options", "16384"],
+        ),
+        (
+            TaskRequest {
+                uid: Some(u32::MAX),
+                ..base()
+            },
+            &["invalid uid", "2147483647"],
+        ),
+        (
+            TaskRequest {
+                gid: Some(1 << 31),
+                ..base()
+            },
+            &["invalid gid", "2147483647"],
+        ),
+        (
+            TaskRequest {
+                retry: 101,
+                ..base()
+            },
+            &["invalid retry", "100"],
+        ),
+        (
+            TaskRequest {
+                run_timeout_secs: Some(31 * 24 * 3600),
+                ..base()
+            },
+            &["invalid run timeout", "30 days"],
+        ),
+        (
+            TaskRequest {
+                download_timeout_secs: Some(u64::MAX),
+                ..base()
+            },
+            &["invalid download timeout", "30 days"],
+        ),
+        (
+            shell_task(&"b".repeat(129), "true"),
+            &["invalid batch", "128"],
+        ),
+    ];
+    for (bad, words) in cases {
+        assert_refused(&cluster, bad, words).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_submit_of_more_than_100_000_tasks_says_to_split_the_file() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let task = wire(shell_task("default", "true"));
+    let status = submit_raw(&cluster, vec![task; 100_001])
+        .await
+        .expect_err("too many tasks");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("split the file into parts of at most 100000 lines"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(task_count(&cluster).await?, 0);
+    Ok(())
+}
+
+/// Opens a worker session with `hello`; the server's first answer.
+async fn open_session(
+    cluster: &Cluster,
+    hello: pb::Hello,
+) -> anyhow::Result<(
+    mpsc::Sender<pb::WorkerMessage>,
+    Result<tonic::Streaming<pb::ServerMessage>, tonic::Status>,
+)> {
+    let channel = tonic::transport::Endpoint::from_shared(cluster.url.clone())?
+        .connect()
+        .await?;
+    let mut client = pb::workers_client::WorkersClient::new(channel);
+    let (sender, receiver) = mpsc::channel(16);
+    sender
+        .send(pb::WorkerMessage {
+            kind: Some(worker_message::Kind::Hello(hello)),
+        })
+        .await?;
+    let answer = client
+        .session(ReceiverStream::new(receiver))
+        .await
+        .map(tonic::Response::into_inner);
+    Ok((sender, answer))
+}
+
+fn hello(concurrency: u32, name: &str) -> pb::Hello {
+    pb::Hello {
+        name: name.to_owned(),
+        batch: "default".to_owned(),
+        concurrency,
+        version: "test".to_owned(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_worker_hello_out_of_range_is_refused() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    cluster.client().await?;
+    let cases = [
+        (hello(0, "w"), "invalid concurrency"),
+        (hello(5000, "w"), "give 1 to 4096"),
+        (hello(1, "w\0"), "invalid worker name"),
+        (hello(1, &"w".repeat(257)), "the limit is 256"),
+        (
+            pb::Hello {
+                version: "v".repeat(65),
+                ..hello(1, "w")
+            },
+            "invalid worker version",
+        ),
+    ];
+    for (bad, words) in cases {
+        let (_sender, answer) = open_session(&cluster, bad).await?;
+        let status = answer.expect_err("a bad hello is refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(words), "{}", status.message());
+    }
+    let mut client = cluster.client().await?;
+    let workers = client
+        .list_workers(pb::Empty {})
+        .await?
+        .into_inner()
+        .workers;
+    assert!(workers.is_empty(), "{workers:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_log_chunks_and_reports_are_ignored_and_the_session_goes_on() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let ids = cluster.submit(vec![shell_task("default", "true")]).await?;
+    let (sender, answer) = open_session(&cluster, hello(1, "fake")).await?;
+    let mut inbound = answer?;
+    let mut next = async || -> anyhow::Result<server_message::Kind> {
+        let message = tokio::time::timeout(WAIT, inbound.message()).await??;
+        message
+            .and_then(|message| message.kind)
+            .ok_or_else(|| anyhow::anyhow!("stream ended"))
+    };
+    let server_message::Kind::Welcome(_) = next().await? else {
+        anyhow::bail!("expected a welcome");
+    };
+    let server_message::Kind::Assign(assign) = next().await? else {
+        anyhow::bail!("expected an assignment");
+    };
+    assert_eq!(assign.task_id, ids[0].0);
+    let log = |stream: i32, size: usize| pb::WorkerMessage {
+        kind: Some(worker_message::Kind::Log(pb::LogChunk {
+            task_id: ids[0].0,
+            attempt: 1,
+            stream,
+            data: vec![b'x'; size],
+        })),
+    };
+    let update = |state: pb::TaskState, message: Option<String>| pb::WorkerMessage {
+        kind: Some(worker_message::Kind::Update(pb::TaskUpdate {
+            task_id: ids[0].0,
+            attempt: 1,
+            state: state.into(),
+            at_ms: herd_proto::Timestamp::now().0,
+            exit_code: Some(0),
+            message,
+            ..Default::default()
+        })),
+    };
+    sender.send(update(pb::TaskState::Running, None)).await?;
+    sender
+        .send(log(pb::LogStream::Stdout as i32, (1 << 20) + 1))
+        .await?;
+    sender.send(log(77, 3)).await?;
+    sender.send(log(pb::LogStream::Stdout as i32, 3)).await?;
+    // A final report with a NUL in its message is refused; the clean one after it is taken.
+    sender
+        .send(update(pb::TaskState::Succeeded, Some("a\0b".into())))
+        .await?;
+    sender
+        .send(update(
+            pb::TaskState::Succeeded,
+            Some("x".repeat((64 << 10) + 1)),
+        ))
+        .await?;
+    sender.send(update(pb::TaskState::Succeeded, None)).await?;
+    let task = cluster
+        .wait_task(ids[0], "succeeded", |task| task.state.is_terminal())
+        .await?;
+    assert_eq!(task.state, TaskState::Succeeded);
+    assert_eq!(task.attempts[0].message, None, "{task:?}");
+    let mut client = cluster.client().await?;
+    assert_eq!(
+        herd_tests::task_log(&mut client, ids[0], false).await?,
+        "xxx"
+    );
+    Ok(())
+}
