@@ -9,6 +9,7 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::Context;
+use herd_proto::redact::redact_text;
 use herd_proto::spec::MAX_TASKS_PER_SUBMIT;
 use herd_proto::{TaskId, TaskRequest, TaskSpec};
 use serde::Serialize;
@@ -140,7 +141,9 @@ fn checked_uri(
 ) -> Result<String, exit::Error> {
     let refuse = |problem: String| {
         exit::Error::usage(format!(
-            "invalid {what} `{text}`: {problem}; nothing was queued"
+            "invalid {what} `{}`: {}; nothing was queued",
+            redact_text(text),
+            redact_text(&problem)
         ))
     };
     let uri =
@@ -313,14 +316,13 @@ fn print_ids(
 fn print_test(candidates: &[Candidate], from_file: bool, json: bool) -> anyhow::Result<()> {
     if json {
         if !from_file {
-            return output::print_json(&candidates[0].spec);
+            return output::print_json(&candidates[0].spec.redacted());
         }
-        let entries: Vec<TaskEntry<'_>> = candidates
+        let shown: Vec<TaskSpec> = candidates
             .iter()
-            .map(|candidate| TaskEntry {
-                task: &candidate.spec,
-            })
+            .map(|candidate| candidate.spec.redacted())
             .collect();
+        let entries: Vec<TaskEntry<'_>> = shown.iter().map(|task| TaskEntry { task }).collect();
         let lines: Vec<FileEntry<'_, TaskEntry<'_>>> = candidates
             .iter()
             .zip(&entries)
@@ -357,6 +359,8 @@ pub const LABEL_WIDTH: usize = 17;
 /// A readable block of `name: value` lines describing a specification; options left at their
 /// default are left out.
 pub fn describe_spec(spec: &TaskSpec, indent: &str) -> String {
+    // Secrets are never printed, even those the user just typed.
+    let spec = &spec.redacted();
     let mut fields: Vec<(&str, String)> = vec![("batch", spec.batch().to_string())];
     if let Some(name) = spec.name() {
         fields.push(("name", name.to_owned()));
@@ -444,6 +448,17 @@ mod tests {
     fn docker_options_need_an_image() {
         let error = shared(&["-O", "--gpus all", "true"]).err().unwrap();
         assert!(error.message.contains("-d IMAGE"), "{}", error.message);
+    }
+
+    #[test]
+    fn a_refused_uri_is_shown_without_its_password() {
+        let error = checked_uri("ftp://u:hunter2@h/x|untar", "output", None, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("ftp://u:***@h/x") && !error.contains("hunter2"),
+            "{error}"
+        );
     }
 
     #[test]

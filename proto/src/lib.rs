@@ -19,6 +19,7 @@
 pub mod convert;
 pub mod docker;
 pub mod ids;
+pub mod redact;
 pub mod report;
 pub mod request;
 pub mod session;

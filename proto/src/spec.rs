@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::docker::DockerOptions;
+use crate::redact::{redact_docker_options, redact_text};
 use crate::{BatchName, Error};
 
 /// What a user asks to run, as given: nothing here is checked. Its serde form (stable field
@@ -188,6 +189,30 @@ impl TaskSpec {
             run_timeout,
             download_timeout,
         })
+    }
+
+    /// The spec as users may see it: passwords and signed query parameters of its URIs and
+    /// the values of `-e KEY=VALUE` in its docker options replaced by `***` (see
+    /// [`crate::redact`]). For display only: a worker needs the real spec.
+    pub fn redacted(&self) -> TaskSpec {
+        let uri = |text: &String| redact_text(text).into_owned();
+        let docker = self.docker.as_ref().map(|docker| {
+            let options_text = redact_docker_options(&docker.options_text).into_owned();
+            // Parsed again so the copy holds no secret either (`***` is a valid value).
+            let options = DockerOptions::parse(&options_text).unwrap_or_default();
+            Box::new(DockerSpec {
+                image: docker.image.clone(),
+                options_text,
+                options,
+            })
+        });
+        TaskSpec {
+            inputs: self.inputs.iter().map(uri).collect(),
+            resources: self.resources.iter().map(uri).collect(),
+            output: self.output.as_ref().map(uri),
+            docker,
+            ..self.clone()
+        }
     }
 
     /// The spec as a request again: what goes on the wire and into the database.
@@ -571,6 +596,36 @@ mod tests {
         let spec = TaskSpec::new(task.clone()).unwrap();
         assert_eq!(spec.to_request(), task);
         assert_eq!(TaskSpec::new(spec.to_request()).unwrap(), spec);
+    }
+
+    #[test]
+    fn a_redacted_spec_hides_secrets_and_is_still_valid() {
+        let mut task = request(&["sh", "-c", "echo $TOKEN"]);
+        task.docker_image = Some("busybox".into());
+        task.docker_options = "-e TOKEN=secret --shm-size 1g".into();
+        task.inputs = vec!["ftp://user:pass@host/x".into()];
+        task.resources = vec!["https://h/r.tar?sig=abc|untar".into()];
+        task.output = Some("s3://b/out/".into());
+        let spec = TaskSpec::new(task).unwrap();
+        let shown = spec.redacted();
+        assert_eq!(
+            shown.docker().unwrap().options_text,
+            "-e TOKEN=*** --shm-size 1g"
+        );
+        assert_eq!(shown.inputs(), ["ftp://user:***@host/x"]);
+        assert_eq!(shown.resources(), ["https://h/r.tar?sig=***|untar"]);
+        assert_eq!(shown.output(), Some("s3://b/out/"));
+        assert_eq!(shown.requirement(), spec.requirement());
+        let shown_debug = format!("{shown:?}");
+        assert!(
+            !shown_debug.contains("secret") && !shown_debug.contains("pass@"),
+            "{shown_debug}"
+        );
+        assert_eq!(TaskSpec::new(shown.to_request()).unwrap(), shown);
+        assert_eq!(
+            spec.docker().unwrap().options_text,
+            "-e TOKEN=secret --shm-size 1g"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use herd_proto::pb;
 use herd_proto::request::{BatchAction, LogRequest, TaskFilter};
 use herd_proto::session::{FromWorker, LogChunk, LogStream};
 use herd_proto::spec::MAX_TASKS_PER_SUBMIT;
+use herd_proto::view::TaskView;
 use herd_proto::{BatchName, TaskId, TaskSpec, WorkerId};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::StreamExt;
@@ -40,6 +41,11 @@ pub fn status_of(error: Error) -> Status {
 
 fn invalid(error: herd_proto::Error) -> Status {
     status_of(Error::Invalid(error))
+}
+
+/// A task as users see it: secrets redacted (workers get the real spec in `Assign`).
+fn shown(task: &TaskView) -> pb::Task {
+    pb::Task::from(&task.redacted())
 }
 
 fn batch_name(text: &str) -> Result<BatchName, Status> {
@@ -118,7 +124,7 @@ impl pb::queue_server::Queue for QueueService {
             filter.limit.unwrap_or(0) as usize,
         );
         Ok(Response::new(pb::ListTasksResponse {
-            tasks: tasks.iter().map(pb::Task::from).collect(),
+            tasks: tasks.iter().map(shown).collect(),
         }))
     }
 
@@ -127,7 +133,7 @@ impl pb::queue_server::Queue for QueueService {
             .queue
             .task(TaskId(request.into_inner().id))
             .map_err(status_of)?;
-        Ok(Response::new(pb::Task::from(&task)))
+        Ok(Response::new(shown(&task)))
     }
 
     async fn kill_task(&self, request: Request<pb::TaskRef>) -> Result<Response<pb::Task>, Status> {
@@ -136,7 +142,7 @@ impl pb::queue_server::Queue for QueueService {
             .kill(TaskId(request.into_inner().id))
             .await
             .map_err(status_of)?;
-        Ok(Response::new(pb::Task::from(&task)))
+        Ok(Response::new(shown(&task)))
     }
 
     async fn retry_task(
@@ -148,7 +154,7 @@ impl pb::queue_server::Queue for QueueService {
             .retry(TaskId(request.into_inner().id))
             .await
             .map_err(status_of)?;
-        Ok(Response::new(pb::Task::from(&task)))
+        Ok(Response::new(shown(&task)))
     }
 
     async fn delete_task(

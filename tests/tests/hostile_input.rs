@@ -386,3 +386,83 @@ async fn bad_log_chunks_and_reports_are_ignored_and_the_session_goes_on() -> any
     );
     Ok(())
 }
+
+/// Secrets in URIs and `-e` values are never shown to users (task show and list, text and
+/// JSON, messages), while the worker receives the real values in its assignment.
+#[tokio::test]
+async fn secrets_are_shown_redacted_and_the_worker_gets_the_real_values() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let mut task = shell_task("default", "echo $TOKEN > /output/token");
+    task.docker_image = Some("busybox".into());
+    task.docker_options = "-e TOKEN=secret-value --shm-size 1g".into();
+    task.inputs = vec!["ftp://user:hunter2@host/x".into()];
+    task.resources = vec!["https://h/r.tar?sv=1&sig=signed-value|untar".into()];
+    let ids = cluster.submit(vec![task]).await?;
+    let (sender, answer) = open_session(
+        &cluster,
+        pb::Hello {
+            docker: true,
+            ..hello(1, "fake")
+        },
+    )
+    .await?;
+    let mut inbound = answer?;
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        let message = tokio::time::timeout(WAIT, inbound.message()).await??;
+        kinds.extend(message.and_then(|message| message.kind));
+    }
+    let server_message::Kind::Assign(assign) = &kinds[1] else {
+        anyhow::bail!("expected an assignment, got {kinds:?}");
+    };
+    let given = assign.spec.as_ref().expect("a spec");
+    assert_eq!(given.docker_options, "-e TOKEN=secret-value --shm-size 1g");
+    assert_eq!(given.inputs, ["ftp://user:hunter2@host/x"]);
+    assert_eq!(
+        given.resources,
+        ["https://h/r.tar?sv=1&sig=signed-value|untar"]
+    );
+    sender
+        .send(pb::WorkerMessage {
+            kind: Some(worker_message::Kind::Update(pb::TaskUpdate {
+                task_id: ids[0].0,
+                attempt: 1,
+                state: pb::TaskState::Failed.into(),
+                at_ms: herd_proto::Timestamp::now().0,
+                reason: Some("input".into()),
+                message: Some("cannot fetch ftp://user:hunter2@host/x: refused".into()),
+                ..Default::default()
+            })),
+        })
+        .await?;
+    let view = cluster
+        .wait_task(ids[0], "failed", |task| task.state.is_terminal())
+        .await?;
+    let mut client = cluster.client().await?;
+    let listed = client
+        .list_tasks(pb::ListTasksRequest::default())
+        .await?
+        .into_inner();
+    let shown = [
+        format!("{listed:?}"),
+        format!("{view:?}"),
+        serde_json::to_string(&view)?,
+    ];
+    for text in shown {
+        for secret in ["secret-value", "hunter2", "signed-value"] {
+            assert!(!text.contains(secret), "`{secret}` shown in {text}");
+        }
+    }
+    let spec = view.spec;
+    assert_eq!(
+        spec.docker().unwrap().options_text,
+        "-e TOKEN=*** --shm-size 1g"
+    );
+    assert_eq!(spec.inputs(), ["ftp://user:***@host/x"]);
+    assert_eq!(spec.resources(), ["https://h/r.tar?sv=1&sig=***|untar"]);
+    assert_eq!(
+        view.attempts[0].message.as_deref(),
+        Some("cannot fetch ftp://user:***@host/x: refused")
+    );
+    Ok(())
+}
