@@ -6,12 +6,14 @@
 //! - [`store`]: the durable mirror of that state in SQLite or PostgreSQL (sqlx), and the one
 //!   mapping of database errors.
 //! - [`logs`]: task output, in files under the data directory.
+//! - [`private`]: the data directory `0700`, its files `0600`.
 //! - [`service`]: the gRPC services, thin: convert, call the queue, convert back.
 //! - [`run`]: wires them together and serves until shutdown.
 //! - [`Error`]: the crate's one error type; [`chain`] renders one with its causes.
 
 mod error;
 pub mod logs;
+pub mod private;
 pub mod queue;
 pub mod service;
 pub mod store;

@@ -1,10 +1,11 @@
 //! Task logs: what each attempt printed, kept in files under the server's data directory.
 //!
 //! Layout: `<data-dir>/logs/<task id>/<attempt>.stdout` and `.stderr`. Logs stay out of the
-//! database on purpose: they are large, append-only and read sequentially.
+//! database on purpose: they are large, append-only and read sequentially. Folders are
+//! created `0700` and files `0600` ([`crate::private`]).
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -55,7 +56,7 @@ impl LogStore {
             std::collections::hash_map::Entry::Vacant(entry) => {
                 let path = self.path(task, attempt, stream);
                 create_parent(&path)?;
-                entry.insert(OpenOptions::new().create(true).append(true).open(&path)?)
+                entry.insert(crate::private::open_append(&path)?)
             }
         };
         file.write_all(data)
@@ -110,7 +111,7 @@ impl LogStore {
 
 fn create_parent(path: &Path) -> io::Result<()> {
     match path.parent() {
-        Some(parent) => fs::create_dir_all(parent),
+        Some(parent) => crate::private::create_dir(parent),
         None => Ok(()),
     }
 }

@@ -1,6 +1,6 @@
 //! Wiring: open the store, load the queue, serve both gRPC services until shutdown.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -10,6 +10,7 @@ use tracing::info;
 
 use crate::Error;
 use crate::logs::LogStore;
+use crate::private;
 use crate::queue::{Queue, QueueConfig};
 use crate::service;
 use crate::store::{SqlStore, Store};
@@ -44,11 +45,28 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
+    let data_dir_error = |source| Error::DataDir {
         path: config.data_dir.clone(),
         source,
-    })?;
+    };
+    private::create_dir(&config.data_dir).map_err(data_dir_error)?;
+    let default_database = config
+        .database
+        .is_none()
+        .then(|| config.data_dir.join("herd.db"));
+    if let Some(path) = &default_database {
+        // Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the
+        // database file's mode.
+        private::create_file(path).map_err(data_dir_error)?;
+    }
     let store: Arc<dyn Store> = Arc::new(SqlStore::open(&config.database_url()).await?);
+    if let Some(path) = &default_database {
+        for suffix in ["-wal", "-shm"] {
+            let mut name = path.clone().into_os_string();
+            name.push(suffix);
+            private::tighten(Path::new(&name), private::FILE_MODE).map_err(data_dir_error)?;
+        }
+    }
     let logs = LogStore::new(config.data_dir.join("logs"));
     let queue = Queue::open(store, logs, config.queue.clone()).await?;
     serve(queue, listener, shutdown).await

@@ -466,3 +466,47 @@ async fn secrets_are_shown_redacted_and_the_worker_gets_the_real_values() -> any
     );
     Ok(())
 }
+
+/// The data directory is `0700`; the database, its WAL files, the log folders and the log
+/// files are `0600` (`0700` for folders).
+#[tokio::test]
+async fn the_data_directory_and_its_files_are_private() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = Cluster::start().await?;
+    let _worker = cluster
+        .add_worker(herd_tests::WorkerOptions::default())
+        .await?;
+    let ids = cluster
+        .submit(vec![shell_task("default", "echo out; echo err >&2")])
+        .await?;
+    cluster
+        .wait_task(ids[0], "succeeded", |task| {
+            task.state == TaskState::Succeeded
+        })
+        .await?;
+    let mut client = cluster.client().await?;
+    assert_eq!(
+        herd_tests::task_log(&mut client, ids[0], false).await?,
+        "out\n"
+    );
+    let mode = |path: &std::path::Path| -> anyhow::Result<u32> {
+        Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
+    };
+    let data = cluster.data_dir.path();
+    assert_eq!(mode(data)?, 0o700);
+    assert_eq!(mode(&data.join("herd.db"))?, 0o600);
+    for suffix in ["herd.db-wal", "herd.db-shm"] {
+        let path = data.join(suffix);
+        if path.exists() {
+            assert_eq!(mode(&path)?, 0o600, "{suffix}");
+        }
+    }
+    let logs = data.join("logs");
+    assert_eq!(mode(&logs)?, 0o700);
+    let task_logs = logs.join(ids[0].0.to_string());
+    assert_eq!(mode(&task_logs)?, 0o700);
+    for stream in ["1.stdout", "1.stderr"] {
+        assert_eq!(mode(&task_logs.join(stream))?, 0o600, "{stream}");
+    }
+    Ok(())
+}
