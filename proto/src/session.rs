@@ -21,6 +21,10 @@ pub const MAX_REPORT_MESSAGE_BYTES: usize = 64 << 10;
 pub const MAX_TRANSFER_ITEMS: usize = 100_000;
 /// The most bytes one log chunk may carry.
 pub const MAX_LOG_CHUNK_BYTES: usize = 1 << 20;
+/// The largest message either side of a worker session accepts (gRPC decoding limit): an
+/// assignment carries one spec (at most ~1.1 MiB of command and options), a log chunk at most
+/// [`MAX_LOG_CHUNK_BYTES`], a report's transfer list at most [`MAX_TRANSFER_ITEMS`] files.
+pub const MAX_SESSION_MESSAGE_BYTES: usize = 16 << 20;
 
 /// Which stream of a task's output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

@@ -15,8 +15,15 @@ use crate::queue::{Queue, QueueConfig};
 use crate::service;
 use crate::store::{SqlStore, Store};
 
-/// The largest message accepted: a `herd launch --file` of a million short commands fits.
+/// The largest answer of the `Queue` service (and what clients accept): a listing of a
+/// million tasks fits.
 pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+
+/// The largest request the `Queue` service accepts: a submit of 100,000 tasks
+/// ([`herd_proto::spec::MAX_TASKS_PER_SUBMIT`]) of ~2.6 KiB each on average. A typical
+/// bioinformatics task (an image, a shell command, two inputs, a resource, an output) is
+/// ~350 bytes: 100,000 of them are ~35 MB.
+pub const MAX_REQUEST_BYTES: usize = 256 << 20;
 
 /// Everything the server needs, validated.
 #[derive(Debug, Clone)]

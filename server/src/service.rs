@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::Stream;
 use herd_proto::pb;
 use herd_proto::request::{BatchAction, LogRequest, TaskFilter};
-use herd_proto::session::{FromWorker, LogChunk, LogStream};
+use herd_proto::session::{FromWorker, LogChunk, LogStream, MAX_SESSION_MESSAGE_BYTES};
 use herd_proto::spec::MAX_TASKS_PER_SUBMIT;
 use herd_proto::view::TaskView;
 use herd_proto::{BatchName, TaskId, TaskSpec, WorkerId};
@@ -55,10 +55,11 @@ fn batch_name(text: &str) -> Result<BatchName, Status> {
 /// Both services over `queue`, ready to be served (the only place the tonic servers are built).
 pub fn routes(queue: Arc<Queue>) -> tonic::service::Routes {
     let queue_service = pb::queue_server::QueueServer::new(QueueService::new(queue.clone()))
-        .max_decoding_message_size(crate::MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(crate::MAX_REQUEST_BYTES)
         .max_encoding_message_size(crate::MAX_MESSAGE_BYTES);
     let workers_service = pb::workers_server::WorkersServer::new(WorkersService::new(queue))
-        .max_decoding_message_size(crate::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(MAX_SESSION_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_SESSION_MESSAGE_BYTES);
     tonic::service::Routes::new(queue_service).add_service(workers_service)
 }
 

@@ -510,3 +510,33 @@ async fn the_data_directory_and_its_files_are_private() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A worker message over the session's 16 MiB limit ends that session only; the server goes
+/// on serving.
+#[tokio::test]
+async fn a_worker_message_over_the_size_limit_ends_only_its_session() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let (sender, answer) = open_session(&cluster, hello(1, "fake")).await?;
+    let mut inbound = answer?;
+    let welcome = tokio::time::timeout(WAIT, inbound.message()).await??;
+    assert!(matches!(
+        welcome.and_then(|message| message.kind),
+        Some(server_message::Kind::Welcome(_))
+    ));
+    let limit = herd_proto::session::MAX_SESSION_MESSAGE_BYTES;
+    sender
+        .send(pb::WorkerMessage {
+            kind: Some(worker_message::Kind::Log(pb::LogChunk {
+                task_id: 1,
+                attempt: 1,
+                stream: pb::LogStream::Stdout as i32,
+                data: vec![b'x'; limit + 1],
+            })),
+        })
+        .await?;
+    // The server drops the session: the stream ends (or fails) instead of hanging.
+    while let Ok(Some(_)) = tokio::time::timeout(WAIT, inbound.message()).await? {}
+    let ids = submit_raw(&cluster, vec![wire(shell_task("default", "true"))]).await?;
+    assert_eq!(ids.len(), 1);
+    Ok(())
+}

@@ -81,8 +81,8 @@ pub(super) async fn connect(
         .connect()
         .await
         .map_err(|error| herd_fetch::error_chain(&error))?;
-    let mut client =
-        pb::workers_client::WorkersClient::new(channel).max_decoding_message_size(usize::MAX);
+    let mut client = pb::workers_client::WorkersClient::new(channel)
+        .max_decoding_message_size(herd_proto::session::MAX_SESSION_MESSAGE_BYTES);
     let (sender, receiver) = mpsc::channel::<pb::WorkerMessage>(OUTGOING_CAPACITY);
     if sender.send(pb::WorkerMessage::from(hello)).await.is_err() {
         return Err("the stream closed at once".to_owned());
