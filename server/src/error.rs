@@ -47,6 +47,10 @@ pub enum Error {
     /// The database failed (at start-up: the queue retries commits until they succeed).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The database refused a change (its statement, not its connection): the change was
+    /// not made. Carries the database's reason.
+    #[error("the database refused this change, so it was not made: {0}")]
+    Refused(String),
     /// The server is shutting down.
     #[error("the server is shutting down; try again when it is back")]
     ShuttingDown,

@@ -540,3 +540,137 @@ async fn a_worker_message_over_the_size_limit_ends_only_its_session() -> anyhow:
     assert_eq!(ids.len(), 1);
     Ok(())
 }
+
+/// A store that refuses, as a database refuses a bad statement, every commit writing a task
+/// named `poison`.
+struct RefusingStore {
+    inner: herd_server::store::SqlStore,
+}
+
+impl herd_server::store::Store for RefusingStore {
+    fn load(
+        &self,
+    ) -> futures::future::BoxFuture<
+        '_,
+        Result<herd_server::store::Snapshot, herd_server::store::StoreError>,
+    > {
+        self.inner.load()
+    }
+
+    fn commit<'a>(
+        &'a self,
+        writes: &'a herd_server::store::WriteSet,
+    ) -> futures::future::BoxFuture<'a, Result<(), herd_server::store::StoreError>> {
+        let poisoned = writes
+            .tasks
+            .iter()
+            .any(|task| task.name.as_deref() == Some("poison"));
+        if poisoned {
+            return Box::pin(async {
+                Err(herd_server::store::StoreError::Database(
+                    sqlx::Error::Protocol("invalid byte sequence (test)".into()),
+                ))
+            });
+        }
+        self.inner.commit(writes)
+    }
+
+    fn describe(&self) -> String {
+        "refusing test store".to_owned()
+    }
+}
+
+/// A change the database refuses is refused to its caller with the database's reason, is not
+/// retried forever, and the queue goes on: a good submit in the same group commit, and the
+/// next one, succeed.
+#[tokio::test]
+async fn a_change_the_database_refuses_is_refused_to_its_caller_and_the_queue_goes_on()
+-> anyhow::Result<()> {
+    herd_tests::init_tracing();
+    let data = tempfile::tempdir()?;
+    let inner =
+        herd_server::store::SqlStore::open(&format!("sqlite://{}/herd.db", data.path().display()))
+            .await?;
+    let store: std::sync::Arc<dyn herd_server::store::Store> =
+        std::sync::Arc::new(RefusingStore { inner });
+    let logs = herd_server::logs::LogStore::new(data.path().join("logs"));
+    let queue = herd_server::queue::Queue::open(store, logs, Default::default()).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(herd_server::serve(queue, listener, shutdown.clone()));
+    let channel = tonic::transport::Endpoint::from_shared(url)?
+        .connect()
+        .await?;
+    let client = pb::queue_client::QueueClient::new(channel);
+    let named = |name: &str| {
+        let mut task = shell_task("default", "true");
+        task.name = Some(name.to_owned());
+        pb::SubmitRequest {
+            tasks: vec![wire(task)],
+        }
+    };
+    let (bad, good) = tokio::time::timeout(WAIT, async {
+        let mut first = client.clone();
+        let mut second = client.clone();
+        tokio::join!(first.submit(named("poison")), second.submit(named("fine")))
+    })
+    .await?;
+    let status = bad.expect_err("the refused change is refused to its caller");
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("the database refused this change")
+            && status.message().contains("invalid byte sequence (test)"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(good?.into_inner().ids.len(), 1);
+    let mut client = client.clone();
+    let later = tokio::time::timeout(WAIT, client.submit(named("later"))).await??;
+    assert_eq!(later.into_inner().ids.len(), 1);
+    let names = wait_for_names(&mut client, 2).await?;
+    assert_eq!(
+        names,
+        ["fine", "later"],
+        "the refused task is gone from memory"
+    );
+    shutdown.cancel();
+    server.await??;
+    let reopened =
+        herd_server::store::SqlStore::open(&format!("sqlite://{}/herd.db", data.path().display()))
+            .await?;
+    let stored = herd_server::store::Store::load(&reopened).await?;
+    let stored_names: Vec<_> = stored
+        .tasks
+        .iter()
+        .filter_map(|task| task.name.as_deref())
+        .collect();
+    assert_eq!(stored_names, ["fine", "later"]);
+    Ok(())
+}
+
+/// The names of the listed tasks, once there are `count` of them.
+async fn wait_for_names(
+    client: &mut pb::queue_client::QueueClient<tonic::transport::Channel>,
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
+    herd_tests::wait_for("the listing to settle", WAIT, || {
+        let mut client = client.clone();
+        async move {
+            let tasks = client
+                .list_tasks(pb::ListTasksRequest::default())
+                .await
+                .ok()?
+                .into_inner()
+                .tasks;
+            let names: Vec<String> = tasks
+                .into_iter()
+                .filter_map(|task| task.spec.and_then(|spec| spec.name))
+                .collect();
+            (names.len() == count).then_some(names)
+        }
+    })
+    .await
+}

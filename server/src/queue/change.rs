@@ -65,6 +65,9 @@ impl Effect {
 pub(crate) struct Change {
     pub dirty: Dirty,
     pub effects: Vec<Effect>,
+    /// Tasks this change created (a submit): what to remove from memory if the database
+    /// refuses the change.
+    pub created_tasks: Vec<TaskId>,
 }
 
 impl Change {
@@ -105,6 +108,6 @@ impl Change {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.dirty.is_empty() && self.effects.is_empty()
+        self.dirty.is_empty() && self.effects.is_empty() && self.created_tasks.is_empty()
     }
 }

@@ -15,8 +15,8 @@
 //! report, a submit) takes them along in its commit. A short task then costs one commit, not
 //! two, and a server under a steady flow of tasks commits only for what it must.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, Weak};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -25,7 +25,20 @@ use tracing::{debug, error, warn};
 
 use super::Shared;
 use super::change::{Change, Effect};
-use crate::store::{Store, WriteSet};
+use crate::chain;
+use crate::store::{Store, StoreError, WriteSet};
+
+/// Changes the database refused, by sequence number, with the database's reason; taken by
+/// their waiters.
+pub(crate) type Refusals = Arc<Mutex<HashMap<u64, String>>>;
+
+/// The reason the database refused change `sequence`, if it did (once).
+pub(crate) fn take_refusal(refused: &Refusals, sequence: u64) -> Option<String> {
+    refused
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .remove(&sequence)
+}
 
 struct Entry {
     sequence: u64,
@@ -42,6 +55,7 @@ pub(crate) struct Journal {
     sender: Option<mpsc::UnboundedSender<Entry>>,
     next_sequence: u64,
     committed: watch::Receiver<u64>,
+    refused: Refusals,
 }
 
 /// The longest pause between two attempts at a failed commit.
@@ -56,11 +70,19 @@ impl Journal {
     pub fn start(store: Arc<dyn Store>, shared: Weak<Shared>) -> (Journal, JoinHandle<()>) {
         let (sender, receiver) = mpsc::unbounded_channel();
         let (committed_sender, committed) = watch::channel(0);
-        let writer = tokio::spawn(write_loop(store, shared, receiver, committed_sender));
+        let refused = Refusals::default();
+        let writer = tokio::spawn(write_loop(
+            store,
+            shared,
+            receiver,
+            committed_sender,
+            refused.clone(),
+        ));
         let journal = Journal {
             sender: Some(sender),
             next_sequence: 1,
             committed,
+            refused,
         };
         (journal, writer)
     }
@@ -101,6 +123,11 @@ impl Journal {
         self.sender = None;
     }
 
+    /// The changes the database refused, for their waiters.
+    pub fn refused(&self) -> Refusals {
+        self.refused.clone()
+    }
+
     /// A receiver of the last committed sequence number.
     pub fn committed(&self) -> watch::Receiver<u64> {
         self.committed.clone()
@@ -117,6 +144,7 @@ async fn write_loop(
     shared: Weak<Shared>,
     mut receiver: mpsc::UnboundedReceiver<Entry>,
     committed: watch::Sender<u64>,
+    refused: Refusals,
 ) {
     let mut entries = Vec::new();
     while receiver.recv_many(&mut entries, 65_536).await > 0 {
@@ -139,13 +167,11 @@ async fn write_loop(
         let writes = collect_writes(&queue, &entries);
         drop(queue);
         let built = started.elapsed();
-        if !writes.is_empty() {
-            let mut backoff = Duration::from_millis(50);
-            while let Err(commit_error) = store.commit(&writes).await {
-                error!(error = %commit_error, retry_in_ms = backoff.as_millis() as u64, "commit failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
+        if !writes.is_empty()
+            && let Err(refusal) = commit_retrying(store.as_ref(), &writes).await
+        {
+            error!(error = %chain(&refusal), entries = entries.len(), "the database refused a group commit; committing its changes one by one");
+            commit_one_by_one(store.as_ref(), &shared, &mut entries, &refused).await;
         }
         debug!(
             entries = entries.len(),
@@ -160,6 +186,72 @@ async fn write_loop(
             queue.run_effects(entries.drain(..).flat_map(|entry| entry.change.effects));
         }
         entries.clear();
+    }
+}
+
+/// Commits `writes`, retrying a transient failure (connection lost, database busy) with
+/// backoff for as long as it takes; returns a permanent one (the statement was refused).
+async fn commit_retrying(store: &dyn Store, writes: &WriteSet) -> Result<(), StoreError> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match store.commit(writes).await {
+            Ok(()) => return Ok(()),
+            Err(commit_error) if commit_error.is_permanent() => return Err(commit_error),
+            Err(commit_error) => {
+                error!(error = %chain(&commit_error), retry_in_ms = backoff.as_millis() as u64, "commit failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// After the database refused a group: commits each entry alone, so one bad change does not
+/// stop the others. A refused entry is recorded in `refused` for its waiter, its effects are
+/// dropped (no assignment for a row that is not durable), and the tasks it created (a submit)
+/// are removed from memory through a new change; any other refused change leaves memory and
+/// the database disagreeing on its rows, which is logged.
+async fn commit_one_by_one(
+    store: &dyn Store,
+    shared: &Weak<Shared>,
+    entries: &mut [Entry],
+    refused: &Refusals,
+) {
+    for entry in entries.iter_mut() {
+        let Some(queue) = shared.upgrade() else {
+            return;
+        };
+        let writes = collect_writes(&queue, std::slice::from_ref(entry));
+        drop(queue);
+        if writes.is_empty() {
+            continue;
+        }
+        let Err(refusal) = commit_retrying(store, &writes).await else {
+            continue;
+        };
+        let reason = chain(&refusal);
+        entry.change.effects.clear();
+        refused
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(entry.sequence, reason.clone());
+        let Some(queue) = shared.upgrade() else {
+            return;
+        };
+        let created = std::mem::take(&mut entry.change.created_tasks);
+        if created.is_empty() {
+            error!(error = %reason, tasks = ?entry.change.dirty.tasks, attempts = ?entry.change.dirty.attempts, "the database refused a change; memory and the database disagree on these rows until they change again");
+            continue;
+        }
+        error!(error = %reason, tasks = created.len(), "the database refused a submit; its tasks are removed");
+        let mut locked = queue.lock();
+        let mut removal = Change::default();
+        for id in created {
+            if let Err(removal_error) = locked.state.delete_task(id, &mut removal) {
+                warn!(task_id = %id, error = %removal_error, "cannot remove a refused task");
+            }
+        }
+        locked.journal.push(removal, false);
     }
 }
 

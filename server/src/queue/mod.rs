@@ -38,7 +38,7 @@ mod journal;
 mod state;
 
 use change::{Change, Effect};
-use journal::{Journal, wait_durable};
+use journal::{Journal, Refusals, take_refusal, wait_durable};
 use state::{State, SystemClock};
 
 /// Something watchers may want to look at again.
@@ -134,6 +134,8 @@ impl Shared {
 pub struct Queue {
     shared: Arc<Shared>,
     committed: watch::Receiver<u64>,
+    /// Changes the database refused, by sequence number, with its reason.
+    refused: Refusals,
     config: QueueConfig,
     closing: CancellationToken,
     next_connection: AtomicU64,
@@ -163,9 +165,11 @@ impl Queue {
         let (events, _) = broadcast::channel(4096);
         let mut writer = None;
         let mut committed = None;
+        let mut refused = None;
         let shared = Arc::new_cyclic(|weak| {
             let (journal, handle) = Journal::start(store.clone(), weak.clone());
             committed = Some(journal.committed());
+            refused = Some(journal.refused());
             writer = Some(handle);
             Shared {
                 locked: Mutex::new(Locked { state, journal }),
@@ -177,6 +181,7 @@ impl Queue {
         let queue = Arc::new(Queue {
             shared,
             committed: committed.expect("set by new_cyclic"),
+            refused: refused.expect("set by new_cyclic"),
             config,
             closing: CancellationToken::new(),
             next_connection: AtomicU64::new(1),
@@ -259,6 +264,11 @@ impl Queue {
             && !wait_durable(self.committed.clone(), sequence).await
         {
             return Err(Error::ShuttingDown);
+        }
+        if let Some(sequence) = sequence
+            && let Some(reason) = take_refusal(&self.refused, sequence)
+        {
+            return Err(Error::Refused(reason));
         }
         result
     }

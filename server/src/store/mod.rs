@@ -201,6 +201,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the database refused the statement itself (invalid data, a constraint): trying
+    /// the same write again cannot succeed. Anything else may pass on a later try.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, StoreError::Database(_))
+    }
+
     /// A value of row `what` that cannot be read, for `source`.
     pub fn corrupt(
         what: impl Into<String>,
@@ -221,4 +227,16 @@ pub trait Store: Send + Sync + 'static {
     fn commit<'a>(&'a self, writes: &'a WriteSet) -> BoxFuture<'a, Result<(), StoreError>>;
     /// The database, for logs (no password).
     fn describe(&self) -> String;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refused_statement_is_permanent() {
+        assert!(StoreError::Database(sqlx::Error::RowNotFound).is_permanent());
+        assert!(!StoreError::Unavailable(sqlx::Error::PoolTimedOut).is_permanent());
+        assert!(!StoreError::Unavailable(sqlx::Error::PoolClosed).is_permanent());
+    }
 }

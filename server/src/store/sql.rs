@@ -377,12 +377,16 @@ fn is_unavailable(error: &dyn DatabaseError) -> bool {
         return matches!(primary, Some(5 | 6 | 10 | 13 | 14));
     }
     if let Some(postgres) = error.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-        // Class 08 (connection exception), 53 (insufficient resources), and the server
-        // shutting down or starting up (57P01..57P03).
+        // Class 08 (connection exception), 40 (transaction rollback: serialization failure,
+        // deadlock), 53 (insufficient resources), a lock not available or a canceled
+        // statement (55P03, 57014), and the server shutting down or starting up
+        // (57P01..57P03): worth trying again, unlike a refused statement (e.g. 22021, a NUL
+        // byte in text), which the journal does not retry.
         let code = postgres.code();
         return code.starts_with("08")
+            || code.starts_with("40")
             || code.starts_with("53")
-            || matches!(code, "57P01" | "57P02" | "57P03");
+            || matches!(code, "55P03" | "57014" | "57P01" | "57P02" | "57P03");
     }
     false
 }

@@ -50,6 +50,7 @@ impl State {
                 }),
             );
             change.task(id);
+            change.created_tasks.push(id);
             ids.push(id);
         }
         change.counters();
