@@ -451,6 +451,27 @@ mod tests {
     }
 
     #[test]
+    fn a_described_spec_shows_no_secret() {
+        let spec = TaskSpec::new(TaskRequest {
+            command: vec!["true".into()],
+            docker_image: Some("busybox".into()),
+            docker_options: "--env=TOKEN=secret-value".into(),
+            output: Some("ftp://u:hunter2@h/out/".into()),
+            ..TaskRequest::default()
+        })
+        .unwrap();
+        let text = describe_spec(&spec, "");
+        assert!(
+            text.contains("--env=TOKEN=***") && text.contains("ftp://u:***@h/out/"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("secret-value") && !text.contains("hunter2"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_refused_uri_is_shown_without_its_password() {
         let error = checked_uri("ftp://u:hunter2@h/x|untar", "output", None, false)
             .unwrap_err()
