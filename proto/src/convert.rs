@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::request::{BatchAction, LogRequest, TaskFilter};
-use crate::session::{FromWorker, Hello, LogChunk, LogStream, ToWorker, check_report};
+use crate::session::{
+    FromWorker, Hello, LogChunk, LogStream, ToWorker, bound_message, check_report,
+};
 use crate::spec::TaskRequest;
 use crate::view::{AttemptView, BatchView, TaskView, Transfer, TransferredFile, WorkerView};
 use crate::{
@@ -485,7 +487,7 @@ impl TryFrom<pb::TaskUpdate> for TaskReport {
             at: Timestamp(update.at_ms),
             exit_code: update.exit_code,
             reason: reason_from(update.reason)?,
-            message: update.message,
+            message: update.message.map(bound_message),
             transfers: update.transfers.into_iter().map(Transfer::from).collect(),
         };
         check_report(&report)?;

@@ -136,13 +136,31 @@ impl Hello {
     }
 }
 
-/// Refuses a report whose message holds a NUL byte or is longer than
-/// [`MAX_REPORT_MESSAGE_BYTES`], or whose transfers list more than [`MAX_TRANSFER_ITEMS`]
-/// files or hold a NUL byte.
-pub fn check_report(report: &TaskReport) -> Result<(), Error> {
-    if let Some(message) = &report.message {
-        check_text("report message", message, MAX_REPORT_MESSAGE_BYTES)?;
+/// Makes a report's message safe to keep: a NUL byte becomes U+FFFD and a message longer than
+/// [`MAX_REPORT_MESSAGE_BYTES`] is cut (at a character boundary) with a marker. A message is
+/// bounded rather than refused: it is a failure's explanation, and refusing it would leave the
+/// attempt without an end (and a worker whose hello carries it without a session).
+pub fn bound_message(message: String) -> String {
+    const MARKER: &str = " [... cut by herd: longer than 64 KiB]";
+    let mut message = if message.contains('\0') {
+        message.replace('\0', "\u{FFFD}")
+    } else {
+        message
+    };
+    if message.len() > MAX_REPORT_MESSAGE_BYTES {
+        let mut end = MAX_REPORT_MESSAGE_BYTES - MARKER.len();
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str(MARKER);
     }
+    message
+}
+
+/// Refuses a report whose transfers list more than [`MAX_TRANSFER_ITEMS`] files or hold a
+/// NUL byte or an oversized path. Its message is bounded by [`bound_message`], not checked.
+pub fn check_report(report: &TaskReport) -> Result<(), Error> {
     let items: usize = report
         .transfers
         .iter()
@@ -291,12 +309,35 @@ mod tests {
         });
         assert!(error.contains("the limit is 64"), "{error}");
         let mut report = TaskReport::new(TaskId(1), 1, TaskState::Failed);
-        report.message = Some("x".repeat(MAX_REPORT_MESSAGE_BYTES + 1));
+        report.transfers = vec![crate::view::Transfer {
+            direction: "output".into(),
+            uri: "s3://b/\0".into(),
+            bytes: 0,
+            files: 0,
+            items: Vec::new(),
+        }];
         let error = refused(Hello {
             tasks: vec![report],
             ..hello()
         });
-        assert!(error.starts_with("invalid report message: "), "{error}");
+        assert!(error.starts_with("invalid transfer uri: "), "{error}");
+    }
+
+    #[test]
+    fn a_report_message_is_bounded_not_refused() {
+        assert_eq!(bound_message("a\0b".into()), "a\u{FFFD}b");
+        let short = "exit code 3".to_owned();
+        assert_eq!(bound_message(short.clone()), short);
+        // A multi-byte character across the limit is not split.
+        let long = "é".repeat(MAX_REPORT_MESSAGE_BYTES);
+        let bounded = bound_message(long);
+        assert!(
+            bounded.len() <= MAX_REPORT_MESSAGE_BYTES,
+            "{}",
+            bounded.len()
+        );
+        assert!(bounded.ends_with("longer than 64 KiB]"), "{bounded}");
+        assert!(bounded.starts_with("éé"));
     }
 
     #[test]
