@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use herd_proto::policy::{DockerOption, Policy};
 use herd_proto::{BatchName, TaskId, TaskState, WorkerId};
 
 /// The server address clients use when neither `--server` nor `HERD_SERVER` is given.
@@ -419,6 +420,43 @@ pub struct WorkerRunArgs {
     /// Run tasks that ask for `-O --privileged`.
     #[arg(long = "allow-privileged")]
     pub allow_privileged: bool,
+
+    /// Let Docker tasks mount this host folder, or anything under it, with `-O "-v ..."`
+    /// (absolute; repeatable). The Docker socket is never mountable.
+    #[arg(long = "allow-volume", value_name = "PREFIX", value_parser = parse_volume_prefix)]
+    pub allow_volume: Vec<String>,
+
+    /// Let Docker tasks mount named volumes (`-O "-v NAME:/path"`).
+    #[arg(long = "allow-named-volumes")]
+    pub allow_named_volumes: bool,
+
+    /// Let Docker tasks use a host-sharing option: network=host or network=container
+    /// (repeatable).
+    #[arg(long = "allow-docker-option", value_name = "NAME")]
+    pub allow_docker_option: Vec<DockerOption>,
+
+    /// Let bare tasks run as uid 0 or gid 0 (`herd launch -u 0` / `-g 0`).
+    #[arg(long = "allow-root")]
+    pub allow_root: bool,
+
+    /// Give bare tasks this variable of the worker's environment (repeatable); they get no
+    /// other (see the README for the variables every bare task gets).
+    #[arg(long = "pass-env", value_name = "NAME", value_parser = parse_env_name)]
+    pub pass_env: Vec<String>,
+}
+
+fn parse_volume_prefix(text: &str) -> Result<String, String> {
+    Policy::default()
+        .allow_volume(text)
+        .map(|()| text.to_owned())
+        .map_err(|error| error.to_string())
+}
+
+fn parse_env_name(text: &str) -> Result<String, String> {
+    Policy::default()
+        .pass_env(text)
+        .map(|()| text.to_owned())
+        .map_err(|error| error.to_string())
 }
 
 /// `herd server`

@@ -79,6 +79,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Out
         prefetch: 0,
         executor: herd_worker::ExecutorKind::Auto,
         allow_privileged: false,
+        policy: herd_proto::policy::Policy::default(),
         work_dir: data_dir.join("worker"),
         cores,
         memory_bytes,

@@ -192,6 +192,7 @@ fn config(work_dir: &Path) -> Config {
         prefetch: 0,
         executor: ExecutorKind::Bare,
         allow_privileged: false,
+        policy: herd_proto::policy::Policy::default(),
         work_dir: work_dir.to_path_buf(),
         cores: 2,
         memory_bytes: 4_000_000_000,

@@ -357,6 +357,7 @@ mod tests {
             prefetch: 0,
             executor: crate::ExecutorKind::Bare,
             allow_privileged: false,
+            policy: herd_proto::policy::Policy::default(),
             work_dir: work_dir.to_path_buf(),
             cores: 1,
             memory_bytes: 1 << 30,
