@@ -377,7 +377,8 @@ pub struct WorkerRefArgs {
 /// Which executors a worker offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ExecutorChoice {
-    /// Docker for tasks with an image, host processes for the others; fails without Docker.
+    /// Docker tasks only (tasks without an image go to bare or auto workers); fails without
+    /// Docker.
     Docker,
     /// Host processes only; tasks that need Docker are left to other workers.
     Bare,

@@ -63,6 +63,8 @@ pub struct Hello {
     pub prefetch: u32,
     /// Whether it runs Docker tasks.
     pub docker: bool,
+    /// Whether it runs tasks without an image on its host (not with `--executor docker`).
+    pub bare: bool,
     /// Whether it runs privileged Docker tasks.
     pub allow_privileged: bool,
     /// CPU cores of its host.

@@ -35,8 +35,8 @@ use executor::Executor;
 /// Which executors a worker offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExecutorKind {
-    /// Docker for tasks with an image, bare processes for the others. Fails at start if no
-    /// Docker engine answers.
+    /// Docker tasks only: tasks without an image go to workers with a bare executor. Fails
+    /// at start if no Docker engine answers.
     Docker,
     /// Bare processes only; tasks that need Docker go to other workers.
     Bare,
@@ -75,8 +75,9 @@ pub struct Config {
 /// The executors a worker runs tasks with.
 #[derive(Clone)]
 pub struct Executors {
-    /// For tasks without a Docker image.
-    pub bare: Arc<dyn Executor>,
+    /// For tasks without a Docker image; `None` on workers started with `--executor docker`,
+    /// which run Docker tasks only (the server sends them no other).
+    pub bare: Option<Arc<dyn Executor>>,
     /// For tasks with a Docker image; `None` on workers without Docker.
     pub docker: Option<Arc<dyn Executor>>,
 }
@@ -99,8 +100,9 @@ pub fn host_resources() -> (u32, u64) {
 /// Builds the executors `config` asks for.
 pub async fn executors(config: &Config) -> Result<Executors, Error> {
     let policy = Arc::new(config.policy.clone());
-    let bare: Arc<dyn Executor> =
-        Arc::new(executor::bare::BareExecutor::with_policy(policy.clone()));
+    let bare: Option<Arc<dyn Executor>> = (config.executor != ExecutorKind::Docker).then(|| {
+        Arc::new(executor::bare::BareExecutor::with_policy(policy.clone())) as Arc<dyn Executor>
+    });
     let docker_with = |docker: executor::docker::DockerExecutor| -> Arc<dyn Executor> {
         Arc::new(
             docker

@@ -202,7 +202,7 @@ fn config(work_dir: &Path) -> Config {
 fn resources<S>(work_dir: &Path, staging: S, run: Run) -> Arc<Resources<S>> {
     let executor: Arc<dyn Executor> = Arc::new(ScriptedExecutor(run));
     let executors = Executors {
-        bare: executor,
+        bare: Some(executor),
         docker: None,
     };
     let folders = Arc::new(Folders::new(work_dir, 4));
