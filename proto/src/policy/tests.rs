@@ -201,3 +201,81 @@ fn normalising_is_lexical() {
         );
     }
 }
+
+#[test]
+fn no_sequence_of_three_words_makes_the_parser_or_the_policy_panic() {
+    // Every flag the parser knows, some it does not, and values that are edge cases of each
+    // (empty, `=`, quotes, `..`, the socket, relative paths): all 3-word sequences.
+    let words = [
+        "-v",
+        "--volume",
+        "--volume=",
+        "-e",
+        "--env=",
+        "--network",
+        "--net=host",
+        "--gpus",
+        "--shm-size",
+        "-m",
+        "--cpus",
+        "-w",
+        "--entrypoint",
+        "--privileged",
+        "--privileged=false",
+        "--cap-add",
+        "--mount",
+        "=",
+        "''",
+        "'",
+        "\"a b\"",
+        "A",
+        "A=",
+        "=A",
+        "host",
+        "container:x",
+        "/",
+        "/run",
+        "/data/../run:/r",
+        "/a:/b:ro",
+        "/a:/b:zz",
+        "a:/b",
+        "~/x:/b",
+        "./x:/b",
+        "/a:/output",
+        "0",
+        "-1",
+        "1e308",
+        "NaN",
+        "99999999999g",
+        "device=0",
+        "\u{0}",
+    ];
+    let mut policy = Policy {
+        named_volumes: true,
+        docker_options: DockerOption::ALL.to_vec(),
+        ..Policy::default()
+    };
+    policy.allow_volume("/data").unwrap();
+    let mut accepted = 0;
+    for first in words {
+        for second in words {
+            for third in words {
+                let text = format!("{first} {second} {third}");
+                if let Ok(parsed) = DockerOptions::parse(&text) {
+                    accepted += 1;
+                    let _ = Policy::default().check_docker(&parsed, |_| None);
+                    let _ = policy.check_docker(&parsed, |path| Some(path.to_path_buf()));
+                    // Whatever was accepted never holds the socket or a valueless variable.
+                    assert!(
+                        parsed
+                            .volumes
+                            .iter()
+                            .all(|v| docker_socket_mount(v).is_none())
+                    );
+                    assert!(parsed.env.iter().all(|entry| entry.contains('=')), "{text}");
+                }
+            }
+        }
+    }
+    assert!(accepted > 100, "only {accepted} accepted");
+}
