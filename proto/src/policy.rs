@@ -139,7 +139,8 @@ impl Policy {
 
     /// Checks a Docker task's options. `resolve` gives the real path of a host path when the
     /// worker can see it (symbolic links followed), so a link under an allowed folder cannot
-    /// lead outside it; `herd launch` passes `|_| None`.
+    /// lead outside it; a mount is allowed only if both its lexical and its real path are.
+    /// The worker then mounts the real path it checked; `herd launch` passes `|_| None`.
     pub fn check_docker(
         &self,
         options: &DockerOptions,
@@ -213,7 +214,8 @@ impl Policy {
             return Err(refusal);
         }
         let normal = normalise(Path::new(&volume.source));
-        let resolved = resolve(&normal);
+        // The source as given: the kernel resolves `..` after symbolic links, not before.
+        let resolved = resolve(Path::new(&volume.source));
         if resolved.as_deref().is_some_and(reaches_docker_socket) {
             return Err(socket_refusal(&shown));
         }

@@ -16,6 +16,11 @@ use herd_worker::executor::docker::DockerExecutor;
 
 const IMAGE: &str = "herd-test-busybox:latest";
 
+/// One test at a time: a container is named after its worker, task and attempt ids, which
+/// every test's fresh cluster numbers alike, so two tests at once would replace each other's
+/// containers on the one engine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A worker of `batch` following `policy`, with Docker and (when `bare`) the bare executor.
 async fn worker(
     cluster: &Cluster,
@@ -77,6 +82,7 @@ fn real_path(path: &Path) -> String {
 
 #[tokio::test]
 async fn a_host_folder_is_mounted_only_under_an_allowed_prefix() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start().await?;
     let host = tempfile::tempdir()?;
     std::fs::write(host.path().join("shadow"), "host-secret\n")?;
@@ -113,6 +119,17 @@ async fn a_host_folder_is_mounted_only_under_an_allowed_prefix() -> anyhow::Resu
     let escape = format!("-v {host_path}/../../etc:/host:ro");
     let refused = run(&cluster, docker_task("open", &escape, "ls /host")).await?;
     assert_refused(&refused, "--allow-volume");
+    // So is a link inside it that leads out, followed or climbed out of with `..`.
+    let outside = tempfile::tempdir()?;
+    std::fs::create_dir(outside.path().join("inner"))?;
+    std::fs::write(outside.path().join("secret"), "outside-secret\n")?;
+    std::os::unix::fs::symlink(outside.path().join("inner"), host.path().join("link"))?;
+    for source in ["link", "link/..", "link/new-folder"] {
+        let options = format!("-v {host_path}/{source}:/host");
+        let refused = run(&cluster, docker_task("open", &options, "cat /host/secret")).await?;
+        assert_refused(&refused, "--allow-volume");
+    }
+    assert!(!outside.path().join("inner/new-folder").exists());
     // The strict worker still serves.
     let fine = run(&cluster, docker_task("strict", "", "echo fine")).await?;
     assert_eq!(fine.state, TaskState::Succeeded, "{fine:?}");
@@ -121,6 +138,7 @@ async fn a_host_folder_is_mounted_only_under_an_allowed_prefix() -> anyhow::Resu
 
 #[tokio::test]
 async fn the_docker_socket_is_never_mountable() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start().await?;
     // No worker can allow `/` or a folder holding the socket.
     for prefix in ["/", "/var", "/run", "/var/run"] {
@@ -162,6 +180,7 @@ async fn the_docker_socket_is_never_mountable() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn an_environment_variable_without_a_value_is_refused_at_submission() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start().await?;
     // cargo sets CARGO_PKG_NAME for the tests it runs: a variable the worker has.
     assert!(std::env::var("CARGO_PKG_NAME").is_ok());
@@ -175,6 +194,7 @@ async fn an_environment_variable_without_a_value_is_refused_at_submission() -> a
 
 #[tokio::test]
 async fn host_networking_needs_the_worker_to_allow_it() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start().await?;
     let allowing = Policy {
         docker_options: vec![DockerOption::NetworkHost],
@@ -191,6 +211,7 @@ async fn host_networking_needs_the_worker_to_allow_it() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_bare_task_gets_none_of_the_worker_s_environment_unless_passed() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start().await?;
     // The in-process worker's environment is this test's: cargo sets CARGO_PKG_NAME in it.
     let worker_value = std::env::var("CARGO_PKG_NAME")?;
@@ -216,6 +237,7 @@ async fn a_bare_task_gets_none_of_the_worker_s_environment_unless_passed() -> an
 
 #[tokio::test]
 async fn root_on_a_bare_worker_needs_allow_root() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start().await?;
     let allowing = Policy {
         root: true,
@@ -245,6 +267,7 @@ async fn root_on_a_bare_worker_needs_allow_root() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_docker_only_worker_never_receives_a_bare_task() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start().await?;
     let _docker_only = worker(&cluster, "default", Policy::default(), false).await?;
     let ids = cluster

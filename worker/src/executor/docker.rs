@@ -142,11 +142,18 @@ impl DockerExecutor {
             ));
         }
         self.policy
-            .check_docker(&docker_spec.options, |path| {
-                std::fs::canonicalize(path).ok()
-            })
+            .check_docker(&docker_spec.options, real_path)
             .map_err(|refusal| Error::Start(refusal.0))?;
-        let body = container_body(job, docker_spec)?;
+        // Docker mounts the real paths that were checked, not links that may change meanwhile.
+        let mut checked = docker_spec.clone();
+        for volume in &mut checked.options.volumes {
+            if let Some(real) = real_path(Path::new(&volume.source))
+                .and_then(|real| real.to_str().map(str::to_owned))
+            {
+                volume.source = real;
+            }
+        }
+        let body = container_body(job, &checked)?;
 
         tokio::select! {
             biased;
@@ -465,6 +472,28 @@ async fn wait_for_exit(docker: &Docker, name: &str) -> Result<i32, Error> {
             "the container `{name}` exited with the impossible code {code}"
         ))
     })
+}
+
+/// The real path of the host path `path`: symbolic links and `..` resolved by the file system
+/// in its longest existing ancestor, the rest (which Docker creates) appended and normalised.
+/// `None` for a relative path or a named volume.
+fn real_path(path: &Path) -> Option<std::path::PathBuf> {
+    if !path.is_absolute() {
+        return None;
+    }
+    let mut existing = path;
+    let mut missing = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            let joined = missing
+                .iter()
+                .rev()
+                .fold(real, |real, name| real.join(name));
+            return Some(herd_proto::policy::normalise(&joined));
+        }
+        missing.push(existing.file_name().unwrap_or(std::ffi::OsStr::new("..")));
+        existing = existing.parent()?;
+    }
 }
 
 /// Builds what the engine needs to create the attempt's container.
