@@ -26,8 +26,20 @@ use std::path::{Component, Path, PathBuf};
 use crate::Error;
 use crate::docker::{DockerOptions, Volume};
 
-/// Where the Docker engine listens on Linux hosts (`/var/run` is a link to `/run`).
-pub const DOCKER_SOCKETS: [&str; 2] = ["/var/run/docker.sock", "/run/docker.sock"];
+/// Where container engines listen on Linux hosts (`/var/run` is a link to `/run`): Docker's,
+/// and containerd's and podman's, which give the same power over the host.
+pub const DOCKER_SOCKETS: [&str; 6] = [
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/var/run/containerd/containerd.sock",
+    "/run/containerd/containerd.sock",
+    "/var/run/podman/podman.sock",
+    "/run/podman/podman.sock",
+];
+
+/// File names of engine sockets, refused wherever they are (rootless engines listen under
+/// `$XDG_RUNTIME_DIR`, e.g. `/run/user/1000/docker.sock`).
+const SOCKET_NAMES: [&str; 3] = ["docker.sock", "containerd.sock", "podman.sock"];
 
 /// A `docker run` option a worker may allow by name with `--allow-docker-option NAME`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -216,8 +228,8 @@ impl Policy {
         let normal = normalise(Path::new(&volume.source));
         // The source as given: the kernel resolves `..` after symbolic links, not before.
         let resolved = resolve(Path::new(&volume.source));
-        if resolved.as_deref().is_some_and(reaches_docker_socket) {
-            return Err(socket_refusal(&shown));
+        if resolved.as_deref().is_some_and(is_engine_socket) {
+            return Err(socket_refusal(volume));
         }
         let allowed = |path: &Path| {
             self.volume_prefixes
@@ -253,17 +265,25 @@ pub fn docker_socket_mount(volume: &Volume) -> Option<Refusal> {
     if is_named_volume(&volume.source) {
         return None;
     }
-    let normal = normalise(Path::new(&volume.source));
-    let named_like_socket = normal.file_name().is_some_and(|name| name == "docker.sock");
-    (named_like_socket || reaches_docker_socket(&normal))
-        .then(|| socket_refusal(&volume_text(volume)))
+    is_engine_socket(&normalise(Path::new(&volume.source))).then(|| socket_refusal(volume))
 }
 
-fn socket_refusal(shown: &str) -> Refusal {
+/// The refusal of `volume` as a mount of an engine's socket.
+pub fn socket_refusal(volume: &Volume) -> Refusal {
     Refusal(format!(
-        "`{shown}` would give the task the Docker socket, and with it root on the host: no \
-         worker allows it"
+        "`{}` would give the task the Docker socket (or another container engine's), and with \
+         it root on the host: no worker allows it",
+        volume_text(volume)
     ))
+}
+
+/// Whether `path` (absolute, normalised) is named like an engine's socket, or is one of the
+/// usual sockets or a folder containing one.
+fn is_engine_socket(path: &Path) -> bool {
+    let named_like_socket = path
+        .file_name()
+        .is_some_and(|name| SOCKET_NAMES.iter().any(|socket| name == *socket));
+    named_like_socket || reaches_docker_socket(path)
 }
 
 /// Whether `path` (absolute, normalised) is a Docker socket or a folder containing one.

@@ -108,6 +108,8 @@ fn the_docker_socket_is_never_mountable() {
         "-v /:/host",
         "-v /data/../run:/r",
         "-v /var/run/../run/./docker.sock:/s:ro",
+        "-v /run/containerd:/c",
+        "-v /run/user/1000/podman/podman.sock:/p",
     ] {
         let error = DockerOptions::parse(text).unwrap_err().to_string();
         assert!(

@@ -27,7 +27,7 @@ use bollard::query_parameters::{
 };
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
-use herd_proto::policy::Policy;
+use herd_proto::policy::{Policy, socket_refusal};
 use herd_proto::spec::DockerSpec;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -64,6 +64,8 @@ pub struct DockerExecutor {
     docker: Docker,
     allow_privileged: bool,
     policy: Arc<Policy>,
+    /// The real path of the engine's Unix socket, which no task may mount.
+    socket: Option<std::path::PathBuf>,
 }
 
 impl DockerExecutor {
@@ -106,6 +108,9 @@ impl DockerExecutor {
             docker,
             allow_privileged: false,
             policy: Arc::new(Policy::default()),
+            socket: host
+                .strip_prefix("unix://")
+                .and_then(|path| real_path(Path::new(path))),
         })
     }
 
@@ -147,10 +152,19 @@ impl DockerExecutor {
         // Docker mounts the real paths that were checked, not links that may change meanwhile.
         let mut checked = docker_spec.clone();
         for volume in &mut checked.options.volumes {
-            if let Some(real) = real_path(Path::new(&volume.source))
-                .and_then(|real| real.to_str().map(str::to_owned))
+            let Some(real) = real_path(Path::new(&volume.source)) else {
+                continue;
+            };
+            // The socket this worker's engine listens on, wherever `DOCKER_HOST` puts it.
+            if self
+                .socket
+                .as_deref()
+                .is_some_and(|socket| socket.starts_with(&real))
             {
-                volume.source = real;
+                return Err(Error::Start(socket_refusal(volume).0));
+            }
+            if let Some(real) = real.to_str() {
+                volume.source = real.to_owned();
             }
         }
         let body = container_body(job, &checked)?;

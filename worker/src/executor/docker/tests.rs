@@ -168,6 +168,10 @@ fn a_bare_task_is_refused() {
 /// Runs `job` on an executor with the default policy and no engine (a socket never used):
 /// for refusals, which happen before the engine is asked anything.
 fn refusal(job: &Job) -> Error {
+    refusal_by(job, Policy::default(), None)
+}
+
+fn refusal_by(job: &Job, policy: Policy, socket: Option<&str>) -> Error {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -175,7 +179,8 @@ fn refusal(job: &Job) -> Error {
         docker: Docker::connect_with_http("http://127.0.0.1:9", 1, bollard::API_DEFAULT_VERSION)
             .unwrap(),
         allow_privileged: false,
-        policy: Arc::new(Policy::default()),
+        policy: Arc::new(policy),
+        socket: socket.map(PathBuf::from),
     };
     let (logs, _receiver) = LogSink::channel(1);
     runtime
@@ -194,6 +199,28 @@ fn the_worker_policy_is_checked_before_the_engine_is_asked() {
         assert!(
             matches!(&error, Error::Start(message) if message.contains(flag)),
             "{options}: {error}"
+        );
+    }
+}
+
+#[test]
+fn the_socket_of_this_worker_s_engine_is_never_mountable_wherever_it_is() {
+    let mut policy = Policy::default();
+    policy.allow_volume("/herd-test-srv").unwrap();
+    let socket = Some("/herd-test-srv/engine/api.sock");
+    for source in [
+        "/herd-test-srv/engine",
+        "/herd-test-srv/engine/api.sock",
+        "/herd-test-srv",
+    ] {
+        let error = refusal_by(
+            &job(&["true"], &format!("-v {source}:/e")),
+            policy.clone(),
+            socket,
+        );
+        assert!(
+            matches!(&error, Error::Start(message) if message.contains("Docker socket")),
+            "{source}: {error}"
         );
     }
 }
