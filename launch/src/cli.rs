@@ -422,6 +422,14 @@ pub struct WorkerRunArgs {
     #[arg(long = "allow-privileged")]
     pub allow_privileged: bool,
 
+    /// What tasks may take of this host.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// What a worker lets its tasks take of its host (`herd worker` and `herd up`).
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
     /// Let Docker tasks mount this host folder, or anything under it, with `-O "-v ..."`
     /// (absolute; repeatable). The Docker socket is never mountable.
     #[arg(long = "allow-volume", value_name = "PREFIX", value_parser = parse_volume_prefix)]
@@ -444,6 +452,25 @@ pub struct WorkerRunArgs {
     /// other (see the README for the variables every bare task gets).
     #[arg(long = "pass-env", value_name = "NAME", value_parser = parse_env_name)]
     pub pass_env: Vec<String>,
+}
+
+impl PolicyArgs {
+    /// The worker policy these flags describe.
+    pub fn policy(&self) -> Result<Policy, herd_proto::Error> {
+        let mut policy = Policy {
+            named_volumes: self.allow_named_volumes,
+            docker_options: self.allow_docker_option.clone(),
+            root: self.allow_root,
+            ..Policy::default()
+        };
+        for prefix in &self.allow_volume {
+            policy.allow_volume(prefix)?;
+        }
+        for name in &self.pass_env {
+            policy.pass_env(name)?;
+        }
+        Ok(policy)
+    }
 }
 
 fn parse_volume_prefix(text: &str) -> Result<String, String> {
@@ -519,6 +546,10 @@ pub struct UpArgs {
     /// Once listening, write the bound address to this file (for scripts).
     #[arg(long = "port-file", value_name = "PATH")]
     pub port_file: Option<PathBuf>,
+
+    /// What tasks may take of this host.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 }
 
 /// Parses a task count of at least 1 (`--concurrency`).

@@ -2,7 +2,6 @@
 
 use anyhow::Context;
 use herd_proto::Timestamp;
-use herd_proto::policy::Policy;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -42,18 +41,7 @@ pub fn worker_config(server: &str, args: WorkerRunArgs) -> anyhow::Result<herd_w
         None => local::default_data_dir()?.join("worker"),
     };
     let name = args.name.unwrap_or_else(local::host_name);
-    let mut policy = Policy {
-        named_volumes: args.allow_named_volumes,
-        docker_options: args.allow_docker_option,
-        root: args.allow_root,
-        ..Policy::default()
-    };
-    for prefix in &args.allow_volume {
-        policy.allow_volume(prefix)?;
-    }
-    for name in &args.pass_env {
-        policy.pass_env(name)?;
-    }
+    let policy = args.policy.policy()?;
     Ok(herd_worker::Config {
         server,
         name,

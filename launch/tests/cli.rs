@@ -272,9 +272,11 @@ fn what_no_worker_may_allow_is_refused_at_launch() {
         ["--allow-volume", "data"],
         ["--pass-env", "A-B"],
     ] {
-        let finished = herd(&["worker", args[0], args[1]]);
-        assert_eq!(finished.code, 2, "{args:?}: {finished:?}");
-        assert!(finished.stderr.contains(args[1]), "{finished:?}");
+        for command in ["worker", "up"] {
+            let finished = herd(&[command, args[0], args[1]]);
+            assert_eq!(finished.code, 2, "{args:?}: {finished:?}");
+            assert!(finished.stderr.contains(args[1]), "{finished:?}");
+        }
     }
 }
 
