@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use herd_proto::policy::{DockerOption, Policy};
 use herd_proto::{BatchName, TaskId, TaskState, WorkerId};
 
 /// The server address clients use when neither `--server` nor `HERD_SERVER` is given.
@@ -376,7 +377,8 @@ pub struct WorkerRefArgs {
 /// Which executors a worker offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ExecutorChoice {
-    /// Docker for tasks with an image, host processes for the others; fails without Docker.
+    /// Docker tasks only (tasks without an image go to bare or auto workers); fails without
+    /// Docker.
     Docker,
     /// Host processes only; tasks that need Docker are left to other workers.
     Bare,
@@ -419,6 +421,70 @@ pub struct WorkerRunArgs {
     /// Run tasks that ask for `-O --privileged`.
     #[arg(long = "allow-privileged")]
     pub allow_privileged: bool,
+
+    /// What tasks may take of this host.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+/// What a worker lets its tasks take of its host (`herd worker` and `herd up`).
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// Let Docker tasks mount this host folder, or anything under it, with `-O "-v ..."`
+    /// (absolute; repeatable). The Docker socket is never mountable.
+    #[arg(long = "allow-volume", value_name = "PREFIX", value_parser = parse_volume_prefix)]
+    pub allow_volume: Vec<String>,
+
+    /// Let Docker tasks mount named volumes (`-O "-v NAME:/path"`).
+    #[arg(long = "allow-named-volumes")]
+    pub allow_named_volumes: bool,
+
+    /// Let Docker tasks use a host-sharing option: network=host or network=container
+    /// (repeatable).
+    #[arg(long = "allow-docker-option", value_name = "NAME")]
+    pub allow_docker_option: Vec<DockerOption>,
+
+    /// Let bare tasks run as uid 0 or gid 0 (`herd launch -u 0` / `-g 0`).
+    #[arg(long = "allow-root")]
+    pub allow_root: bool,
+
+    /// Give bare tasks this variable of the worker's environment (repeatable); they get no
+    /// other (see the README for the variables every bare task gets).
+    #[arg(long = "pass-env", value_name = "NAME", value_parser = parse_env_name)]
+    pub pass_env: Vec<String>,
+}
+
+impl PolicyArgs {
+    /// The worker policy these flags describe.
+    pub fn policy(&self) -> Result<Policy, herd_proto::Error> {
+        let mut policy = Policy {
+            named_volumes: self.allow_named_volumes,
+            docker_options: self.allow_docker_option.clone(),
+            root: self.allow_root,
+            ..Policy::default()
+        };
+        for prefix in &self.allow_volume {
+            policy.allow_volume(prefix)?;
+        }
+        for name in &self.pass_env {
+            policy.pass_env(name)?;
+        }
+        Ok(policy)
+    }
+}
+
+fn parse_volume_prefix(text: &str) -> Result<String, String> {
+    Policy::default()
+        .allow_volume(text)
+        .map(|()| text.to_owned())
+        .map_err(|error| error.to_string())
+}
+
+fn parse_env_name(text: &str) -> Result<String, String> {
+    Policy::default()
+        .pass_env(text)
+        .map(|()| text.to_owned())
+        .map_err(|error| error.to_string())
 }
 
 /// `herd server`
@@ -480,6 +546,10 @@ pub struct UpArgs {
     /// Once listening, write the bound address to this file (for scripts).
     #[arg(long = "port-file", value_name = "PATH")]
     pub port_file: Option<PathBuf>,
+
+    /// What tasks may take of this host.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 }
 
 /// Parses a task count of at least 1 (`--concurrency`).

@@ -79,6 +79,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Out
         prefetch: 0,
         executor: herd_worker::ExecutorKind::Auto,
         allow_privileged: false,
+        policy: args.policy.policy()?,
         work_dir: data_dir.join("worker"),
         cores,
         memory_bytes,

@@ -41,6 +41,7 @@ pub fn worker_config(server: &str, args: WorkerRunArgs) -> anyhow::Result<herd_w
         None => local::default_data_dir()?.join("worker"),
     };
     let name = args.name.unwrap_or_else(local::host_name);
+    let policy = args.policy.policy()?;
     Ok(herd_worker::Config {
         server,
         name,
@@ -53,6 +54,7 @@ pub fn worker_config(server: &str, args: WorkerRunArgs) -> anyhow::Result<herd_w
             ExecutorChoice::Auto => herd_worker::ExecutorKind::Auto,
         },
         allow_privileged: args.allow_privileged,
+        policy,
         work_dir,
         cores,
         memory_bytes,

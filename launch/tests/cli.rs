@@ -250,6 +250,56 @@ fn launch_without_a_command_is_a_usage_error() {
 }
 
 #[test]
+fn what_no_worker_may_allow_is_refused_at_launch() {
+    let cluster = Cluster::start();
+    for (options, expected) in [
+        ("-e AWS_SECRET_ACCESS_KEY", "give a value"),
+        (
+            "-v /var/run/docker.sock:/var/run/docker.sock",
+            "Docker socket",
+        ),
+        ("-v /run:/r", "Docker socket"),
+    ] {
+        let finished = cluster.herd(&["launch", "-d", "busybox", "-O", options, "true"]);
+        assert_eq!(finished.code, 2, "{options}: {finished:?}");
+        assert!(finished.stderr.contains(expected), "{finished:?}");
+    }
+    assert_eq!(cluster.task_count(), 0);
+    // Worker flags are checked at start-up too.
+    for args in [
+        ["--allow-docker-option", "pid=host"],
+        ["--allow-volume", "/var/run"],
+        ["--allow-volume", "data"],
+        ["--pass-env", "A-B"],
+    ] {
+        for command in ["worker", "up"] {
+            let finished = herd(&[command, args[0], args[1]]);
+            assert_eq!(finished.code, 2, "{args:?}: {finished:?}");
+            assert!(finished.stderr.contains(args[1]), "{finished:?}");
+        }
+    }
+}
+
+#[test]
+fn a_bare_task_sees_none_of_its_worker_s_secrets() {
+    let mut cluster = Cluster::start();
+    let secret = format!("leak-{}", std::process::id());
+    cluster.start_worker_with("secrets", &[("AWS_SECRET_ACCESS_KEY", secret.clone())]);
+    let launched = cluster.herd(&["launch", "-b", "secrets", "sh", "-c", "env; echo done"]);
+    assert_eq!(launched.code, 0, "{launched:?}");
+    let id = launched.stdout.trim().to_owned();
+    let waited = cluster.herd(&["batch", "wait", "secrets"]);
+    assert_eq!(waited.code, 0, "{waited:?}");
+    let mut logs = String::new();
+    wait_until("the task's stdout in `herd task logs`", || {
+        logs = cluster.herd(&["task", "logs", &id]).stdout;
+        logs.contains("done")
+    });
+    assert!(!logs.contains(&secret), "{logs}");
+    assert!(!logs.contains("AWS_SECRET"), "{logs}");
+}
+
+#[test]
 fn zero_or_negative_concurrency_is_refused() {
     for bad in ["0", "-3"] {
         let finished = herd(&["worker", "--concurrency", bad]);

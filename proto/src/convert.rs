@@ -508,6 +508,7 @@ impl From<&Hello> for pb::Hello {
             concurrency: hello.concurrency,
             prefetch: hello.prefetch,
             docker: hello.docker,
+            docker_only: !hello.bare,
             allow_privileged: hello.allow_privileged,
             cores: hello.cores,
             memory_bytes: hello.memory_bytes,
@@ -533,6 +534,7 @@ impl TryFrom<pb::Hello> for Hello {
             concurrency: hello.concurrency,
             prefetch: hello.prefetch,
             docker: hello.docker,
+            bare: !hello.docker_only,
             allow_privileged: hello.allow_privileged,
             cores: hello.cores,
             memory_bytes: hello.memory_bytes,
@@ -755,6 +757,12 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_older_than_docker_only_runs_bare_tasks() {
+        let hello = Hello::try_from(pb::Hello::default()).unwrap();
+        assert!(hello.bare);
+    }
+
+    #[test]
     fn every_worker_message_survives_the_round_trip() {
         let messages = [
             FromWorker::Hello(Hello {
@@ -764,6 +772,7 @@ mod tests {
                 concurrency: 2,
                 prefetch: 1,
                 docker: true,
+                bare: false,
                 allow_privileged: false,
                 cores: 8,
                 memory_bytes: 1 << 30,

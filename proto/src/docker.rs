@@ -3,7 +3,9 @@
 //! The string is split like a shell would (quotes respected) and every option is checked, so a
 //! typo fails at `herd launch` time rather than on a worker hours later. Options herd does not
 //! understand are refused by name. `--privileged` is parsed but only a worker started with
-//! `--allow-privileged` will run it.
+//! `--allow-privileged` will run it. What no worker may allow (a mount of the Docker socket,
+//! `-e KEY` without a value) is refused here; what a worker may allow is checked by the
+//! worker against its [`crate::policy::Policy`].
 
 use serde::Serialize;
 
@@ -25,7 +27,7 @@ pub struct Volume {
 pub struct DockerOptions {
     /// `--gpus`: `all`, a count, or `device=0,1`.
     pub gpus: Option<String>,
-    /// `-e/--env`: `KEY=VALUE`, or `KEY` to pass the worker's value through.
+    /// `-e/--env`: `KEY=VALUE` (never `KEY` alone: a worker's environment stays its own).
     pub env: Vec<String>,
     /// `--shm-size`, in bytes.
     pub shm_size: Option<i64>,
@@ -107,6 +109,15 @@ impl DockerOptions {
                         return Err(Error::invalid(
                             "docker options",
                             format!("`-e {value}`: give KEY=VALUE"),
+                        ));
+                    }
+                    if !value.contains('=') {
+                        return Err(Error::invalid(
+                            "docker options",
+                            format!(
+                                "`-e {value}` would pass the worker's own `{value}` into the \
+                                 task, which herd never does: give a value, `-e {value}=VALUE`"
+                            ),
                         ));
                     }
                     options.env.push(value);
@@ -221,11 +232,15 @@ fn parse_volume(value: &str) -> Result<Volume, Error> {
             ));
         }
     };
-    Ok(Volume {
+    let volume = Volume {
         source: source.to_owned(),
         target: target.to_owned(),
         read_only,
-    })
+    };
+    match crate::policy::docker_socket_mount(&volume) {
+        Some(refusal) => Err(Error::invalid("docker options", refusal.0)),
+        None => Ok(volume),
+    }
 }
 
 #[cfg(test)]
@@ -269,6 +284,12 @@ mod tests {
         assert!(DockerOptions::parse("-v /a:/output").is_err());
         assert!(DockerOptions::parse("--gpus").is_err());
         assert!(DockerOptions::parse("-e 'unterminated").is_err());
+        let error = DockerOptions::parse("-e AWS_SECRET_ACCESS_KEY")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("give a value"), "{error}");
+        let error = DockerOptions::parse("-v /run:/r").unwrap_err().to_string();
+        assert!(error.contains("Docker socket"), "{error}");
         assert_eq!(DockerOptions::parse("").unwrap(), DockerOptions::default());
     }
 }

@@ -13,12 +13,15 @@
 //!   batch actions).
 //! - [`docker`]: the parser for `herd launch -O "DOCKER OPTIONS"`, shared by the launcher (to
 //!   refuse bad options early), the server (to refuse them from any client) and the worker.
+//! - [`policy`]: what a worker lets a task take of its host (host folders, namespaces, root,
+//!   environment), checked by the parser for what is never allowed and by the worker for the rest.
 //! - [`convert`]: the one place where protobuf messages become domain types and back. A missing
 //!   or invalid field is an [`Error`], never a panic.
 
 pub mod convert;
 pub mod docker;
 pub mod ids;
+pub mod policy;
 pub mod redact;
 pub mod report;
 pub mod request;

@@ -96,6 +96,8 @@ pub struct Hello {
     pub prefetch: u32,
     /// Whether it runs Docker tasks.
     pub docker: bool,
+    /// Whether it runs tasks without an image on its host (not with `--executor docker`).
+    pub bare: bool,
     /// Whether it runs privileged Docker tasks.
     pub allow_privileged: bool,
     /// CPU cores of its host.
@@ -267,6 +269,7 @@ mod tests {
             batch: BatchName::default_batch(),
             concurrency: 4,
             prefetch: 0,
+            bare: true,
             docker: false,
             allow_privileged: false,
             cores: 4,

@@ -108,6 +108,8 @@ pub struct WorkerOptions {
     pub executors: Option<Executors>,
     /// Accept privileged Docker tasks.
     pub allow_privileged: bool,
+    /// What tasks may take of the worker's host; the default allows nothing.
+    pub policy: herd_proto::policy::Policy,
 }
 
 impl Default for WorkerOptions {
@@ -118,6 +120,7 @@ impl Default for WorkerOptions {
             prefetch: 0,
             executors: None,
             allow_privileged: false,
+            policy: herd_proto::policy::Policy::default(),
         }
     }
 }
@@ -338,6 +341,7 @@ pub async fn start_worker(
         prefetch: options.prefetch,
         executor: ExecutorKind::Bare,
         allow_privileged: options.allow_privileged,
+        policy: options.policy,
         work_dir: work_dir.clone(),
         cores,
         memory_bytes,

@@ -666,7 +666,9 @@ async fn a_docker_task_writes_its_output_through_a_real_engine() -> anyhow::Resu
             anyhow::anyhow!("{error}; start Docker and run scripts/build-test-image.sh")
         })?;
     let executors = herd_worker::Executors {
-        bare: std::sync::Arc::new(herd_worker::executor::bare::BareExecutor::new()),
+        bare: Some(std::sync::Arc::new(
+            herd_worker::executor::bare::BareExecutor::new(),
+        )),
         docker: Some(std::sync::Arc::new(docker)),
     };
     let _worker = cluster

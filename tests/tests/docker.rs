@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use herd_proto::policy::Policy;
 use herd_proto::session::LogStream;
 use herd_proto::{TaskId, TaskRequest, TaskSpec};
 use herd_worker::Error;
@@ -243,24 +244,24 @@ async fn a_command_that_does_not_exist_fails_to_start_and_is_cleaned_up() {
 #[tokio::test]
 async fn environment_comes_from_the_job_and_the_options() {
     let executor = executor().await;
-    // cargo sets CARGO_MANIFEST_DIR for the tests it runs: a value the worker has.
-    let worker_value = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    // cargo sets CARGO_MANIFEST_DIR for the tests it runs: a value the worker has, and which
+    // the container must not see.
+    assert!(std::env::var("CARGO_MANIFEST_DIR").is_ok());
     let attempt = attempt(
         "env",
         &[
             "sh",
             "-c",
             r#"echo "CPU=$CPU THREADS=$THREADS OPTION=$OPTION"
-               echo "PASSED=$CARGO_MANIFEST_DIR"
-               echo "UNSET=${HERD_TEST_NEVER_SET-absent}""#,
+               echo "WORKER=${CARGO_MANIFEST_DIR-absent}""#,
         ],
-        "-e 'OPTION=two words' -e THREADS=1 -e CARGO_MANIFEST_DIR -e HERD_TEST_NEVER_SET",
+        "-e 'OPTION=two words' -e THREADS=1",
     );
     let (result, printed) = run(&executor, &attempt.job).await;
     assert_eq!(result.unwrap(), Exit::Code(0));
     assert_eq!(
         printed.stdout(),
-        format!("CPU=3 THREADS=1 OPTION=two words\nPASSED={worker_value}\nUNSET=absent\n")
+        "CPU=3 THREADS=1 OPTION=two words\nWORKER=absent\n"
     );
 }
 
@@ -312,13 +313,17 @@ async fn uid_and_gid_set_the_container_user() {
 
 #[tokio::test]
 async fn workdir_entrypoint_and_volumes_follow_the_options() {
-    let executor = executor().await;
-    let shared = tempfile::tempdir().unwrap();
-    std::fs::write(shared.path().join("shared.txt"), "shared\n").unwrap();
+    let shared_dir = tempfile::tempdir().unwrap();
+    // The real path: the worker compares a mount's real path with the folders it allows.
+    let shared = shared_dir.path().canonicalize().unwrap();
+    let mut policy = Policy::default();
+    policy.allow_volume(&shared.display().to_string()).unwrap();
+    let executor = executor().await.policy(Arc::new(policy));
+    std::fs::write(shared.join("shared.txt"), "shared\n").unwrap();
     let options = format!(
         "-w /output --entrypoint /bin/sh -v {}:/shared:ro --network none --shm-size 64m \
          --cpus 0.5",
-        shared.path().display()
+        shared.display()
     );
     // With `--entrypoint /bin/sh`, the command is only sh's arguments.
     let script = r#"pwd

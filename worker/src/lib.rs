@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use herd_proto::BatchName;
+use herd_proto::policy::Policy;
 use tokio_util::sync::CancellationToken;
 
 mod error;
@@ -34,8 +35,8 @@ use executor::Executor;
 /// Which executors a worker offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExecutorKind {
-    /// Docker for tasks with an image, bare processes for the others. Fails at start if no
-    /// Docker engine answers.
+    /// Docker tasks only: tasks without an image go to workers with a bare executor. Fails
+    /// at start if no Docker engine answers.
     Docker,
     /// Bare processes only; tasks that need Docker go to other workers.
     Bare,
@@ -60,6 +61,9 @@ pub struct Config {
     pub executor: ExecutorKind,
     /// Run `--privileged` Docker tasks.
     pub allow_privileged: bool,
+    /// What else tasks may take of the host: host folders, named volumes, host namespaces,
+    /// root, the worker's environment variables (see [`herd_proto::policy`]).
+    pub policy: Policy,
     /// Scratch space: one folder per attempt, and the resource cache.
     pub work_dir: PathBuf,
     /// CPU cores given to tasks (`CPU` = cores / concurrency).
@@ -71,8 +75,9 @@ pub struct Config {
 /// The executors a worker runs tasks with.
 #[derive(Clone)]
 pub struct Executors {
-    /// For tasks without a Docker image.
-    pub bare: Arc<dyn Executor>,
+    /// For tasks without a Docker image; `None` on workers started with `--executor docker`,
+    /// which run Docker tasks only (the server sends them no other).
+    pub bare: Option<Arc<dyn Executor>>,
     /// For tasks with a Docker image; `None` on workers without Docker.
     pub docker: Option<Arc<dyn Executor>>,
 }
@@ -94,16 +99,24 @@ pub fn host_resources() -> (u32, u64) {
 
 /// Builds the executors `config` asks for.
 pub async fn executors(config: &Config) -> Result<Executors, Error> {
-    let bare: Arc<dyn Executor> = Arc::new(executor::bare::BareExecutor::new());
+    let policy = Arc::new(config.policy.clone());
+    let bare: Option<Arc<dyn Executor>> = (config.executor != ExecutorKind::Docker).then(|| {
+        Arc::new(executor::bare::BareExecutor::with_policy(policy.clone())) as Arc<dyn Executor>
+    });
+    let docker_with = |docker: executor::docker::DockerExecutor| -> Arc<dyn Executor> {
+        Arc::new(
+            docker
+                .allow_privileged(config.allow_privileged)
+                .policy(policy.clone()),
+        )
+    };
     let docker: Option<Arc<dyn Executor>> = match config.executor {
         ExecutorKind::Bare => None,
-        ExecutorKind::Docker => Some(Arc::new(
-            executor::docker::DockerExecutor::connect()
-                .await?
-                .allow_privileged(config.allow_privileged),
+        ExecutorKind::Docker => Some(docker_with(
+            executor::docker::DockerExecutor::connect().await?,
         )),
         ExecutorKind::Auto => match executor::docker::DockerExecutor::connect().await {
-            Ok(docker) => Some(Arc::new(docker.allow_privileged(config.allow_privileged))),
+            Ok(docker) => Some(docker_with(docker)),
             Err(error) => {
                 tracing::info!(error = %error.chain(), "no Docker engine: running bare tasks only");
                 None

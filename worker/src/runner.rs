@@ -284,7 +284,15 @@ async fn with_timeout<T>(limit: Option<Duration>, work: impl Future<Output = T>)
 /// The executor for the attempt: Docker when it has an image, bare otherwise.
 fn executor_for(attempt: &Attempt, executors: &Executors) -> Result<Arc<dyn Executor>, Ended> {
     if attempt.spec.docker().is_none() {
-        return Ok(executors.bare.clone());
+        return executors.bare.clone().ok_or_else(|| {
+            failed(
+                attempt,
+                Reason::Executor,
+                "this task runs on the host and this worker runs Docker tasks only \
+                 (--executor docker): run it on a worker started with --executor bare or auto"
+                    .to_owned(),
+            )
+        });
     }
     executors.docker.clone().ok_or_else(|| {
         failed(

@@ -18,6 +18,7 @@ fn hello() -> Hello {
         concurrency: 1,
         prefetch: 0,
         docker: false,
+        bare: true,
         allow_privileged: false,
         cores: 1,
         memory_bytes: 1 << 30,

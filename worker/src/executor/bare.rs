@@ -2,14 +2,27 @@
 //! Docker (scitq's "no docker" mode).
 //!
 //! The process starts in the attempt's folder, in a process group of its own (so a kill
-//! reaches its children), with `INPUT`, `OUTPUT`, `RESOURCE`, `TEMP` (and `TMPDIR`) set to the
-//! attempt's folders, without a trailing slash, plus `CPU`, `THREADS` and `MEM`. When the
-//! command exits, what it left running in its group is killed: a task ends with its command.
+//! reaches its children). When the command exits, what it left running in its group is
+//! killed: a task ends with its command.
+//!
+//! # Environment
+//! The worker's environment is *not* inherited (it may hold cloud keys or tokens). A task gets:
+//! - `PATH` (the worker's, or `/usr/local/bin:/usr/bin:/bin`), and `LANG` and `TZ` when the
+//!   worker has them;
+//! - `HOME` set to the attempt's folder (tools that write dotfiles write them there, not in
+//!   the worker's home); a worker that passes `--pass-env HOME` gives its own instead;
+//! - the variables the worker names with `--pass-env NAME`, with the worker's values;
+//! - herd's own: `INPUT`, `OUTPUT`, `RESOURCE`, `TEMP` (and `TMPDIR`), the attempt's folders
+//!   without a trailing slash, and `CPU`, `THREADS`, `MEM`.
+//!
+//! The fixed part is built once per worker ([`BareExecutor::with_policy`]), not per task.
+//! A task asking for uid 0 or gid 0 is refused unless the worker's policy allows root.
 //!
 //! A command named without a slash is looked up on the worker's `PATH` once (see
 //! [`ProgramPaths`]), not at every start.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -17,6 +30,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
+use herd_proto::policy::Policy;
 use herd_proto::session::LogStream;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
@@ -25,16 +39,43 @@ use tokio_util::sync::CancellationToken;
 use super::{Executor, Exit, Job, LogSink};
 use crate::Error;
 
+/// What `PATH` is when the worker has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
 /// Runs commands as host processes.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct BareExecutor {
     programs: Arc<ProgramPaths>,
+    /// The worker's part of every task's environment, in the order it is applied.
+    base_env: Arc<[(OsString, OsString)]>,
+    policy: Arc<Policy>,
+}
+
+impl Default for BareExecutor {
+    fn default() -> Self {
+        BareExecutor::new()
+    }
 }
 
 impl BareExecutor {
-    /// A bare executor.
+    /// A bare executor with the default policy: no root, no variable passed from the worker.
     pub fn new() -> Self {
-        BareExecutor::default()
+        BareExecutor::with_policy(Arc::new(Policy::default()))
+    }
+
+    /// A bare executor following `policy` (`--allow-root`, `--pass-env`).
+    pub fn with_policy(policy: Arc<Policy>) -> Self {
+        let worker = |name: &str| std::env::var_os(name).map(|value| (OsString::from(name), value));
+        let path = worker("PATH").unwrap_or_else(|| ("PATH".into(), DEFAULT_PATH.into()));
+        let base_env = std::iter::once(path)
+            .chain(["LANG", "TZ"].into_iter().filter_map(worker))
+            .chain(policy.pass_env.iter().filter_map(|name| worker(name)))
+            .collect();
+        BareExecutor {
+            programs: Arc::default(),
+            base_env,
+            policy,
+        }
     }
 }
 
@@ -131,8 +172,9 @@ fn no_slash(path: &std::path::Path) -> String {
     }
 }
 
-/// The command of `job`, started from `resolved` (with the name as `argv[0]`) when given.
-fn command_for(job: &Job, resolved: Option<&Path>) -> Command {
+/// The command of `job`, started from `resolved` (with the name as `argv[0]`) when given, in
+/// an environment of `base_env` and the job's own variables only.
+fn command_for(job: &Job, base_env: &[(OsString, OsString)], resolved: Option<&Path>) -> Command {
     let program = &job.spec.command()[0];
     let mut command = match resolved {
         Some(path) => {
@@ -145,6 +187,9 @@ fn command_for(job: &Job, resolved: Option<&Path>) -> Command {
     command
         .args(&job.spec.command()[1..])
         .current_dir(&job.dirs.root)
+        .env_clear()
+        .env("HOME", no_slash(&job.dirs.root))
+        .envs(base_env.iter().map(|(key, value)| (key, value)))
         .envs(
             job.env
                 .iter()
@@ -178,6 +223,10 @@ impl Executor for BareExecutor {
     ) -> BoxFuture<'a, Result<Exit, Error>> {
         Box::pin(async move {
             let program = &job.spec.command()[0];
+            self.policy
+                .check_user(job.spec.uid(), job.spec.gid())
+                .map_err(|refusal| Error::Start(refusal.0))?;
+            let base_env = &self.base_env;
             // Another user's rights may differ: the search is left to execvp then.
             let resolved = if job.spec.uid().is_none() && job.spec.gid().is_none() {
                 self.programs.resolve(program)
@@ -185,14 +234,14 @@ impl Executor for BareExecutor {
                 None
             };
             let spawned = match &resolved {
-                Some(path) => match command_for(job, Some(path)).spawn() {
+                Some(path) => match command_for(job, base_env, Some(path)).spawn() {
                     Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
                         self.programs.forget(program);
-                        command_for(job, None).spawn()
+                        command_for(job, base_env, None).spawn()
                     }
                     other => other,
                 },
-                None => command_for(job, None).spawn(),
+                None => command_for(job, base_env, None).spawn(),
             };
             let mut child = spawned.map_err(|error| match error.kind() {
                 std::io::ErrorKind::NotFound => {
@@ -366,6 +415,67 @@ mod tests {
             std::fs::read_to_string(dir.path().join("output/f")).unwrap(),
             "data\n"
         );
+    }
+
+    async fn run_with(executor: &BareExecutor, job: &Job) -> (Result<Exit, Error>, String) {
+        let (sink, mut receiver) = LogSink::channel(16);
+        let result = executor.run(job, sink, CancellationToken::new()).await;
+        let mut out = Vec::new();
+        while let Some((_, data)) = receiver.recv().await {
+            out.extend(data);
+        }
+        (result, String::from_utf8(out).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_worker_environment_stays_the_worker_s_unless_passed() {
+        // cargo sets CARGO_MANIFEST_DIR for the tests it runs: a variable this worker has.
+        let worker_value = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let script = "echo \"${CARGO_MANIFEST_DIR-absent} $HOME ${PATH:+path}\"; env | wc -l";
+        let job = job(dir.path(), &["sh", "-c", script]);
+        let (result, out) = run_with(&BareExecutor::new(), &job).await;
+        assert_eq!(result.unwrap(), Exit::Code(0));
+        let mut lines = out.lines();
+        let home = no_slash(dir.path());
+        assert_eq!(lines.next().unwrap(), format!("absent {home} path"));
+        // PATH, HOME, herd's seven, CPU, sh's own PWD (and LANG and TZ when set): no more.
+        let count: usize = lines.next().unwrap().trim().parse().unwrap();
+        assert!(count <= 13, "{count} variables: {out}");
+
+        let mut policy = Policy::default();
+        policy.pass_env("CARGO_MANIFEST_DIR").unwrap();
+        let passing = BareExecutor::with_policy(Arc::new(policy));
+        let (result, out) = run_with(&passing, &job).await;
+        assert_eq!(result.unwrap(), Exit::Code(0));
+        assert!(
+            out.starts_with(&format!("{worker_value} {home} path\n")),
+            "{out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn root_needs_the_worker_to_allow_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut root_job = job(dir.path(), &["id", "-u"]);
+        let mut request = root_job.spec.to_request();
+        request.uid = Some(0);
+        root_job.spec = Arc::new(TaskSpec::new(request).unwrap());
+        let (result, _) = run_with(&BareExecutor::new(), &root_job).await;
+        let error = result.unwrap_err();
+        assert!(
+            matches!(&error, Error::Start(message) if message.contains("--allow-root")),
+            "{error}"
+        );
+        let allowing = BareExecutor::with_policy(Arc::new(Policy {
+            root: true,
+            ..Policy::default()
+        }));
+        let (result, out) = run_with(&allowing, &root_job).await;
+        // The tests run as root; elsewhere setuid(0) fails, which is the host's refusal.
+        if result.is_ok() {
+            assert_eq!(out, "0\n");
+        }
     }
 
     #[tokio::test]

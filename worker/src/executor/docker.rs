@@ -14,6 +14,7 @@
 //! - `ContainerGuard`: removes the container even when the attempt's future is dropped.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bollard::Docker;
@@ -26,6 +27,7 @@ use bollard::query_parameters::{
 };
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
+use herd_proto::policy::{Policy, socket_refusal};
 use herd_proto::spec::DockerSpec;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -45,18 +47,25 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// attached streams as soon as the container is gone; this only bounds a misbehaving engine.
 const DRAIN_AFTER_KILL: Duration = Duration::from_secs(10);
 
+/// Every container's security option: no process in it gains privileges through setuid.
+const NO_NEW_PRIVILEGES: &str = "no-new-privileges";
+
 /// The exit code of a process killed by SIGKILL, which is what the kernel's OOM killer sends.
 const SIGKILL_EXIT_CODE: i32 = 128 + 9;
 
 /// Runs each attempt in its own Docker container.
 ///
-/// Build it with [`DockerExecutor::connect`]. Privileged containers (`-O --privileged`) are
+/// Build it with [`DockerExecutor::connect`]. Every container runs with `no-new-privileges`;
+/// the worker's [`Policy`] is checked before a container is created. Privileged containers (`-O --privileged`) are
 /// refused unless the worker opts in with [`DockerExecutor::allow_privileged`], which is what
 /// the worker's `--allow-privileged` flag sets.
 #[derive(Debug, Clone)]
 pub struct DockerExecutor {
     docker: Docker,
     allow_privileged: bool,
+    policy: Arc<Policy>,
+    /// The real path of the engine's Unix socket, which no task may mount.
+    socket: Option<std::path::PathBuf>,
 }
 
 impl DockerExecutor {
@@ -98,7 +107,18 @@ impl DockerExecutor {
         Ok(DockerExecutor {
             docker,
             allow_privileged: false,
+            policy: Arc::new(Policy::default()),
+            socket: host
+                .strip_prefix("unix://")
+                .and_then(|path| real_path(Path::new(path))),
         })
+    }
+
+    /// What tasks may take of the host (host folders, named volumes, host namespaces); the
+    /// default [`Policy`] allows none of it. A refused task fails before any container exists.
+    pub fn policy(mut self, policy: Arc<Policy>) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// Whether tasks may run privileged containers (`-O --privileged`); `false` by default.
@@ -126,7 +146,28 @@ impl DockerExecutor {
                     .into(),
             ));
         }
-        let body = container_body(job, docker_spec, |key| std::env::var(key).ok())?;
+        self.policy
+            .check_docker(&docker_spec.options, real_path)
+            .map_err(|refusal| Error::Start(refusal.0))?;
+        // Docker mounts the real paths that were checked, not links that may change meanwhile.
+        let mut checked = docker_spec.clone();
+        for volume in &mut checked.options.volumes {
+            let Some(real) = real_path(Path::new(&volume.source)) else {
+                continue;
+            };
+            // The socket this worker's engine listens on, wherever `DOCKER_HOST` puts it.
+            if self
+                .socket
+                .as_deref()
+                .is_some_and(|socket| socket.starts_with(&real))
+            {
+                return Err(Error::Start(socket_refusal(volume).0));
+            }
+            if let Some(real) = real.to_str() {
+                volume.source = real.to_owned();
+            }
+        }
+        let body = container_body(job, &checked)?;
 
         tokio::select! {
             biased;
@@ -447,13 +488,30 @@ async fn wait_for_exit(docker: &Docker, name: &str) -> Result<i32, Error> {
     })
 }
 
-/// Builds what the engine needs to create the attempt's container. `worker_env` looks up the
-/// worker's own environment, for `-e KEY` without a value.
-fn container_body(
-    job: &Job,
-    docker_spec: &DockerSpec,
-    worker_env: impl Fn(&str) -> Option<String>,
-) -> Result<ContainerCreateBody, Error> {
+/// The real path of the host path `path`: symbolic links and `..` resolved by the file system
+/// in its longest existing ancestor, the rest (which Docker creates) appended and normalised.
+/// `None` for a relative path or a named volume.
+fn real_path(path: &Path) -> Option<std::path::PathBuf> {
+    if !path.is_absolute() {
+        return None;
+    }
+    let mut existing = path;
+    let mut missing = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            let joined = missing
+                .iter()
+                .rev()
+                .fold(real, |real, name| real.join(name));
+            return Some(herd_proto::policy::normalise(&joined));
+        }
+        missing.push(existing.file_name().unwrap_or(std::ffi::OsStr::new("..")));
+        existing = existing.parent()?;
+    }
+}
+
+/// Builds what the engine needs to create the attempt's container.
+fn container_body(job: &Job, docker_spec: &DockerSpec) -> Result<ContainerCreateBody, Error> {
     let options = &docker_spec.options;
     let dirs = &job.dirs;
     let mounts = vec![
@@ -481,6 +539,8 @@ fn container_body(
         memory: options.memory,
         nano_cpus: options.nano_cpus,
         privileged: options.privileged.then_some(true),
+        // A setuid binary in the image must not turn the task's user into root.
+        security_opt: Some(vec![NO_NEW_PRIVILEGES.to_owned()]),
         ..Default::default()
     };
     let entrypoint = options.entrypoint.as_ref().map(|entrypoint| {
@@ -495,7 +555,7 @@ fn container_body(
         image: Some(docker_spec.image.clone()),
         cmd: Some(job.spec.command().to_vec()),
         entrypoint,
-        env: Some(container_env(&job.env, &options.env, worker_env)),
+        env: Some(container_env(&job.env, &options.env)),
         user: user(job.spec.uid(), job.spec.gid()),
         working_dir: options.workdir.clone(),
         labels: Some(labels.into_iter().collect()),
@@ -536,11 +596,7 @@ fn bind_mount(source: &Path, target: &str, read_only: bool) -> Result<Mount, Err
 /// The container's environment: the executor's common variables, then `-e`, a later value of
 /// a key replacing an earlier one. `-e KEY` takes the worker's value and, like docker, leaves
 /// the variable out when the worker has none.
-fn container_env(
-    job_env: &[(String, String)],
-    option_env: &[String],
-    worker_env: impl Fn(&str) -> Option<String>,
-) -> Vec<String> {
+fn container_env(job_env: &[(String, String)], option_env: &[String]) -> Vec<String> {
     let mut merged: Vec<(String, String)> = Vec::new();
     let mut set =
         |key: &str, value: String| match merged.iter_mut().find(|(existing, _)| existing == key) {
@@ -551,13 +607,9 @@ fn container_env(
         set(key, value.clone());
     }
     for entry in option_env {
-        match entry.split_once('=') {
-            Some((key, value)) => set(key, value.to_owned()),
-            None => {
-                if let Some(value) = worker_env(entry) {
-                    set(entry, value);
-                }
-            }
+        // The parser refuses `-e KEY` without a value: the worker's environment is its own.
+        if let Some((key, value)) = entry.split_once('=') {
+            set(key, value.to_owned());
         }
     }
     merged

@@ -192,6 +192,7 @@ fn config(work_dir: &Path) -> Config {
         prefetch: 0,
         executor: ExecutorKind::Bare,
         allow_privileged: false,
+        policy: herd_proto::policy::Policy::default(),
         work_dir: work_dir.to_path_buf(),
         cores: 2,
         memory_bytes: 4_000_000_000,
@@ -201,7 +202,7 @@ fn config(work_dir: &Path) -> Config {
 fn resources<S>(work_dir: &Path, staging: S, run: Run) -> Arc<Resources<S>> {
     let executor: Arc<dyn Executor> = Arc::new(ScriptedExecutor(run));
     let executors = Executors {
-        bare: executor,
+        bare: Some(executor),
         docker: None,
     };
     let folders = Arc::new(Folders::new(work_dir, 4));

@@ -46,6 +46,8 @@ pub(crate) struct Session {
     config: Arc<Config>,
     /// Whether this worker runs Docker tasks (told in the hello).
     docker: bool,
+    /// Whether this worker runs tasks without an image (told in the hello).
+    bare: bool,
     outbox: Outbox,
     /// What the runners run attempts with.
     resources: Arc<Resources<FetchStaging>>,
@@ -58,6 +60,7 @@ impl Session {
     fn new(config: Arc<Config>, executors: Executors) -> Session {
         Session {
             docker: executors.docker.is_some(),
+            bare: executors.bare.is_some(),
             outbox: Outbox::default(),
             resources: Arc::new(Resources::new(&config, executors)),
             link: Mutex::new(None),
@@ -111,6 +114,7 @@ impl Session {
             concurrency: config.concurrency,
             prefetch: config.prefetch,
             docker: self.docker,
+            bare: self.bare,
             allow_privileged: config.allow_privileged,
             cores: config.cores,
             memory_bytes: config.memory_bytes,
@@ -357,12 +361,13 @@ mod tests {
             prefetch: 0,
             executor: crate::ExecutorKind::Bare,
             allow_privileged: false,
+            policy: herd_proto::policy::Policy::default(),
             work_dir: work_dir.to_path_buf(),
             cores: 1,
             memory_bytes: 1 << 30,
         };
         let executors = Executors {
-            bare: Arc::new(crate::executor::bare::BareExecutor::new()),
+            bare: Some(Arc::new(crate::executor::bare::BareExecutor::new())),
             docker: None,
         };
         Arc::new(Session::new(Arc::new(config), executors))

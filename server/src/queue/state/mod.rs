@@ -160,6 +160,9 @@ pub(crate) struct Worker {
     pub concurrency: u32,
     pub prefetch: u32,
     pub docker: bool,
+    /// Runs tasks without an image. Not stored: it comes with every hello, and only a
+    /// connected worker (one that said hello) is given tasks.
+    pub bare: bool,
     pub allow_privileged: bool,
     pub cores: u32,
     pub memory_bytes: u64,
@@ -178,7 +181,7 @@ pub(crate) struct Worker {
 impl Worker {
     fn can_serve(&self, requirement: Requirement) -> bool {
         match requirement {
-            Requirement::Bare => true,
+            Requirement::Bare => self.bare,
             Requirement::Docker => self.docker,
             Requirement::PrivilegedDocker => self.docker && self.allow_privileged,
         }

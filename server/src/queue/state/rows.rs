@@ -73,6 +73,8 @@ impl State {
                 concurrency: row.concurrency as u32,
                 prefetch: row.prefetch as u32,
                 docker: row.docker,
+                // Until its next hello says otherwise; it gets no task before that hello.
+                bare: true,
                 allow_privileged: row.allow_privileged,
                 cores: row.cores as u32,
                 memory_bytes: row.memory_bytes as u64,

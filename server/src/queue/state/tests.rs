@@ -57,6 +57,7 @@ struct Setup {
     concurrency: u32,
     prefetch: u32,
     docker: bool,
+    bare: bool,
 }
 
 impl Default for Setup {
@@ -66,6 +67,7 @@ impl Default for Setup {
             concurrency: 1,
             prefetch: 0,
             docker: false,
+            bare: true,
         }
     }
 }
@@ -134,6 +136,7 @@ impl TestEnv {
             concurrency: setup.concurrency,
             prefetch: setup.prefetch,
             docker: setup.docker,
+            bare: setup.bare,
             allow_privileged: false,
             cores: 4,
             memory_bytes: 1 << 30,
@@ -654,6 +657,22 @@ fn docker_tasks_never_go_to_bare_workers() {
     });
     env.take(docker);
     assert_eq!(env.state.tasks[&ids[0]].worker, Some(docker));
+}
+
+#[test]
+fn a_docker_only_worker_gets_no_bare_task() {
+    let mut env = TestEnv::new();
+    let docker_only = env.connect(Setup {
+        docker: true,
+        bare: false,
+        ..Setup::default()
+    });
+    env.take(docker_only);
+    let ids = env.submit(vec![task("b"), docker_task("b")]);
+    assert_eq!(env.take_assigned(docker_only), vec![(ids[1], 1)]);
+    assert_eq!(env.task_state(ids[0]), TaskState::Pending);
+    let bare = env.connect(Setup::default());
+    assert_eq!(env.state.tasks[&ids[0]].worker, Some(bare));
 }
 
 #[test]

@@ -44,6 +44,7 @@ impl State {
             concurrency: hello.concurrency,
             prefetch: hello.prefetch,
             docker: hello.docker,
+            bare: hello.bare,
             allow_privileged: hello.allow_privileged,
             cores: hello.cores,
             memory_bytes: hello.memory_bytes,
@@ -63,6 +64,7 @@ impl State {
         worker.concurrency = hello.concurrency;
         worker.prefetch = hello.prefetch;
         worker.docker = hello.docker;
+        worker.bare = hello.bare;
         worker.allow_privileged = hello.allow_privileged;
         worker.cores = hello.cores;
         worker.memory_bytes = hello.memory_bytes;

@@ -99,7 +99,7 @@ pub async fn dispatch(
             concurrency: concurrency as u32,
             prefetch: prefetch.unwrap_or(defaults.prefetch),
             executors: Some(Executors {
-                bare: Arc::new(InstantExecutor),
+                bare: Some(Arc::new(InstantExecutor)),
                 docker: None,
             }),
             ..defaults

@@ -45,7 +45,7 @@ pub async fn measure(
         .add_worker(WorkerOptions {
             concurrency: 1,
             executors: Some(Executors {
-                bare: Arc::new(clocked),
+                bare: Some(Arc::new(clocked)),
                 docker: None,
             }),
             ..WorkerOptions::default()

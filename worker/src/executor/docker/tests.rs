@@ -35,10 +35,7 @@ fn job(command: &[&str], options: &str) -> Job {
 }
 
 fn body(job: &Job) -> ContainerCreateBody {
-    container_body(job, job.spec.docker().unwrap(), |key| {
-        (key == "FROM_WORKER").then(|| "worker value".to_owned())
-    })
-    .unwrap()
+    container_body(job, job.spec.docker().unwrap()).unwrap()
 }
 
 #[test]
@@ -54,6 +51,10 @@ fn command_mounts_and_defaults() {
     assert_eq!(body.user, None);
     assert_eq!(body.tty, Some(false));
     let host = body.host_config.unwrap();
+    assert_eq!(
+        host.security_opt,
+        Some(vec!["no-new-privileges".to_owned()])
+    );
     let mounts: Vec<(String, String, bool)> = host
         .mounts
         .unwrap()
@@ -103,13 +104,10 @@ fn options_become_host_config() {
 
 #[test]
 fn environment_merges_job_and_options() {
-    let body = body(&job(
-        &["true"],
-        "-e THREADS=1 -e A=x=y -e FROM_WORKER -e NOT_ON_WORKER",
-    ));
+    let body = body(&job(&["true"], "-e THREADS=1 -e A=x=y -e EMPTY="));
     assert_eq!(
         body.env.unwrap(),
-        vec!["CPU=4", "THREADS=1", "A=x=y", "FROM_WORKER=worker value"]
+        vec!["CPU=4", "THREADS=1", "A=x=y", "EMPTY="]
     );
 }
 
@@ -160,21 +158,69 @@ fn a_bare_task_is_refused() {
     request.docker_image = None;
     request.docker_options.clear();
     bare.spec = Arc::new(TaskSpec::new(request).unwrap());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    // No engine is needed to refuse: connect lazily to a socket that is never used.
-    let executor = DockerExecutor {
-        docker: Docker::connect_with_http("http://127.0.0.1:9", 1, bollard::API_DEFAULT_VERSION)
-            .unwrap(),
-        allow_privileged: false,
-    };
-    let (logs, _receiver) = LogSink::channel(1);
-    let error = runtime
-        .block_on(executor.run(&bare, logs, CancellationToken::new()))
-        .unwrap_err();
+    let error = refusal(&bare);
     assert!(
         matches!(&error, Error::Start(message) if message.contains("no docker image")),
         "{error}"
     );
+}
+
+/// Runs `job` on an executor with the default policy and no engine (a socket never used):
+/// for refusals, which happen before the engine is asked anything.
+fn refusal(job: &Job) -> Error {
+    refusal_by(job, Policy::default(), None)
+}
+
+fn refusal_by(job: &Job, policy: Policy, socket: Option<&str>) -> Error {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let executor = DockerExecutor {
+        docker: Docker::connect_with_http("http://127.0.0.1:9", 1, bollard::API_DEFAULT_VERSION)
+            .unwrap(),
+        allow_privileged: false,
+        policy: Arc::new(policy),
+        socket: socket.map(PathBuf::from),
+    };
+    let (logs, _receiver) = LogSink::channel(1);
+    runtime
+        .block_on(executor.run(job, logs, CancellationToken::new()))
+        .unwrap_err()
+}
+
+#[test]
+fn the_worker_policy_is_checked_before_the_engine_is_asked() {
+    for (options, flag) in [
+        ("-v /etc:/host", "--allow-volume /etc"),
+        ("-v cache:/cache", "--allow-named-volumes"),
+        ("--network host", "--allow-docker-option network=host"),
+    ] {
+        let error = refusal(&job(&["true"], options));
+        assert!(
+            matches!(&error, Error::Start(message) if message.contains(flag)),
+            "{options}: {error}"
+        );
+    }
+}
+
+#[test]
+fn the_socket_of_this_worker_s_engine_is_never_mountable_wherever_it_is() {
+    let mut policy = Policy::default();
+    policy.allow_volume("/herd-test-srv").unwrap();
+    let socket = Some("/herd-test-srv/engine/api.sock");
+    for source in [
+        "/herd-test-srv/engine",
+        "/herd-test-srv/engine/api.sock",
+        "/herd-test-srv",
+    ] {
+        let error = refusal_by(
+            &job(&["true"], &format!("-v {source}:/e")),
+            policy.clone(),
+            socket,
+        );
+        assert!(
+            matches!(&error, Error::Start(message) if message.contains("Docker socket")),
+            "{source}: {error}"
+        );
+    }
 }
