@@ -419,8 +419,24 @@ async fn upload<R: Reporter>(
         attempt.number,
         TaskState::Uploading,
     ));
-    match staging.upload_output(&dirs.output, output).await {
-        Ok(transfer) => outcome.transfers.push(transfer),
+    let refuse_hard_links = attempt.spec.docker().is_some();
+    match staging
+        .upload_output(&dirs.output, output, refuse_hard_links)
+        .await
+    {
+        Ok(uploaded) => {
+            for line in uploaded.skipped {
+                reporter
+                    .log(LogChunk {
+                        task_id: attempt.task_id,
+                        attempt: attempt.number,
+                        stream: herd_proto::session::LogStream::Stderr,
+                        data: format!("{line}\n").into_bytes(),
+                    })
+                    .await;
+            }
+            outcome.transfers.push(uploaded.transfer);
+        }
         Err(error) => {
             let failure = format!("the upload of /output failed: {}", error.chain());
             outcome.state = TaskState::Failed;

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use herd_fetch::{Resolver, TransferStats, Uri};
+use herd_fetch::{Resolver, SkipReason, Skipped, TransferStats, Uri};
 use herd_proto::TaskSpec;
 use herd_proto::view::{Transfer, TransferredFile};
 use tokio::sync::OnceCell;
@@ -60,12 +60,24 @@ pub(crate) trait Staging: Send + Sync + 'static {
         dirs: &TaskDirs,
     ) -> impl Future<Output = Result<Vec<Transfer>, Error>> + Send;
 
-    /// Uploads the content of `source` (an attempt's `/output`) to `uri`.
+    /// Uploads the content of `source` (an attempt's `/output`) to `uri`, leaving out (and
+    /// naming in [`Uploaded::skipped`]) symbolic links, fifos, sockets and devices, and also
+    /// files with more than one name when `refuse_hard_links`.
     fn upload_output(
         &self,
         source: &Path,
         uri: &str,
-    ) -> impl Future<Output = Result<Transfer, Error>> + Send;
+        refuse_hard_links: bool,
+    ) -> impl Future<Output = Result<Uploaded, Error>> + Send;
+}
+
+/// What an upload of `/output` moved, and what it left out.
+#[derive(Debug, Clone)]
+pub(crate) struct Uploaded {
+    pub(crate) transfer: Transfer,
+    /// One line per entry left out, for the task's log: `/output/x is a symbolic link: not
+    /// uploaded`.
+    pub(crate) skipped: Vec<String>,
 }
 
 /// Staging through herd-fetch, with the worker's resource cache.
@@ -90,8 +102,13 @@ impl Staging for FetchStaging {
         stage_in(&self.resolver, &self.cache, spec, dirs).await
     }
 
-    async fn upload_output(&self, source: &Path, uri: &str) -> Result<Transfer, Error> {
-        upload_output(&self.resolver, source, uri).await
+    async fn upload_output(
+        &self,
+        source: &Path,
+        uri: &str,
+        refuse_hard_links: bool,
+    ) -> Result<Uploaded, Error> {
+        upload_output(&self.resolver, source, uri, refuse_hard_links).await
     }
 }
 
@@ -238,9 +255,26 @@ fn link_tree(source: &Path, destination: &Path) -> std::io::Result<TransferStats
     Ok(stats)
 }
 
-/// Uploads the content of `/output` to `uri`.
-async fn upload_output(resolver: &Resolver, source: &Path, uri: &str) -> Result<Transfer, Error> {
+/// Uploads the content of `/output` to `uri`. With `refuse_hard_links` (Docker tasks, whose
+/// processes are all gone by now: nothing can swap a name between the walk and the removal),
+/// files with more than one name are first removed from `/output` (a container could have
+/// hard-linked a host file it can read); the upload itself leaves out links and special files.
+async fn upload_output(
+    resolver: &Resolver,
+    source: &Path,
+    uri: &str,
+    refuse_hard_links: bool,
+) -> Result<Uploaded, Error> {
     let uri = parse(uri)?;
+    let mut skipped = Vec::new();
+    if refuse_hard_links {
+        let root = source.to_path_buf();
+        skipped = tokio::task::spawn_blocking(move || remove_hard_links(&root))
+            .await
+            .map_err(|error| {
+                Error::io("the /output check stopped", std::io::Error::other(error))
+            })??;
+    }
     let stats = resolver
         .put(source, &uri)
         .await
@@ -248,5 +282,39 @@ async fn upload_output(resolver: &Resolver, source: &Path, uri: &str) -> Result<
             context: format!("output {}", uri.redacted()),
             source,
         })?;
-    Ok(transfer("output", &uri, &stats))
+    skipped.extend(stats.skipped.iter().map(log_line));
+    Ok(Uploaded {
+        transfer: transfer("output", &uri, &stats),
+        skipped,
+    })
+}
+
+/// The task's log line for an entry of `/output` that was not uploaded.
+fn log_line(entry: &Skipped) -> String {
+    let path = if entry.path.is_empty() {
+        "/output".to_owned()
+    } else {
+        format!("/output/{}", entry.path)
+    };
+    format!("herd: {path} {}: not uploaded", entry.what())
+}
+
+/// Removes the files of `output` that have more than one name; returns their log lines.
+fn remove_hard_links(output: &Path) -> Result<Vec<String>, Error> {
+    let entries =
+        herd_fetch::walk::skipped_entries(output, true).map_err(|source| Error::Fetch {
+            context: "cannot list /output".to_owned(),
+            source,
+        })?;
+    let mut lines = Vec::new();
+    for entry in entries {
+        if entry.reason != SkipReason::HardLinked {
+            continue;
+        }
+        let path = output.join(&entry.path);
+        std::fs::remove_file(&path)
+            .map_err(|error| Error::io(format!("cannot remove {}", path.display()), error))?;
+        lines.push(log_line(&entry));
+    }
+    Ok(lines)
 }

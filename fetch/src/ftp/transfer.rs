@@ -205,9 +205,9 @@ impl FtpBackend {
         let shown = link.target.shown.clone();
         let (parent, _) = split_parent(remote);
         let temp = child(parent, &temp_name("upload"));
-        let mut file = tokio::fs::File::open(local)
-            .await
-            .map_err(|error| Failure::fatal(Error::io("cannot open", local, error)))?;
+        let mut file = local::open_regular(local, None)
+            .map(tokio::fs::File::from_std)
+            .map_err(Failure::fatal)?;
         let length = file
             .metadata()
             .await
@@ -309,10 +309,12 @@ impl FtpBackend {
             .await
             .map_err(|error| Error::io("cannot read", source, error))?;
         let mut uploads: Vec<(std::path::PathBuf, String, String)> = Vec::new();
+        let mut skipped = Vec::new();
         if metadata.is_dir() {
             let root = source.to_path_buf();
-            let files = run_blocking(move |cancel| local::walk_files(&root, cancel)).await?;
-            for file in files {
+            let walk = run_blocking(move |cancel| local::walk_files(&root, false, cancel)).await?;
+            skipped = walk.skipped;
+            for file in walk.files {
                 let relative = slash_path(&file.relative);
                 let remote = child(&target.path, &relative);
                 uploads.push((file.path, remote, relative));
@@ -342,7 +344,7 @@ impl FtpBackend {
         let mut link = Link::new(self, &target);
         let result = self.upload_all(&mut link, uploads).await;
         link.close().await;
-        result
+        result.map(|stats| TransferStats { skipped, ..stats })
     }
 
     async fn upload_all(

@@ -304,7 +304,7 @@ impl<P: Provider> Bucket for Container<'_, P> {
         let (size, _) = identity;
         let path = source.to_path_buf();
         let (file, (checksum, length)) = run_blocking(move |cancel| {
-            let file = File::open(&path).at("cannot open", &path)?;
+            let file = crate::local::open_regular(&path, None)?;
             cancel.check()?;
             let sums = crc64nvme_reader(&file).at("cannot read", &path)?;
             Ok((file, sums))
