@@ -177,3 +177,109 @@ async fn a_bare_task_cannot_upload_through_a_linked_folder_or_a_linked_output() 
     assert_eq!(stderr, "herd: /output is a symbolic link: not uploaded\n");
     Ok(())
 }
+
+/// The SHA-256 of `text`, lowercase hex, by the system's `sha256sum`.
+fn sha256_hex(text: &str) -> String {
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha256sum runs");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    String::from_utf8(output.stdout).unwrap()[..64].to_owned()
+}
+
+/// The cache folders (not their manifests) of a worker.
+fn cache_folders(worker: &WorkerHandle) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(worker.work_dir.join("resources"))
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .filter(|entry| entry.file_type().unwrap().is_dir())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_bare_task_that_alters_a_cached_resource_poisons_no_later_task() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let worker = cluster
+        .add_worker(WorkerOptions {
+            concurrency: 1,
+            ..WorkerOptions::default()
+        })
+        .await?;
+    let source = tempfile::tempdir()?;
+    std::fs::write(source.path().join("db.txt"), "original\n")?;
+    let resource = source.path().join("db.txt").display().to_string();
+    let with_resource = |script: &str| TaskRequest {
+        resources: vec![resource.clone()],
+        ..shell_task("default", script)
+    };
+
+    // As root, the mode is no obstacle: the task writes through its hard link to the cache.
+    let (first, _, _) = run_with_output(
+        &cluster,
+        with_resource(
+            "chmod 644 \"$RESOURCE/db.txt\"; echo poisoned > \"$RESOURCE/db.txt\"; \
+             cat \"$RESOURCE/db.txt\" > \"$OUTPUT/seen\"",
+        ),
+    )
+    .await?;
+    let (second, _, output) = run_with_output(
+        &cluster,
+        with_resource("cat \"$RESOURCE/db.txt\" > \"$OUTPUT/seen\""),
+    )
+    .await?;
+    assert_eq!(
+        std::fs::read_to_string(output.path().join("seen"))?,
+        "original\n"
+    );
+    let fetched = |task: herd_proto::view::TaskView| {
+        task.attempts[0]
+            .transfers
+            .iter()
+            .any(|transfer| transfer.direction == "resource")
+    };
+    assert!(
+        fetched(cluster.task(first).await?),
+        "the first task fetched"
+    );
+    assert!(
+        fetched(cluster.task(second).await?),
+        "the altered entry was discarded and fetched again"
+    );
+
+    // Untouched, it is served from the cache: no new download.
+    let (third, _, output) = run_with_output(
+        &cluster,
+        with_resource("cat \"$RESOURCE/db.txt\" > \"$OUTPUT/seen\""),
+    )
+    .await?;
+    assert_eq!(
+        std::fs::read_to_string(output.path().join("seen"))?,
+        "original\n"
+    );
+    assert!(
+        !fetched(cluster.task(third).await?),
+        "served from the cache"
+    );
+
+    // Another URI text, another folder: each named by the SHA-256 of its URI text.
+    std::fs::write(source.path().join("other.txt"), "other\n")?;
+    let other = source.path().join("other.txt").display().to_string();
+    let spec = TaskRequest {
+        resources: vec![other.clone()],
+        ..shell_task("default", "true")
+    };
+    run_with_output(&cluster, spec).await?;
+    let mut expected = vec![
+        sha256_hex(&herd_fetch::Uri::parse(&resource)?.to_string()),
+        sha256_hex(&herd_fetch::Uri::parse(&other)?.to_string()),
+    ];
+    expected.sort();
+    assert_eq!(cache_folders(&worker), expected);
+    Ok(())
+}
