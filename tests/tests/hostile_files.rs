@@ -3,6 +3,7 @@
 //! links, fifos, sockets and devices are left out, and hard links too in Docker tasks, each
 //! named in the task's stderr log), and nothing leaks to the destination.
 
+use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 
 use herd_proto::{TaskId, TaskRequest, TaskState};
@@ -281,5 +282,31 @@ async fn a_bare_task_that_alters_a_cached_resource_poisons_no_later_task() -> an
     ];
     expected.sort();
     assert_eq!(cache_folders(&worker), expected);
+    Ok(())
+}
+
+#[tokio::test]
+async fn attempt_folders_are_private_and_belong_to_the_task_s_user() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let worker = cluster.add_worker(WorkerOptions::default()).await?;
+    let report = "stat -c '%a %u %g' \"$OUTPUT\" \"$(dirname \"$OUTPUT\")\" > \"$OUTPUT/modes\"";
+    let spec = TaskRequest {
+        uid: Some(65534),
+        gid: Some(65534),
+        ..shell_task("default", report)
+    };
+    let (_, _, output) = run_with_output(&cluster, spec).await?;
+    assert_eq!(
+        std::fs::read_to_string(output.path().join("modes"))?,
+        "700 65534 65534\n700 65534 65534\n"
+    );
+    // The next attempt in the reused folder, without -u: the worker's again.
+    let (_, _, output) = run_with_output(&cluster, shell_task("default", report)).await?;
+    let tasks = std::fs::metadata(worker.work_dir.join("tasks"))?;
+    let line = format!("700 {} {}\n", tasks.uid(), tasks.gid());
+    assert_eq!(
+        std::fs::read_to_string(output.path().join("modes"))?,
+        line.repeat(2)
+    );
     Ok(())
 }

@@ -220,23 +220,29 @@ async fn acquire<'a>(
 }
 
 /// Makes the attempt's folders exist: a spare folder renamed into place right here, or new
-/// ones made on the blocking pool.
+/// ones made on the blocking pool; then gives them (0700) to the task's user.
 async fn prepare_folders(
     attempt: &Attempt,
     folders: &Arc<Folders>,
     dirs: &TaskDirs,
 ) -> Result<(), Ended> {
+    let (uid, gid) = (attempt.spec.uid(), attempt.spec.gid());
+    let fail = |error| {
+        let error = Error::io("cannot create the task's folders", error);
+        failed(attempt, Reason::Executor, error.chain())
+    };
     if folders.reuse_spare(dirs) {
-        return Ok(());
+        // Ten system calls: cheap enough for the async threads, like the rename.
+        return folders.give(dirs, uid, gid).map_err(fail);
     }
     let (creating, target) = (folders.clone(), dirs.clone());
-    tokio::task::spawn_blocking(move || creating.create(&target))
-        .await
-        .unwrap_or_else(|error| Err(std::io::Error::other(error)))
-        .map_err(|error| {
-            let error = Error::io("cannot create the task's folders", error);
-            failed(attempt, Reason::Executor, error.chain())
-        })
+    tokio::task::spawn_blocking(move || {
+        creating.create(&target)?;
+        creating.give(&target, uid, gid)
+    })
+    .await
+    .unwrap_or_else(|error| Err(std::io::Error::other(error)))
+    .map_err(fail)
 }
 
 /// Stages inputs and resources (`downloading`) within `--download-timeout`.
