@@ -7,7 +7,7 @@
 use std::fs::{self, File};
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::FileExt as _;
+use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -39,10 +39,19 @@ pub(crate) fn combine_crc64nvme(
     (total, length)
 }
 
-/// The size and modification time of a file, to notice it changing while it is uploaded.
+/// The size, modification time, device and inode of a file (never through a symbolic link),
+/// to notice it changing while it is uploaded.
 pub(crate) fn file_identity(path: &Path) -> Result<FileIdentity> {
-    let metadata = fs::metadata(path).at("cannot read", path)?;
-    Ok((metadata.len(), metadata.modified().ok()))
+    let metadata = fs::symlink_metadata(path).at("cannot read", path)?;
+    Ok(identity_of(&metadata))
+}
+
+fn identity_of(metadata: &fs::Metadata) -> FileIdentity {
+    (
+        metadata.len(),
+        metadata.modified().ok(),
+        (metadata.dev(), metadata.ino()),
+    )
 }
 
 pub(crate) fn changed_while_read(path: &Path) -> Error {
@@ -223,16 +232,16 @@ async fn upload_file<B: Bucket>(
         let metadata = local::open_regular(&path, listed)?
             .metadata()
             .at("cannot read", &path)?;
-        Ok((metadata.len(), metadata.modified().ok()))
+        Ok(identity_of(&metadata))
     })
     .await?;
-    let (size, _) = identity;
+    let (size, _, inode) = identity;
     let result = if bucket.transfers().limits.is_large(size) {
         bucket
             .put_multipart(&location, source, identity, &target)
             .await
     } else {
-        upload_whole(bucket, source, size, &location, &target).await
+        upload_whole(bucket, source, (size, inode), &location, &target).await
     };
     if let Ok((checksum, length)) = &result {
         bucket.transfers().progress.file_done();
@@ -241,18 +250,19 @@ async fn upload_file<B: Bucket>(
     result
 }
 
-/// One request carrying the content and its CRC64NVME.
+/// One request carrying the content of `source` (`size` bytes, that device and inode) and its
+/// CRC64NVME.
 async fn upload_whole<B: Bucket>(
     bucket: &B,
     source: &Path,
-    size: u64,
+    (size, inode): (u64, (u64, u64)),
     location: &B::Location,
     target: &str,
 ) -> Result<(Crc64Nvme, u64)> {
     let _slot = slot(bucket).await?;
     let path = source.to_path_buf();
     let (content, checksum) = run_blocking(move |_| {
-        let content = local::read_all(local::open_regular(&path, None)?, &path)?;
+        let content = local::read_all(local::open_regular(&path, Some(inode))?, &path)?;
         if content.len() as u64 != size {
             return Err(changed_while_read(&path));
         }

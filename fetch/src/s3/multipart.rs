@@ -41,11 +41,12 @@ impl S3Bucket<'_> {
         upload_id: &str,
         target: &str,
     ) -> Result<(Crc64Nvme, u64)> {
-        let (size, _) = identity;
+        let (size, _, inode) = identity;
         let limits = &self.backend.transfers.limits;
         let part_size = limits.part_size_for(size);
         let path = source.to_path_buf();
-        let file = Arc::new(run_blocking(move |_| crate::local::open_regular(&path, None)).await?);
+        let file =
+            Arc::new(run_blocking(move |_| crate::local::open_regular(&path, Some(inode))).await?);
         let count = size.div_ceil(part_size);
         let uploads: Vec<_> = (0..count)
             .map(|index| {
