@@ -8,6 +8,7 @@ use crate::checksum::Crc64Nvme;
 use crate::error::Result;
 use crate::local::OrderedSet;
 use crate::uri::Uri;
+use crate::walk::Skipped;
 
 /// A boxed, sendable future: what [`Backend`] methods return, so that the trait stays
 /// object-safe (`Arc<dyn Backend>`).
@@ -34,6 +35,9 @@ pub struct TransferStats {
     pub bytes: u64,
     /// One entry per file, in the order they were transferred.
     pub checksums: Vec<FileChecksum>,
+    /// What an upload or copy of a local folder left out (symbolic links, fifos, sockets,
+    /// devices): the caller tells its user.
+    pub skipped: Vec<Skipped>,
 }
 
 impl TransferStats {

@@ -93,7 +93,8 @@ fn get_blocking(
         )));
     };
     progress.expect_file(metadata.len());
-    let (crc64nvme, size) = local::copy_file(source, &destination.join(name), cancel, progress)?;
+    let (crc64nvme, size) =
+        local::copy_file(source, None, &destination.join(name), cancel, progress)?;
     let mut stats = TransferStats::default();
     stats.add(FileChecksum {
         path: name.to_owned(),
@@ -126,7 +127,7 @@ fn put_blocking(
         destination.to_path_buf()
     };
     progress.expect_file(metadata.len());
-    let (crc64nvme, size) = local::copy_file(source, &target, cancel, progress)?;
+    let (crc64nvme, size) = local::copy_file(source, None, &target, cancel, progress)?;
     let name = target
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
@@ -156,7 +157,7 @@ fn list_blocking(uri: &Uri, path: &Path, recursive: bool, cancel: &Cancel) -> Re
     }
     let mut entries = Vec::new();
     if recursive {
-        for file in local::walk_files(path, cancel)? {
+        for file in local::walk_files(path, false, cancel)?.files {
             let relative = slash_path(&file.relative);
             entries.push(Entry {
                 uri: base.join(&relative)?,

@@ -63,6 +63,8 @@
 //! - [`checksum`]: CRC64NVME: [`crc64nvme_file`], streaming hashers and readers/writers.
 //! - [`local`]: [`AtomicFile`] (temporary name, then rename) and the other local helpers that
 //!   every backend shares.
+//! - [`walk`]: the walk of a local folder and the open of its files, which never follow a
+//!   symbolic link (an upload never leaves its folder), and the [`Skipped`] entries it reports.
 //!
 //! # Invariants
 //!
@@ -97,6 +99,7 @@ pub mod resolver;
 pub mod s3;
 pub mod transfer;
 pub mod uri;
+pub mod walk;
 
 pub use azure::AzureBackend;
 pub use backend::{Backend, BoxFuture, Entry, FileChecksum, TransferStats};
@@ -117,3 +120,4 @@ pub use resolver::{Fetched, Resolver};
 pub use s3::S3Backend;
 pub use transfer::{Filter, glob_match};
 pub use uri::{Action, Scheme, SchemeOption, SubDir, Uri};
+pub use walk::{SkipReason, Skipped};

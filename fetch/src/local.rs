@@ -16,6 +16,7 @@ use crate::backend::{FileChecksum, TransferStats};
 use crate::checksum::{BUFFER_SIZE, Crc64Nvme, HashingWriter};
 use crate::error::{Error, ErrorKind, IoContext as _, Result};
 use crate::progress::{CountingWriter, Progress};
+pub(crate) use crate::walk::{open_listed, open_regular, walk_files};
 
 /// Prefix of the temporary names used in destination directories; a leftover one (after a
 /// crash) can be deleted safely.
@@ -207,27 +208,20 @@ pub(crate) fn copy_stream(
 
 /// Copies the regular file `source` to `destination` through an [`AtomicFile`], keeping the
 /// permission bits; fails, leaving nothing at `destination`, if the source changes size while
-/// it is read.
+/// it is read. `source` is opened without following a symbolic link, and must be the file of
+/// `identity` (device, inode) when given.
 ///
 /// Bytes and the finished file are counted in `progress` (the caller announces the file).
 pub(crate) fn copy_file(
     source: &Path,
+    identity: Option<(u64, u64)>,
     destination: &Path,
     cancel: &Cancel,
     progress: &Progress,
 ) -> Result<(Crc64Nvme, u64)> {
     cancel.check()?;
-    let mut input = File::open(source).at("cannot open", source)?;
+    let mut input = open_regular(source, identity)?;
     let metadata = input.metadata().at("cannot read the metadata of", source)?;
-    if !metadata.is_file() {
-        return Err(Error::new(
-            ErrorKind::Unsupported,
-            format!(
-                "`{}` is not a regular file (a fifo, socket or device): only files and directories can be copied",
-                source.display()
-            ),
-        ));
-    }
     let mut output = AtomicFile::create(destination)?;
     let mut counted = CountingWriter {
         inner: &mut output,
@@ -265,73 +259,11 @@ pub(crate) fn copy_file(
     Ok((checksum, length))
 }
 
-/// A regular file found by [`walk_files`].
-#[derive(Debug, Clone)]
-pub(crate) struct LocalFile {
-    /// Path relative to the walked root.
-    pub(crate) relative: PathBuf,
-    /// Full path.
-    pub(crate) path: PathBuf,
-    /// Size when walked.
-    pub(crate) size: u64,
-}
-
-/// Every regular file under `root`, recursively, sorted by relative path. Symbolic links are
-/// followed (a loop is an error); dangling links, fifos, sockets and devices are skipped with a
-/// warning. Empty directories yield nothing, as on object stores.
-pub(crate) fn walk_files(root: &Path, cancel: &Cancel) -> Result<Vec<LocalFile>> {
-    let mut files = Vec::new();
-    let mut visited = HashSet::new();
-    walk_into(root, PathBuf::new(), &mut visited, &mut files, cancel)?;
-    files.sort_by(|left, right| left.relative.cmp(&right.relative));
-    Ok(files)
-}
-
-fn walk_into(
-    directory: &Path,
-    relative: PathBuf,
-    visited: &mut HashSet<(u64, u64)>,
-    files: &mut Vec<LocalFile>,
-    cancel: &Cancel,
-) -> Result<()> {
-    cancel.check()?;
-    let metadata = fs::metadata(directory).at("cannot read", directory)?;
-    if !visited.insert((metadata.dev(), metadata.ino())) {
-        return Err(Error::new(
-            ErrorKind::InvalidUri,
-            format!(
-                "`{}` is reached twice through symbolic links (a loop): remove the link",
-                directory.display()
-            ),
-        ));
-    }
-    for entry in fs::read_dir(directory).at("cannot list", directory)? {
-        let entry = entry.at("cannot list", directory)?;
-        let path = entry.path();
-        let child_relative = relative.join(entry.file_name());
-        let metadata = match fs::metadata(&path) {
-            Ok(metadata) => metadata,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                warn!(path = %path.display(), "skipping a dangling symbolic link");
-                continue;
-            }
-            Err(error) => return Err(Error::io("cannot read", &path, error)),
-        };
-        if metadata.is_dir() {
-            walk_into(&path, child_relative, visited, files, cancel)?;
-        } else if metadata.is_file() {
-            files.push(LocalFile {
-                relative: child_relative,
-                path,
-                size: metadata.len(),
-            });
-        } else {
-            warn!(path = %path.display(), "skipping something that is neither a file nor a directory");
-        }
-    }
-    // Only ancestors count as a loop: the same directory reached along two branches is copied twice.
-    visited.remove(&(metadata.dev(), metadata.ino()));
-    Ok(())
+/// The whole content of the open file `file` (read from `path`).
+pub(crate) fn read_all(mut file: File, path: &Path) -> Result<Vec<u8>> {
+    let mut content = Vec::new();
+    file.read_to_end(&mut content).at("cannot read", path)?;
+    Ok(content)
 }
 
 /// Names without repeats, in order of first insertion; linear time, for downloads of many files.
@@ -374,15 +306,19 @@ pub(crate) fn copy_tree(
     cancel: &Cancel,
     progress: &Progress,
 ) -> Result<TransferStats> {
-    let files = walk_files(source, cancel)?;
+    let walk = walk_files(source, false, cancel)?;
     fs::create_dir_all(destination).at("cannot create the directory", destination)?;
-    for file in &files {
+    for file in &walk.files {
         progress.expect_file(file.size);
     }
-    let mut stats = TransferStats::default();
-    for file in files {
+    let mut stats = TransferStats {
+        skipped: walk.skipped,
+        ..TransferStats::default()
+    };
+    for file in walk.files {
         let (crc64nvme, size) = copy_file(
             &file.path,
+            Some(file.identity),
             &destination.join(&file.relative),
             cancel,
             progress,

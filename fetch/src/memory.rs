@@ -151,14 +151,17 @@ impl Backend for MemoryBackend {
         Box::pin(async move {
             let source_path = source.to_path_buf();
             let uri_owned = uri.clone();
-            let uploads = run_blocking(move |cancel| {
+            let (uploads, skipped) = run_blocking(move |cancel| {
                 let metadata = fs::metadata(&source_path).at("cannot read", &source_path)?;
                 let mut uploads = Vec::new();
+                let mut skipped = Vec::new();
                 if metadata.is_dir() {
                     let prefix = directory_key(&uri_owned);
-                    for file in local::walk_files(&source_path, cancel)? {
+                    let walk = local::walk_files(&source_path, false, cancel)?;
+                    skipped = walk.skipped;
+                    for file in walk.files {
                         let relative = slash_path(&file.relative);
-                        let bytes = fs::read(&file.path).at("cannot read", &file.path)?;
+                        let bytes = local::read_all(local::open_listed(&file)?, &file.path)?;
                         uploads.push((format!("{prefix}{relative}"), relative, bytes));
                     }
                 } else {
@@ -172,13 +175,17 @@ impl Backend for MemoryBackend {
                         uri_owned.path().to_owned()
                     };
                     let relative = key.rsplit('/').next().unwrap_or_default().to_owned();
-                    let bytes = fs::read(&source_path).at("cannot read", &source_path)?;
+                    let bytes =
+                        local::read_all(local::open_regular(&source_path, None)?, &source_path)?;
                     uploads.push((key, relative, bytes));
                 }
-                Ok(uploads)
+                Ok((uploads, skipped))
             })
             .await?;
-            let mut stats = TransferStats::default();
+            let mut stats = TransferStats {
+                skipped,
+                ..TransferStats::default()
+            };
             let mut objects = self.lock();
             for (key, relative, bytes) in uploads {
                 stats.add(FileChecksum {

@@ -193,6 +193,9 @@ impl Bar {
 }
 
 fn summary(verb: &str, stats: &TransferStats, elapsed: Duration) {
+    for skipped in &stats.skipped {
+        note!("skipped {skipped}");
+    }
     let seconds = elapsed.as_secs_f64().max(1e-9);
     let mib = stats.bytes as f64 / (1024.0 * 1024.0);
     note!(

@@ -14,7 +14,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -109,23 +109,42 @@ impl Folders {
         }
     }
 
-    /// Makes `dirs` exist, empty and writable by any user (tasks may run with `-u`): new
-    /// folders, when no spare one could be reused.
+    /// Makes `dirs` exist, empty and private to the worker (0700): new folders, when no spare
+    /// one could be reused. [`Folders::give`] hands them to the task's user.
     pub(crate) fn create(&self, dirs: &TaskDirs) -> io::Result<()> {
-        for dir in [
-            &dirs.root,
-            &dirs.input,
-            &dirs.output,
-            &dirs.resource,
-            &dirs.tmp,
-        ] {
+        for dir in all(dirs) {
             fs::create_dir_all(dir)?;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o777))?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
         }
         Ok(())
     }
 
-    /// Makes `dirs` exist, empty and writable by any user: a spare folder renamed into place,
+    /// Gives the attempt's folders mode 0700 and their owner: the task's `-u`/`-g` when given
+    /// (so that it can write `/output`), else the worker (the owner of `WORK/tasks`), whoever
+    /// had a reused folder before. Links are never followed (`lchown`; the folders were made
+    /// or emptied as real folders by [`Folders::create`] or the reuse).
+    pub(crate) fn give(
+        &self,
+        dirs: &TaskDirs,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> io::Result<()> {
+        let worker = fs::metadata(&self.tasks)?;
+        let owner = (uid.unwrap_or(worker.uid()), gid.unwrap_or(worker.gid()));
+        for dir in all(dirs) {
+            if !fs::symlink_metadata(dir)?.is_dir() {
+                return Err(io::Error::other(format!(
+                    "{} is not a folder",
+                    dir.display()
+                )));
+            }
+            std::os::unix::fs::lchown(dir, Some(owner.0), Some(owner.1))?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    }
+
+    /// Makes `dirs` exist, empty and private to the worker: a spare folder renamed into place,
     /// or new folders.
     #[cfg(test)]
     pub(crate) fn prepare(&self, dirs: &TaskDirs) -> io::Result<()> {
@@ -213,7 +232,18 @@ impl Janitor {
     }
 }
 
-/// Leaves `root` with its four sub-folders, empty and writable by any user, and nothing else.
+/// The attempt's folder and its four sub-folders.
+fn all(dirs: &TaskDirs) -> [&PathBuf; 5] {
+    [
+        &dirs.root,
+        &dirs.input,
+        &dirs.output,
+        &dirs.resource,
+        &dirs.tmp,
+    ]
+}
+
+/// Leaves `root` with its four sub-folders, empty and private to the worker, and nothing else.
 fn empty_for_reuse(root: &Path) -> io::Result<()> {
     let mut present = [false; SUB_FOLDERS.len()];
     for entry in fs::read_dir(root)? {
@@ -234,9 +264,9 @@ fn empty_for_reuse(root: &Path) -> io::Result<()> {
             fs::create_dir(&dir)?;
         }
         // A task may have changed the mode of its folders.
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777))?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
     }
-    fs::set_permissions(root, fs::Permissions::from_mode(0o777))
+    fs::set_permissions(root, fs::Permissions::from_mode(0o700))
 }
 
 /// Removes what `dir` holds, keeping `dir`.
@@ -287,13 +317,47 @@ mod tests {
     }
 
     #[test]
+    fn folders_are_given_to_the_task_s_user_and_back_to_the_worker_on_reuse() {
+        let work = tempfile::tempdir().unwrap();
+        let folders = Folders::new(work.path(), 2);
+        let owner = |path: &Path| {
+            let metadata = fs::symlink_metadata(path).unwrap();
+            (metadata.uid(), metadata.gid(), metadata.mode() & 0o777)
+        };
+        let first = folders.dirs(TaskId(1), 1);
+        folders.prepare(&first).unwrap();
+        folders.give(&first, Some(65534), Some(65533)).unwrap();
+        for dir in all(&first) {
+            assert_eq!(owner(dir), (65534, 65533, 0o700), "{}", dir.display());
+        }
+        // The task makes its output world-writable and swaps /tmp for a link.
+        fs::set_permissions(&first.output, fs::Permissions::from_mode(0o777)).unwrap();
+        fs::remove_dir(&first.tmp).unwrap();
+        std::os::unix::fs::symlink("/", &first.tmp).unwrap();
+        folders.release(&first, true);
+
+        let second = folders.dirs(TaskId(2), 1);
+        folders.prepare(&second).unwrap();
+        folders.give(&second, None, None).unwrap();
+        let worker = fs::metadata(work.path().join("tasks")).unwrap();
+        for dir in all(&second) {
+            assert_eq!(
+                owner(dir),
+                (worker.uid(), worker.gid(), 0o700),
+                "{}",
+                dir.display()
+            );
+        }
+    }
+
+    #[test]
     fn a_succeeded_folder_is_emptied_and_reused_a_failed_one_is_kept() {
         let work = tempfile::tempdir().unwrap();
         let folders = Folders::new(work.path(), 2);
         let first = folders.dirs(TaskId(1), 1);
         folders.prepare(&first).unwrap();
         let mode = fs::metadata(&first.output).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o777);
+        assert_eq!(mode, 0o700);
         fs::write(first.output.join("result.txt"), "x").unwrap();
         fs::create_dir_all(first.tmp.join("deep/er")).unwrap();
         fs::write(first.root.join("in-cwd.txt"), "x").unwrap();

@@ -220,23 +220,29 @@ async fn acquire<'a>(
 }
 
 /// Makes the attempt's folders exist: a spare folder renamed into place right here, or new
-/// ones made on the blocking pool.
+/// ones made on the blocking pool; then gives them (0700) to the task's user.
 async fn prepare_folders(
     attempt: &Attempt,
     folders: &Arc<Folders>,
     dirs: &TaskDirs,
 ) -> Result<(), Ended> {
+    let (uid, gid) = (attempt.spec.uid(), attempt.spec.gid());
+    let fail = |error| {
+        let error = Error::io("cannot create the task's folders", error);
+        failed(attempt, Reason::Executor, error.chain())
+    };
     if folders.reuse_spare(dirs) {
-        return Ok(());
+        // Ten system calls: cheap enough for the async threads, like the rename.
+        return folders.give(dirs, uid, gid).map_err(fail);
     }
     let (creating, target) = (folders.clone(), dirs.clone());
-    tokio::task::spawn_blocking(move || creating.create(&target))
-        .await
-        .unwrap_or_else(|error| Err(std::io::Error::other(error)))
-        .map_err(|error| {
-            let error = Error::io("cannot create the task's folders", error);
-            failed(attempt, Reason::Executor, error.chain())
-        })
+    tokio::task::spawn_blocking(move || {
+        creating.create(&target)?;
+        creating.give(&target, uid, gid)
+    })
+    .await
+    .unwrap_or_else(|error| Err(std::io::Error::other(error)))
+    .map_err(fail)
 }
 
 /// Stages inputs and resources (`downloading`) within `--download-timeout`.
@@ -427,8 +433,24 @@ async fn upload<R: Reporter>(
         attempt.number,
         TaskState::Uploading,
     ));
-    match staging.upload_output(&dirs.output, output).await {
-        Ok(transfer) => outcome.transfers.push(transfer),
+    let refuse_hard_links = attempt.spec.docker().is_some();
+    match staging
+        .upload_output(&dirs.output, output, refuse_hard_links)
+        .await
+    {
+        Ok(uploaded) => {
+            for line in uploaded.skipped {
+                reporter
+                    .log(LogChunk {
+                        task_id: attempt.task_id,
+                        attempt: attempt.number,
+                        stream: herd_proto::session::LogStream::Stderr,
+                        data: format!("{line}\n").into_bytes(),
+                    })
+                    .await;
+            }
+            outcome.transfers.push(uploaded.transfer);
+        }
         Err(error) => {
             let failure = format!("the upload of /output failed: {}", error.chain());
             outcome.state = TaskState::Failed;

@@ -154,8 +154,9 @@ pub(crate) struct Body {
     pub(crate) chunks: BoxStream<'static, Result<Bytes>>,
 }
 
-/// The size and modification time of a local file, to notice it changing while it is uploaded.
-pub(crate) type FileIdentity = (u64, Option<SystemTime>);
+/// The size, modification time, and device and inode of a local file: to notice it changing
+/// while it is uploaded, and to read that very file whenever it is opened again.
+pub(crate) type FileIdentity = (u64, Option<SystemTime>, (u64, u64));
 
 /// The requests on one bucket that each client makes its own way; [`get`], [`put`], [`list`]
 /// and [`delete`] do the rest. Errors name `target`, the URI the caller was given (or the

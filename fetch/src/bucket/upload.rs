@@ -7,7 +7,7 @@
 use std::fs::{self, File};
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::FileExt as _;
+use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -39,10 +39,19 @@ pub(crate) fn combine_crc64nvme(
     (total, length)
 }
 
-/// The size and modification time of a file, to notice it changing while it is uploaded.
+/// The size, modification time, device and inode of a file (never through a symbolic link),
+/// to notice it changing while it is uploaded.
 pub(crate) fn file_identity(path: &Path) -> Result<FileIdentity> {
-    let metadata = fs::metadata(path).at("cannot read", path)?;
-    Ok((metadata.len(), metadata.modified().ok()))
+    let metadata = fs::symlink_metadata(path).at("cannot read", path)?;
+    Ok(identity_of(&metadata))
+}
+
+fn identity_of(metadata: &fs::Metadata) -> FileIdentity {
+    (
+        metadata.len(),
+        metadata.modified().ok(),
+        (metadata.dev(), metadata.ino()),
+    )
 }
 
 pub(crate) fn changed_while_read(path: &Path) -> Error {
@@ -163,7 +172,7 @@ pub(crate) async fn put<B: Bucket>(
             key.to_owned()
         };
         progress.expect_file(metadata.len());
-        let (crc64nvme, size) = upload_file(bucket, source, &key).await?;
+        let (crc64nvme, size) = upload_file(bucket, source, None, &key).await?;
         let name = key.rsplit('/').next().unwrap_or_default().to_owned();
         stats.add(FileChecksum {
             path: name,
@@ -175,23 +184,30 @@ pub(crate) async fn put<B: Bucket>(
 
     let prefix = directory_prefix(key);
     let root = source.to_path_buf();
-    let files = run_blocking(move |cancel| local::walk_files(&root, cancel)).await?;
-    for file in &files {
+    let walk = run_blocking(move |cancel| local::walk_files(&root, false, cancel)).await?;
+    stats.skipped = walk.skipped;
+    for file in &walk.files {
         progress.expect_file(file.size);
     }
-    let uploads: Vec<(String, String, PathBuf)> = files
+    let uploads: Vec<(String, String, PathBuf, (u64, u64))> = walk
+        .files
         .into_iter()
         .map(|file| {
             let relative = slash_path(&file.relative);
-            (format!("{prefix}{relative}"), relative, file.path)
+            (
+                format!("{prefix}{relative}"),
+                relative,
+                file.path,
+                file.identity,
+            )
         })
         .collect();
     let tasks: Vec<_> = uploads
         .iter()
-        .map(|(key, _, path)| upload_file(bucket, path, key))
+        .map(|(key, _, path, identity)| upload_file(bucket, path, Some(*identity), key))
         .collect();
     let results = run_all(tasks, bucket.transfers().limits.concurrency).await?;
-    for ((_, relative, _), (crc64nvme, size)) in uploads.into_iter().zip(results) {
+    for ((_, relative, _, _), (crc64nvme, size)) in uploads.into_iter().zip(results) {
         stats.add(FileChecksum {
             path: relative,
             size,
@@ -201,32 +217,31 @@ pub(crate) async fn put<B: Bucket>(
     Ok(stats)
 }
 
-/// Uploads the local file `source` to `key`; returns its checksum and size.
-async fn upload_file<B: Bucket>(bucket: &B, source: &Path, key: &str) -> Result<(Crc64Nvme, u64)> {
+/// Uploads the local file `source` (the file of `listed`, device and inode, when given) to
+/// `key`; returns its checksum and size. Never follows a symbolic link.
+async fn upload_file<B: Bucket>(
+    bucket: &B,
+    source: &Path,
+    listed: Option<(u64, u64)>,
+    key: &str,
+) -> Result<(Crc64Nvme, u64)> {
     let target = bucket.object_uri(key);
     let location = bucket.locate(key, &target)?;
     let path = source.to_path_buf();
     let identity = run_blocking(move |_| {
-        let metadata = fs::metadata(&path).at("cannot read", &path)?;
-        if !metadata.is_file() {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "`{}` is not a regular file (a fifo, socket or device): only files and directories can be uploaded",
-                    path.display()
-                ),
-            ));
-        }
-        Ok((metadata.len(), metadata.modified().ok()))
+        let metadata = local::open_regular(&path, listed)?
+            .metadata()
+            .at("cannot read", &path)?;
+        Ok(identity_of(&metadata))
     })
     .await?;
-    let (size, _) = identity;
+    let (size, _, inode) = identity;
     let result = if bucket.transfers().limits.is_large(size) {
         bucket
             .put_multipart(&location, source, identity, &target)
             .await
     } else {
-        upload_whole(bucket, source, size, &location, &target).await
+        upload_whole(bucket, source, (size, inode), &location, &target).await
     };
     if let Ok((checksum, length)) = &result {
         bucket.transfers().progress.file_done();
@@ -235,18 +250,19 @@ async fn upload_file<B: Bucket>(bucket: &B, source: &Path, key: &str) -> Result<
     result
 }
 
-/// One request carrying the content and its CRC64NVME.
+/// One request carrying the content of `source` (`size` bytes, that device and inode) and its
+/// CRC64NVME.
 async fn upload_whole<B: Bucket>(
     bucket: &B,
     source: &Path,
-    size: u64,
+    (size, inode): (u64, (u64, u64)),
     location: &B::Location,
     target: &str,
 ) -> Result<(Crc64Nvme, u64)> {
     let _slot = slot(bucket).await?;
     let path = source.to_path_buf();
     let (content, checksum) = run_blocking(move |_| {
-        let content = fs::read(&path).at("cannot read", &path)?;
+        let content = local::read_all(local::open_regular(&path, Some(inode))?, &path)?;
         if content.len() as u64 != size {
             return Err(changed_while_read(&path));
         }

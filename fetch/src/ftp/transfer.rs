@@ -23,6 +23,9 @@ use crate::memory::join_key;
 use crate::progress::{Progress, TryCount};
 use crate::uri::Uri;
 
+/// A local file to upload, with its device and inode when a walk listed it.
+type Local = (std::path::PathBuf, Option<(u64, u64)>);
+
 impl FtpBackend {
     /// Downloads the single file `uri` to the local file `path`, checking `expected` (the
     /// run+fastq backend's entry point).
@@ -176,16 +179,17 @@ impl FtpBackend {
     async fn upload_file(
         &self,
         link: &mut Link<'_>,
-        local: &Path,
+        (local, listed): &Local,
         remote: &str,
     ) -> Result<(Crc64Nvme, u64)> {
+        let listed = *listed;
         link.failures = 0;
-        let size = tokio::fs::metadata(local)
+        let size = tokio::fs::symlink_metadata(local)
             .await
             .map_or(0, |metadata| metadata.len());
         self.progress.expect_file(size);
         loop {
-            match self.store_once(link, local, remote).await {
+            match self.store_once(link, (local, listed), remote).await {
                 Ok(done) => {
                     self.progress.file_done();
                     return Ok(done);
@@ -198,16 +202,16 @@ impl FtpBackend {
     async fn store_once(
         &self,
         link: &mut Link<'_>,
-        local: &Path,
+        (local, listed): (&Path, Option<(u64, u64)>),
         remote: &str,
     ) -> std::result::Result<(Crc64Nvme, u64), Failure> {
         let timeout = self.inner.timeout;
         let shown = link.target.shown.clone();
         let (parent, _) = split_parent(remote);
         let temp = child(parent, &temp_name("upload"));
-        let mut file = tokio::fs::File::open(local)
-            .await
-            .map_err(|error| Failure::fatal(Error::io("cannot open", local, error)))?;
+        let mut file = local::open_regular(local, listed)
+            .map(tokio::fs::File::from_std)
+            .map_err(Failure::fatal)?;
         let length = file
             .metadata()
             .await
@@ -308,14 +312,16 @@ impl FtpBackend {
         let metadata = tokio::fs::metadata(source)
             .await
             .map_err(|error| Error::io("cannot read", source, error))?;
-        let mut uploads: Vec<(std::path::PathBuf, String, String)> = Vec::new();
+        let mut uploads: Vec<(Local, String, String)> = Vec::new();
+        let mut skipped = Vec::new();
         if metadata.is_dir() {
             let root = source.to_path_buf();
-            let files = run_blocking(move |cancel| local::walk_files(&root, cancel)).await?;
-            for file in files {
+            let walk = run_blocking(move |cancel| local::walk_files(&root, false, cancel)).await?;
+            skipped = walk.skipped;
+            for file in walk.files {
                 let relative = slash_path(&file.relative);
                 let remote = child(&target.path, &relative);
-                uploads.push((file.path, remote, relative));
+                uploads.push(((file.path, Some(file.identity)), remote, relative));
             }
         } else {
             let remote = if uri.is_dir() {
@@ -337,18 +343,18 @@ impl FtpBackend {
                 )));
             }
             let name = name.to_owned();
-            uploads.push((source.to_path_buf(), remote, name));
+            uploads.push(((source.to_path_buf(), None), remote, name));
         }
         let mut link = Link::new(self, &target);
         let result = self.upload_all(&mut link, uploads).await;
         link.close().await;
-        result
+        result.map(|stats| TransferStats { skipped, ..stats })
     }
 
     async fn upload_all(
         &self,
         link: &mut Link<'_>,
-        uploads: Vec<(std::path::PathBuf, String, String)>,
+        uploads: Vec<(Local, String, String)>,
     ) -> Result<TransferStats> {
         let timeout = self.inner.timeout;
         let mut created: HashSet<String> = HashSet::new();

@@ -139,7 +139,7 @@ impl<P: Provider> Container<'_, P> {
         identity: FileIdentity,
         expected: Crc64Nvme,
     ) -> Result<()> {
-        let (size, _) = identity;
+        let (size, _, _) = identity;
         let part_size = self.backend.transfers.limits.part_size_for(size);
         let count = size.div_ceil(part_size);
         let mut running = FuturesUnordered::new();
@@ -301,10 +301,10 @@ impl<P: Provider> Bucket for Container<'_, P> {
         identity: FileIdentity,
         target: &str,
     ) -> Result<(Crc64Nvme, u64)> {
-        let (size, _) = identity;
+        let (size, _, inode) = identity;
         let path = source.to_path_buf();
         let (file, (checksum, length)) = run_blocking(move |cancel| {
-            let file = File::open(&path).at("cannot open", &path)?;
+            let file = crate::local::open_regular(&path, Some(inode))?;
             cancel.check()?;
             let sums = crc64nvme_reader(&file).at("cannot read", &path)?;
             Ok((file, sums))

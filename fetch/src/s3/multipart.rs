@@ -18,7 +18,7 @@ use crate::bucket::{
     run_all, slot,
 };
 use crate::checksum::Crc64Nvme;
-use crate::error::{Error, ErrorKind, IoContext as _, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::local::run_blocking;
 
 use super::errors::map_error;
@@ -41,12 +41,12 @@ impl S3Bucket<'_> {
         upload_id: &str,
         target: &str,
     ) -> Result<(Crc64Nvme, u64)> {
-        let (size, _) = identity;
+        let (size, _, inode) = identity;
         let limits = &self.backend.transfers.limits;
         let part_size = limits.part_size_for(size);
         let path = source.to_path_buf();
         let file =
-            Arc::new(run_blocking(move |_| File::open(&path).at("cannot open", &path)).await?);
+            Arc::new(run_blocking(move |_| crate::local::open_regular(&path, Some(inode))).await?);
         let count = size.div_ceil(part_size);
         let uploads: Vec<_> = (0..count)
             .map(|index| {

@@ -148,9 +148,32 @@ pub async fn suite(resolver: &Resolver, base: &Uri, local: &Path, can: Capabilit
     }
 }
 
-/// Uploads [`TREE`] from `source` to `base` and checks what the upload reports.
+/// Uploads [`TREE`] from `source` to `base` and checks what the upload reports. Symbolic
+/// links (to a file and a folder outside `source`) and a fifo put beside it are left out and
+/// reported, never followed (the listings that follow show nothing else arrived), and removed
+/// again.
 async fn upload_tree(resolver: &Resolver, base: &Uri, source: &Path) {
+    let outside = source.with_file_name("outside");
+    write(&outside.join("secret"), b"marker-secret");
+    std::os::unix::fs::symlink(outside.join("secret"), source.join("link")).unwrap();
+    std::os::unix::fs::symlink(&outside, source.join("sub/linked")).unwrap();
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(source.join("fifo"))
+        .status();
+    assert!(fifo.unwrap().success());
     let stats = resolver.put(source, base).await.unwrap();
+    for hostile in ["link", "sub/linked", "fifo"] {
+        fs::remove_file(source.join(hostile)).unwrap();
+    }
+    let skipped: Vec<String> = stats.skipped.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        skipped,
+        [
+            "fifo is a fifo, a socket or a device: not transferred",
+            "link is a symbolic link: not transferred",
+            "sub/linked is a symbolic link: not transferred",
+        ]
+    );
     assert_eq!((stats.files, stats.bytes), (3, 22));
     let sums: Vec<(String, String)> = stats
         .checksums
