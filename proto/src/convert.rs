@@ -758,8 +758,13 @@ mod tests {
 
     #[test]
     fn a_worker_older_than_docker_only_runs_bare_tasks() {
-        let hello = Hello::try_from(pb::Hello::default()).unwrap();
-        assert!(hello.bare);
+        // A hello as an older worker sends it: no `docker_only` field.
+        let old = pb::Hello {
+            name: "w".into(),
+            concurrency: 1,
+            ..pb::Hello::default()
+        };
+        assert!(Hello::try_from(old).unwrap().bare);
     }
 
     #[test]
