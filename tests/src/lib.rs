@@ -365,6 +365,20 @@ pub async fn start_worker(
     })
 }
 
+/// The bare and the Docker executors, on the real engine (the tests need
+/// `scripts/build-test-image.sh`'s image).
+pub async fn bare_and_docker_executors() -> anyhow::Result<Executors> {
+    let docker = herd_worker::executor::docker::DockerExecutor::connect()
+        .await
+        .map_err(|error| {
+            anyhow::anyhow!("{error}; start Docker and run scripts/build-test-image.sh")
+        })?;
+    Ok(Executors {
+        bare: Some(Arc::new(herd_worker::executor::bare::BareExecutor::new())),
+        docker: Some(Arc::new(docker)),
+    })
+}
+
 /// A bare task in `batch` running `script` through `sh -c`.
 pub fn shell_task(batch: &str, script: &str) -> TaskRequest {
     TaskRequest {

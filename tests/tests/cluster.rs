@@ -660,17 +660,7 @@ async fn a_deleted_worker_is_told_to_stop_and_its_tasks_requeued() -> anyhow::Re
 async fn a_docker_task_writes_its_output_through_a_real_engine() -> anyhow::Result<()> {
     let cluster = Cluster::start().await?;
     let worker_options = WorkerOptions::default();
-    let docker = herd_worker::executor::docker::DockerExecutor::connect()
-        .await
-        .map_err(|error| {
-            anyhow::anyhow!("{error}; start Docker and run scripts/build-test-image.sh")
-        })?;
-    let executors = herd_worker::Executors {
-        bare: Some(std::sync::Arc::new(
-            herd_worker::executor::bare::BareExecutor::new(),
-        )),
-        docker: Some(std::sync::Arc::new(docker)),
-    };
+    let executors = herd_tests::bare_and_docker_executors().await?;
     let _worker = cluster
         .add_worker(WorkerOptions {
             executors: Some(executors),

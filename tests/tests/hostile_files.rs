@@ -14,17 +14,7 @@ const MARKER: &str = "marker-host-secret-6c1d";
 
 /// A worker with the bare and the Docker executors.
 async fn docker_worker(cluster: &Cluster) -> anyhow::Result<WorkerHandle> {
-    let docker = herd_worker::executor::docker::DockerExecutor::connect()
-        .await
-        .map_err(|error| {
-            anyhow::anyhow!("{error}; start Docker and run scripts/build-test-image.sh")
-        })?;
-    let executors = herd_worker::Executors {
-        bare: Some(std::sync::Arc::new(
-            herd_worker::executor::bare::BareExecutor::new(),
-        )),
-        docker: Some(std::sync::Arc::new(docker)),
-    };
+    let executors = herd_tests::bare_and_docker_executors().await?;
     cluster
         .add_worker(WorkerOptions {
             executors: Some(executors),
