@@ -273,6 +273,7 @@ mod tests {
             succeeded: 2,
             failed: 1,
             canceled: 0,
+            owner: None,
         };
         assert_eq!(progress_text(&batch), "2 active, 5 pending, 1 failed");
         assert_eq!(done(&batch), 3);

@@ -57,6 +57,79 @@ pub enum Command {
     /// Copy, list, sync, delete or checksum files at any URI herd reaches (file, s3, ...).
     #[command(subcommand)]
     Fetch(FetchCommand),
+    /// Save a token as this user's credentials for the server (checked first).
+    Login(LoginArgs),
+    /// Forget this user's saved token for the server.
+    Logout,
+    /// Show who the token in use belongs to.
+    Whoami(JsonArgs),
+    /// Add and list users (admins only).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Create, list and revoke tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `herd login`
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The token is read from --token-file, else HERD_TOKEN, else the first line of standard input.\n\
+                  It is saved, per server URL, in $HERD_CONFIG_DIR/credentials (default ~/.config/herd/credentials, mode 0600)."
+)]
+pub struct LoginArgs {
+    /// A file holding the token.
+    #[arg(long = "token-file", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `herd user`
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user and print their first token (shown once) on stdout.
+    Add {
+        /// The user's name: letters, digits, `.`, `_`, `@`, `-`.
+        name: String,
+        /// Make them an admin (sees and manages everything).
+        #[arg(long = "admin")]
+        admin: bool,
+    },
+    /// List the users.
+    List(JsonArgs),
+}
+
+/// `herd token`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (shown once) on stdout; admins only.
+    Create {
+        /// For this user (default: yourself).
+        #[arg(long = "user", value_name = "NAME")]
+        user: Option<String>,
+        /// A worker token: opens worker sessions only (`herd worker --token-file FILE`).
+        #[arg(long = "worker")]
+        worker: bool,
+        /// Limit a worker token to this batch.
+        #[arg(long = "batch", value_name = "NAME", requires = "worker")]
+        batch: Option<BatchName>,
+        /// What the token is for, shown by `herd token list`.
+        #[arg(long = "label", value_name = "TEXT", default_value = "")]
+        label: String,
+    },
+    /// List tokens: yours, or (admins) everyone's or one user's.
+    List {
+        /// Only this user's tokens.
+        #[arg(long = "user", value_name = "NAME")]
+        user: Option<String>,
+        /// Print a JSON array on stdout instead of a table.
+        #[arg(long = "json")]
+        json: bool,
+    },
+    /// Revoke a token at once (its worker sessions are closed).
+    Revoke {
+        /// The token's id (see `herd token list`).
+        id: u64,
+    },
 }
 
 /// `herd fetch`: files between URI schemes, as the workers move them.
@@ -128,7 +201,15 @@ impl Command {
         match self {
             Command::Server(_) | Command::Up(_) => true,
             Command::Worker(worker) => worker.action.is_none(),
-            Command::Launch(_) | Command::Task(_) | Command::Batch(_) | Command::Fetch(_) => false,
+            Command::Launch(_)
+            | Command::Task(_)
+            | Command::Batch(_)
+            | Command::Fetch(_)
+            | Command::Login(_)
+            | Command::Logout
+            | Command::Whoami(_)
+            | Command::User(_)
+            | Command::Token(_) => false,
         }
     }
 }
@@ -421,6 +502,11 @@ pub struct WorkerRunArgs {
     /// Run tasks that ask for `-O --privileged`.
     #[arg(long = "allow-privileged")]
     pub allow_privileged: bool,
+
+    /// A file holding the worker's token (made by an admin with `herd token create --worker`);
+    /// without it, the token in HERD_TOKEN.
+    #[arg(long = "token-file", value_name = "FILE", env = "HERD_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 
     /// What tasks may take of this host.
     #[command(flatten)]

@@ -5,11 +5,16 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use herd_proto::access::{
+    Bearer, Identity, NewToken, Secret, TokenInfo, TokenRequest, UserInfo, UserName,
+};
+use herd_proto::pb::access_client::AccessClient;
 use herd_proto::pb::queue_client::QueueClient;
 use herd_proto::request::{BatchAction, LogRequest, TaskFilter};
 use herd_proto::session::LogChunk;
 use herd_proto::view::{BatchView, TaskView, WorkerView};
 use herd_proto::{BatchName, TaskId, TaskSpec, WorkerId, pb};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
 
@@ -26,7 +31,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// call is an error classified for the CLI's exit code ([`status_error`]).
 #[derive(Clone)]
 pub struct Connection {
-    queue: QueueClient<Channel>,
+    queue: QueueClient<InterceptedService<Channel, Bearer>>,
+    access: AccessClient<InterceptedService<Channel, Bearer>>,
     server: String,
 }
 
@@ -185,6 +191,66 @@ impl Connection {
         reply.map_err(|status| self.error(status))?;
         Ok(())
     }
+
+    // ---- users and tokens ----
+
+    /// Who the token belongs to.
+    pub async fn who_am_i(&mut self) -> anyhow::Result<Identity> {
+        let reply = self.access.who_am_i(pb::Empty {}).await;
+        let identity = reply.map_err(|status| self.error(status))?.into_inner();
+        Ok(Identity::try_from(identity)?)
+    }
+
+    /// Adds a user; their first token.
+    pub async fn add_user(&mut self, name: &UserName, admin: bool) -> anyhow::Result<NewToken> {
+        let request = pb::AddUserRequest {
+            name: name.to_string(),
+            admin,
+        };
+        let reply = self.access.add_user(request).await;
+        let token = reply.map_err(|status| self.error(status))?.into_inner();
+        Ok(NewToken::try_from(token)?)
+    }
+
+    /// Every user.
+    pub async fn users(&mut self) -> anyhow::Result<Vec<UserInfo>> {
+        let reply = self.access.list_users(pb::Empty {}).await;
+        let users = reply.map_err(|status| self.error(status))?.into_inner().users;
+        Ok(users
+            .into_iter()
+            .map(UserInfo::try_from)
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Makes a token.
+    pub async fn create_token(&mut self, request: &TokenRequest) -> anyhow::Result<NewToken> {
+        let reply = self
+            .access
+            .create_token(pb::CreateTokenRequest::from(request))
+            .await;
+        let token = reply.map_err(|status| self.error(status))?.into_inner();
+        Ok(NewToken::try_from(token)?)
+    }
+
+    /// Tokens (of one user, or the caller's own; every one for an admin).
+    pub async fn tokens(&mut self, user: Option<&UserName>) -> anyhow::Result<Vec<TokenInfo>> {
+        let request = pb::ListTokensRequest {
+            user: user.map(UserName::to_string),
+        };
+        let reply = self.access.list_tokens(request).await;
+        let tokens = reply.map_err(|status| self.error(status))?.into_inner().tokens;
+        Ok(tokens
+            .into_iter()
+            .map(TokenInfo::try_from)
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Revokes a token.
+    pub async fn revoke_token(&mut self, id: u64) -> anyhow::Result<TokenInfo> {
+        let reply = self.access.revoke_token(pb::TokenRef { id }).await;
+        let token = reply.map_err(|status| self.error(status))?.into_inner();
+        Ok(TokenInfo::try_from(token)?)
+    }
 }
 
 /// Converts a task from the server into its view; a malformed one is the server's fault.
@@ -235,6 +301,18 @@ pub fn server_url(text: &str) -> Result<String, exit::Error> {
 /// [`exit::Kind::Unreachable`] error (exit code 3).
 pub async fn connect(server: &str) -> anyhow::Result<Connection> {
     let url = server_url(server)?;
+    let token = crate::credentials::token_for(&url)?;
+    connect_with(&url, token.as_ref()).await
+}
+
+/// Connects to the server at `url` (as normalised by [`server_url`]) with `token`.
+pub async fn connect_with(url: &str, token: Option<&Secret>) -> anyhow::Result<Connection> {
+    let url = url.to_owned();
+    let server = url.as_str();
+    let bearer = match token {
+        Some(token) => Bearer::new(token).map_err(|error| exit::Error::usage(error.to_string()))?,
+        None => Bearer::anonymous(),
+    };
     let endpoint = Endpoint::from_shared(url.clone())
         .map_err(|error| {
             exit::Error::usage(format!("`{server}` is not a server address: {error}"))
@@ -248,10 +326,15 @@ pub async fn connect(server: &str) -> anyhow::Result<Connection> {
         .connect()
         .await
         .map_err(|error| exit::Error::unreachable(unreachable_message(&url, &error)))?;
-    let queue = QueueClient::new(channel)
+    let queue = QueueClient::with_interceptor(channel.clone(), bearer.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    Ok(Connection { queue, server: url })
+    let access = AccessClient::with_interceptor(channel, bearer);
+    Ok(Connection {
+        queue,
+        access,
+        server: url,
+    })
 }
 
 /// The message for a server that does not answer, naming the innermost cause (e.g.

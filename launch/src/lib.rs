@@ -11,9 +11,11 @@ macro_rules! note {
     }};
 }
 
+pub mod access;
 pub mod batches;
 pub mod cli;
 pub mod client;
+pub mod credentials;
 pub mod exit;
 pub mod fetch;
 pub mod launch;
@@ -45,5 +47,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Server(args) => serve::server(args, local::shutdown_on_signals()).await,
         Command::Up(args) => serve::up(args, local::shutdown_on_signals()).await,
         Command::Fetch(command) => fetch::run(command).await,
+        Command::Login(args) => access::login(&server, args).await,
+        Command::Logout => access::logout(&server),
+        Command::Whoami(args) => access::whoami(&server, args).await,
+        Command::User(command) => access::user(&server, command).await,
+        Command::Token(command) => access::token(&server, command).await,
     }
 }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::cli::{ServerArgs, UpArgs};
+use crate::credentials;
 use crate::exit::{self, Outcome};
 use crate::local;
 
@@ -33,6 +34,7 @@ pub async fn server(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Re
             worker_timeout: args.worker_timeout,
             heartbeat_interval: args.heartbeat,
         },
+        worker_token_file: None,
     };
     let listener = bind(&args.listen).await?;
     let address = listener
@@ -66,11 +68,18 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Out
         write_port_file(path, address)?;
     }
     let server_url = format!("http://{}", client_address(address));
+    let worker_token_file = data_dir.join(LOCAL_WORKER_TOKEN_FILE);
     let server_config = herd_server::Config {
         database: None,
         data_dir: data_dir.clone(),
         queue: QueueConfig::default(),
+        worker_token_file: Some(worker_token_file.clone()),
     };
+    let queue = herd_server::open(&server_config)
+        .await
+        .context("the herd server cannot start")?;
+    let worker_token = credentials::read_token_file(&worker_token_file)?;
+    log_in_locally(&data_dir, &server_url)?;
     let worker_config = herd_worker::Config {
         server: server_url.clone(),
         name: local::host_name(),
@@ -83,6 +92,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Out
         work_dir: data_dir.join("worker"),
         cores,
         memory_bytes,
+        token: worker_token,
     };
     info!(
         data_dir = %data_dir.display(),
@@ -92,7 +102,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Out
         args.batch
     );
 
-    let mut server = tokio::spawn(herd_server::run(server_config, listener, shutdown.clone()));
+    let mut server = tokio::spawn(herd_server::serve(queue, listener, shutdown.clone()));
     let mut worker = tokio::spawn(herd_worker::run(worker_config, shutdown.clone()));
     // Whichever stops first (an error, or the shutdown) stops the other.
     let (server_result, worker_result) = tokio::select! {
@@ -112,6 +122,27 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Out
         .context("the local worker panicked")?
         .context("the local worker stopped")?;
     Ok(Outcome::Success)
+}
+
+/// The file, in the data directory, where `herd up` keeps its local worker's token.
+const LOCAL_WORKER_TOKEN_FILE: &str = "worker-token";
+
+/// Saves the admin token of `herd up`'s server (`DATA_DIR/admin-token`) as this user's
+/// credentials for `server_url`, so that the commands of the quickstart work as they are. A
+/// data directory whose admin token is gone (an admin replaced it) is left alone.
+fn log_in_locally(data_dir: &Path, server_url: &str) -> anyhow::Result<()> {
+    let admin_token = data_dir.join(herd_server::ADMIN_TOKEN_FILE);
+    if !admin_token.exists() {
+        tracing::warn!(
+            path = %admin_token.display(),
+            "no admin token to log in with; run `herd login` with a token of this server"
+        );
+        return Ok(());
+    }
+    let token = credentials::read_token_file(&admin_token)?;
+    let path = credentials::save(server_url, &token)?;
+    tracing::debug!(credentials = %path.display(), "logged in to the local server");
+    Ok(())
 }
 
 /// Binds `listen` (`HOST:PORT`; a bare host gets herd's default port), with a message that says

@@ -106,6 +106,9 @@ pub fn describe_task(task: &TaskView, now: Timestamp) -> String {
     let mut text = format!("task {}\n", task.id);
     text.push_str(&format!("  {:<17} {}\n", "state:", state_line(task)));
     text.push_str(&describe_spec(&task.spec, "  "));
+    if let Some(owner) = &task.owner {
+        text.push_str(&format!("  {:<17} {owner}\n", "owner:"));
+    }
     text.push_str(&format!("  {:<17} {}\n", "created:", task.created_at));
     text.push_str(&format!("  {:<17} {}\n", "updated:", task.updated_at));
     if task.attempts.is_empty() {
@@ -292,11 +295,13 @@ mod tests {
             updated_at: Timestamp(9_300),
             attempts: vec![attempt()],
             spec,
+            owner: Some("alice".to_owned()),
         };
         let text = describe_task(&task, Timestamp(10_000));
         assert!(text.contains("failed (exit_code, exit code 3)"), "{text}");
         assert!(text.contains("command:          sh -c 'exit 3'"), "{text}");
         assert!(text.contains("#1 on worker 3 (node-1): failed"), "{text}");
+        assert!(text.contains("owner:            alice"), "{text}");
         assert!(
             text.contains("input:    s3://b/k (2.0 KiB in 1 file)"),
             "{text}"

@@ -7,7 +7,8 @@ use tracing::info;
 
 use crate::cli::{ExecutorChoice, JsonArgs, WorkerAction, WorkerCommand, WorkerRunArgs};
 use crate::client::{self, Connection};
-use crate::exit::Outcome;
+use crate::credentials;
+use crate::exit::{self, Outcome};
 use crate::local;
 use crate::output::{self, Table};
 
@@ -42,6 +43,16 @@ pub fn worker_config(server: &str, args: WorkerRunArgs) -> anyhow::Result<herd_w
     };
     let name = args.name.unwrap_or_else(local::host_name);
     let policy = args.policy.policy()?;
+    let token = match &args.token_file {
+        Some(file) => credentials::read_token_file(file)?,
+        None => credentials::from_environment()?.ok_or_else(|| {
+            exit::Error::usage(
+                "a worker needs a worker token: an admin makes one with `herd token create --worker` \
+                 (on the server's host, `herd` finds the admin's token in DATA_DIR/admin-token); \
+                 pass it with --token-file FILE (or HERD_TOKEN_FILE), or in HERD_TOKEN",
+            )
+        })?,
+    };
     Ok(herd_worker::Config {
         server,
         name,
@@ -58,6 +69,7 @@ pub fn worker_config(server: &str, args: WorkerRunArgs) -> anyhow::Result<herd_w
         work_dir,
         cores,
         memory_bytes,
+        token,
     })
 }
 

@@ -5,6 +5,8 @@
 //! service, the worker's session, the CLI's client) call these and nothing else of `pb`
 //! beyond the generated clients and servers.
 
+mod access;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -221,6 +223,7 @@ impl From<&TaskView> for pb::Task {
             created_at_ms: task.created_at.0,
             updated_at_ms: task.updated_at.0,
             attempts: task.attempts.iter().map(pb::Attempt::from).collect(),
+            owner: task.owner.clone().unwrap_or_default(),
         }
     }
 }
@@ -248,6 +251,7 @@ impl TryFrom<pb::Task> for TaskView {
                 .map(AttemptView::try_from)
                 .collect::<Result<_, _>>()?,
             spec,
+            owner: Some(task.owner).filter(|owner| !owner.is_empty()),
         })
     }
 }
@@ -262,6 +266,7 @@ impl From<&BatchView> for pb::BatchSummary {
             succeeded: batch.succeeded,
             failed: batch.failed,
             canceled: batch.canceled,
+            owner: batch.owner.clone().unwrap_or_default(),
         }
     }
 }
@@ -276,6 +281,7 @@ impl From<pb::BatchSummary> for BatchView {
             succeeded: batch.succeeded,
             failed: batch.failed,
             canceled: batch.canceled,
+            owner: Some(batch.owner).filter(|owner| !owner.is_empty()),
         }
     }
 }
@@ -503,6 +509,7 @@ impl From<&Hello> for pb::Hello {
     fn from(hello: &Hello) -> Self {
         pb::Hello {
             worker_id: hello.worker_id.map(|id| id.0),
+            resume_key: hello.resume_key.clone(),
             name: hello.name.clone(),
             batch: hello.batch.to_string(),
             concurrency: hello.concurrency,
@@ -529,6 +536,7 @@ impl TryFrom<pb::Hello> for Hello {
         };
         let hello = Hello {
             worker_id: hello.worker_id.map(WorkerId),
+            resume_key: hello.resume_key,
             name: hello.name,
             batch,
             concurrency: hello.concurrency,
@@ -596,9 +604,11 @@ impl From<&ToWorker> for pb::ServerMessage {
             ToWorker::Welcome {
                 worker_id,
                 heartbeat_interval,
+                resume_key,
             } => Kind::Welcome(pb::Welcome {
                 worker_id: worker_id.0,
                 heartbeat_interval_ms: heartbeat_interval.as_millis() as u64,
+                resume_key: resume_key.clone(),
             }),
             ToWorker::Assign {
                 task_id,
@@ -660,6 +670,7 @@ impl TryFrom<pb::ServerMessage> for ToWorker {
                 Kind::Welcome(welcome) => ToWorker::Welcome {
                     worker_id: WorkerId(welcome.worker_id),
                     heartbeat_interval: Duration::from_millis(welcome.heartbeat_interval_ms),
+                    resume_key: welcome.resume_key,
                 },
                 Kind::Assign(assign) => {
                     let task_id = TaskId(assign.task_id);
@@ -772,6 +783,7 @@ mod tests {
         let messages = [
             FromWorker::Hello(Hello {
                 worker_id: Some(WorkerId(4)),
+                resume_key: Some("herd_key".into()),
                 name: "w".into(),
                 batch: BatchName::new("b").unwrap(),
                 concurrency: 2,
@@ -808,6 +820,7 @@ mod tests {
             ToWorker::Welcome {
                 worker_id: WorkerId(3),
                 heartbeat_interval: Duration::from_millis(1500),
+                resume_key: "herd_key".into(),
             },
             ToWorker::Assign {
                 task_id: TaskId(9),

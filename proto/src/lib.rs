@@ -4,6 +4,7 @@
 //! - [`pb`]: code generated from `proto/herd.proto` (messages, clients and servers of the
 //!   `Queue` and `Workers` services). Only the edges of the system (gRPC handlers, the CLI, the
 //!   worker's connection) touch these types.
+//! - [`access`]: users, tokens and who is calling (the `Access` service's domain side).
 //! - [`ids`], [`state`], [`spec`], [`view`], [`report`]: the domain types (strong ids, the
 //!   task state machine, [`TaskRequest`] and the validated [`TaskSpec`] built only from it,
 //!   read-only views of tasks, attempts, batches, workers, a worker's report on an attempt).
@@ -18,6 +19,7 @@
 //! - [`convert`]: the one place where protobuf messages become domain types and back. A missing
 //!   or invalid field is an [`Error`], never a panic.
 
+pub mod access;
 pub mod convert;
 pub mod docker;
 pub mod ids;

@@ -86,6 +86,8 @@ impl LogChunk {
 pub struct Hello {
     /// Its identity from an earlier connection, so the server keeps its tasks.
     pub worker_id: Option<WorkerId>,
+    /// The secret the server gave with that identity: without it, the identity is not resumed.
+    pub resume_key: Option<String>,
     /// Its name (the host name unless given).
     pub name: String,
     /// The batch it serves.
@@ -116,6 +118,9 @@ impl Hello {
     pub fn check(&self) -> Result<(), Error> {
         check_text("worker name", &self.name, MAX_WORKER_NAME_BYTES)?;
         check_text("worker version", &self.version, MAX_VERSION_BYTES)?;
+        if let Some(key) = &self.resume_key {
+            check_text("resume key", key, crate::access::MAX_TOKEN_CHARS)?;
+        }
         if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
             return Err(Error::invalid(
                 "concurrency",
@@ -221,6 +226,8 @@ pub enum ToWorker {
     Welcome {
         /// The worker's identity, to give back when reconnecting.
         worker_id: WorkerId,
+        /// The secret to give back with it.
+        resume_key: String,
         /// How often the worker must show it is alive.
         heartbeat_interval: Duration,
     },
@@ -265,6 +272,7 @@ mod tests {
     fn hello() -> Hello {
         Hello {
             worker_id: None,
+            resume_key: None,
             name: "w1".into(),
             batch: BatchName::default_batch(),
             concurrency: 4,

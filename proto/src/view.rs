@@ -91,6 +91,8 @@ pub struct TaskView {
     pub attempts: Vec<AttemptView>,
     /// The full specification.
     pub spec: TaskSpec,
+    /// The user who queued it (`None` for tasks queued before herd had users).
+    pub owner: Option<String>,
 }
 
 /// Task counts of one batch.
@@ -110,6 +112,8 @@ pub struct BatchView {
     pub failed: u64,
     /// Tasks that were canceled.
     pub canceled: u64,
+    /// The user who owns it (`None` while no user does).
+    pub owner: Option<String>,
 }
 
 impl BatchView {

@@ -44,6 +44,20 @@ pub enum Error {
     /// A value was refused.
     #[error(transparent)]
     Invalid(#[from] herd_proto::Error),
+    /// The call carried no token, or one the server does not know (or revoked). The message
+    /// says which, and what to do.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller's token is valid, but may not do this (another user's task or batch, an
+    /// admin-only action, the wrong kind of token). The message says why.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Something with that name exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The operating system gave no random bytes for a secret.
+    #[error("cannot make a secret: the system's random source failed: {0}")]
+    Entropy(String),
     /// The database failed (at start-up: the queue retries commits until they succeed).
     #[error(transparent)]
     Store(#[from] StoreError),

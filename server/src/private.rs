@@ -33,6 +33,34 @@ pub fn create_file(path: &Path) -> io::Result<()> {
     tighten(path, FILE_MODE)
 }
 
+/// Replaces `path` with `content`, all or nothing: written to a new `0600` file beside it,
+/// flushed to disk, then renamed over it. For secrets (tokens, credentials): never readable by
+/// others, never half-written.
+pub fn write_secret(path: &Path, content: &str) -> io::Result<()> {
+    use std::io::Write;
+    let directory = path.parent().filter(|parent| !parent.as_os_str().is_empty());
+    if let Some(directory) = directory {
+        create_dir(directory)?;
+    }
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".{}.tmp", std::process::id()));
+    let temporary = std::path::PathBuf::from(temporary);
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&temporary)?;
+        file.write_all(content.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&temporary, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&temporary);
+    }
+    written
+}
+
 /// Opens `path` for appending, creating it `0600` if missing.
 pub fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new()

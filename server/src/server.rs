@@ -11,7 +11,8 @@ use tracing::info;
 use crate::Error;
 use crate::logs::LogStore;
 use crate::private;
-use crate::queue::{Queue, QueueConfig};
+use crate::queue::{BOOTSTRAP_ADMIN, Queue, QueueConfig, new_secret};
+use herd_proto::access::TokenKind;
 use crate::service;
 use crate::store::{SqlStore, Store};
 
@@ -34,7 +35,14 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Worker liveness settings.
     pub queue: QueueConfig,
+    /// Where to keep a worker token for a worker started with the server (`herd up`): made
+    /// at start unless the file already holds a valid one.
+    pub worker_token_file: Option<PathBuf>,
 }
+
+/// The file, in the data directory, where the server writes the admin token it creates on
+/// its first start.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 
 impl Config {
     /// The database URL in effect.
@@ -52,6 +60,14 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let queue = open(&config).await?;
+    serve(queue, listener, shutdown).await
+}
+
+/// Opens the store and loads the queue; on a server with no user yet, creates the admin and
+/// writes its token to `DATA_DIR/admin-token` (`0600`); writes the local worker's token if
+/// asked to.
+pub async fn open(config: &Config) -> Result<Arc<Queue>, Error> {
     let data_dir_error = |source| Error::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -76,7 +92,40 @@ pub async fn run(
     }
     let logs = LogStore::new(config.data_dir.join("logs"));
     let queue = Queue::open(store, logs, config.queue.clone()).await?;
-    serve(queue, listener, shutdown).await
+    if queue.needs_bootstrap() {
+        let path = config.data_dir.join(ADMIN_TOKEN_FILE);
+        let secret = new_secret()?;
+        // The file first: a crash between the two leaves a token that does not work yet, and
+        // the next start makes a new one; the other order could leave no way in.
+        private::write_secret(&path, &format!("{secret}\n")).map_err(data_dir_error)?;
+        queue.bootstrap(&secret).await?;
+        info!(
+            path = %path.display(),
+            "created the admin user `{BOOTSTRAP_ADMIN}`; its token is in this file, readable by this system user only"
+        );
+    }
+    if let Some(path) = &config.worker_token_file {
+        ensure_worker_token(&queue, path).await?;
+    }
+    Ok(queue)
+}
+
+/// Keeps a valid worker token in `path`: the one there if the server knows it, else a new one.
+async fn ensure_worker_token(queue: &Queue, path: &Path) -> Result<(), Error> {
+    if let Ok(text) = std::fs::read_to_string(path)
+        && queue
+            .authenticate(Some(text.trim()))
+            .is_ok_and(|caller| caller.kind == TokenKind::Worker)
+    {
+        return Ok(());
+    }
+    let token = queue.local_worker_token("local worker").await?;
+    private::write_secret(path, &format!("{}\n", token.secret)).map_err(|source| {
+        Error::DataDir {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
 }
 
 /// Serves an opened queue on `listener` until `shutdown` fires.
@@ -127,6 +176,7 @@ mod tests {
             database: Some(database),
             data_dir: directory.path().to_path_buf(),
             queue: QueueConfig::default(),
+            worker_token_file: None,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
         let shutdown = CancellationToken::new();

@@ -1,5 +1,15 @@
 //! The gRPC services, kept thin: convert the request, call the [`Queue`], convert back.
 //! Queue errors become gRPC statuses in exactly one place ([`status_of`]).
+//!
+//! Every call of every service goes through the [`Authenticator`] first: its bearer token must
+//! be one the server knows and has not revoked, and of the kind that service takes (user
+//! tokens for `Queue` and `Access`, worker tokens for `Workers`); the [`Caller`] it stands for
+//! rides in the request's extensions to the handler, which passes it to the queue, where
+//! ownership is decided.
+
+mod access;
+
+pub use access::AccessService;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,10 +25,12 @@ use herd_proto::{BatchName, TaskId, TaskSpec, WorkerId};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use herd_proto::access::TokenKind;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
 
-use crate::queue::{Event, Queue};
+use crate::queue::{Caller, Event, Queue};
 use crate::{Error, chain};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -34,8 +46,11 @@ pub fn status_of(error: Error) -> Status {
             Status::failed_precondition(message)
         }
         Error::Invalid(_) => Status::invalid_argument(message),
+        Error::Unauthenticated(_) => Status::unauthenticated(message),
+        Error::Forbidden(_) => Status::permission_denied(message),
+        Error::AlreadyExists(_) => Status::already_exists(message),
         Error::Store(_) | Error::ShuttingDown => Status::unavailable(message),
-        Error::Refused(_) | Error::DataDir { .. } | Error::Transport(_) => {
+        Error::Refused(_) | Error::DataDir { .. } | Error::Transport(_) | Error::Entropy(_) => {
             Status::internal(message)
         }
     }
@@ -54,15 +69,84 @@ fn batch_name(text: &str) -> Result<BatchName, Status> {
     BatchName::new(text).map_err(invalid)
 }
 
-/// Both services over `queue`, ready to be served (the only place the tonic servers are built).
+/// The services over `queue`, each behind its [`Authenticator`], ready to be served (the only
+/// place the tonic servers are built).
 pub fn routes(queue: Arc<Queue>) -> tonic::service::Routes {
+    let users = Authenticator {
+        queue: queue.clone(),
+        kind: TokenKind::User,
+    };
     let queue_service = pb::queue_server::QueueServer::new(QueueService::new(queue.clone()))
         .max_decoding_message_size(crate::MAX_REQUEST_BYTES)
         .max_encoding_message_size(crate::MAX_MESSAGE_BYTES);
-    let workers_service = pb::workers_server::WorkersServer::new(WorkersService::new(queue))
-        .max_decoding_message_size(MAX_SESSION_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_SESSION_MESSAGE_BYTES);
-    tonic::service::Routes::new(queue_service).add_service(workers_service)
+    let access_service = pb::access_server::AccessServer::new(AccessService::new(queue.clone()))
+        .max_decoding_message_size(MAX_ACCESS_MESSAGE_BYTES);
+    let workers_service =
+        pb::workers_server::WorkersServer::new(WorkersService::new(queue.clone()))
+            .max_decoding_message_size(MAX_SESSION_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_SESSION_MESSAGE_BYTES);
+    let workers = Authenticator {
+        queue,
+        kind: TokenKind::Worker,
+    };
+    tonic::service::Routes::new(InterceptedService::new(queue_service, users.clone()))
+        .add_service(InterceptedService::new(access_service, users))
+        .add_service(InterceptedService::new(workers_service, workers))
+}
+
+/// The largest request of the `Access` service (a user name, a label).
+const MAX_ACCESS_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Checks every call's bearer token before its handler runs (see the module's documentation).
+#[derive(Clone)]
+pub struct Authenticator {
+    queue: Arc<Queue>,
+    /// The kind of token this service takes.
+    kind: TokenKind,
+}
+
+impl tonic::service::Interceptor for Authenticator {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let token = bearer(request.metadata())?;
+        let caller = self.queue.authenticate(token).map_err(status_of)?;
+        if caller.kind != self.kind {
+            return Err(Status::permission_denied(match caller.kind {
+                TokenKind::Worker => {
+                    "a worker token only opens worker sessions; use a user token (`herd login`)"
+                }
+                TokenKind::User => {
+                    "a user token cannot open a worker session; give the worker a worker token (`herd token create --worker`, then `herd worker --token-file FILE`)"
+                }
+            }));
+        }
+        request.extensions_mut().insert(caller);
+        Ok(request)
+    }
+}
+
+/// The token of `authorization: Bearer TOKEN`, if the header is there.
+fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<Option<&str>, Status> {
+    let Some(value) = metadata.get("authorization") else {
+        return Ok(None);
+    };
+    let text = value.to_str().map_err(|_| {
+        Status::unauthenticated("the authorization header is not printable text; send `Bearer TOKEN`")
+    })?;
+    match text.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(Some(token.trim())),
+        _ => Err(Status::unauthenticated(
+            "the authorization header is not `Bearer TOKEN`",
+        )),
+    }
+}
+
+/// The caller the [`Authenticator`] found for this request.
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("this call was not authenticated"))
 }
 
 /// The `Queue` service: what users and tools call.
@@ -86,6 +170,7 @@ impl pb::queue_server::Queue for QueueService {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
+        let caller = caller(&request)?;
         let tasks = request.into_inner().tasks;
         if tasks.is_empty() {
             return Err(Status::invalid_argument("no task to queue"));
@@ -110,7 +195,7 @@ impl pb::queue_server::Queue for QueueService {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let ids = self.queue.submit(specs).await.map_err(status_of)?;
+        let ids = self.queue.submit(&caller, specs).await.map_err(status_of)?;
         Ok(Response::new(pb::SubmitResponse {
             ids: ids.into_iter().map(|id| id.0).collect(),
         }))
@@ -120,8 +205,10 @@ impl pb::queue_server::Queue for QueueService {
         &self,
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let caller = caller(&request)?;
         let filter = TaskFilter::try_from(request.into_inner()).map_err(invalid)?;
         let tasks = self.queue.tasks(
+            &caller,
             filter.batch.as_ref(),
             filter.state,
             filter.limit.unwrap_or(0) as usize,
@@ -132,17 +219,19 @@ impl pb::queue_server::Queue for QueueService {
     }
 
     async fn get_task(&self, request: Request<pb::TaskRef>) -> Result<Response<pb::Task>, Status> {
+        let caller = caller(&request)?;
         let task = self
             .queue
-            .task(TaskId(request.into_inner().id))
+            .task(&caller, TaskId(request.into_inner().id))
             .map_err(status_of)?;
         Ok(Response::new(shown(&task)))
     }
 
     async fn kill_task(&self, request: Request<pb::TaskRef>) -> Result<Response<pb::Task>, Status> {
+        let caller = caller(&request)?;
         let task = self
             .queue
-            .kill(TaskId(request.into_inner().id))
+            .kill(&caller, TaskId(request.into_inner().id))
             .await
             .map_err(status_of)?;
         Ok(Response::new(shown(&task)))
@@ -152,9 +241,10 @@ impl pb::queue_server::Queue for QueueService {
         &self,
         request: Request<pb::TaskRef>,
     ) -> Result<Response<pb::Task>, Status> {
+        let caller = caller(&request)?;
         let task = self
             .queue
-            .retry(TaskId(request.into_inner().id))
+            .retry(&caller, TaskId(request.into_inner().id))
             .await
             .map_err(status_of)?;
         Ok(Response::new(shown(&task)))
@@ -164,8 +254,9 @@ impl pb::queue_server::Queue for QueueService {
         &self,
         request: Request<pb::TaskRef>,
     ) -> Result<Response<pb::Empty>, Status> {
+        let caller = caller(&request)?;
         self.queue
-            .delete_task(TaskId(request.into_inner().id))
+            .delete_task(&caller, TaskId(request.into_inner().id))
             .await
             .map_err(status_of)?;
         Ok(Response::new(pb::Empty {}))
@@ -177,11 +268,12 @@ impl pb::queue_server::Queue for QueueService {
         &self,
         request: Request<pb::TaskLogsRequest>,
     ) -> Result<Response<Self::TaskLogsStream>, Status> {
+        let caller = caller(&request)?;
         let request = LogRequest::from(request.into_inner());
         let task_id = request.task_id;
         // Subscribe before the first read, so nothing written in between is missed.
         let events = self.queue.subscribe();
-        let task = self.queue.task(task_id).map_err(status_of)?;
+        let task = self.queue.task(&caller, task_id).map_err(status_of)?;
         let attempt = match request.attempt {
             None => task
                 .attempts
@@ -198,6 +290,7 @@ impl pb::queue_server::Queue for QueueService {
         let (sender, receiver) = mpsc::channel(16);
         tokio::spawn(follow_log(
             self.queue.clone(),
+            caller,
             events,
             task_id,
             attempt,
@@ -210,12 +303,13 @@ impl pb::queue_server::Queue for QueueService {
 
     async fn list_batches(
         &self,
-        _request: Request<pb::Empty>,
+        request: Request<pb::Empty>,
     ) -> Result<Response<pb::ListBatchesResponse>, Status> {
+        let caller = caller(&request)?;
         Ok(Response::new(pb::ListBatchesResponse {
             batches: self
                 .queue
-                .batches()
+                .batches(&caller)
                 .iter()
                 .map(pb::BatchSummary::from)
                 .collect(),
@@ -226,6 +320,7 @@ impl pb::queue_server::Queue for QueueService {
         &self,
         request: Request<pb::BatchRequest>,
     ) -> Result<Response<pb::BatchSummary>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let name = batch_name(&request.name)?;
         let action = match BatchAction::try_from(request.action) {
@@ -236,12 +331,15 @@ impl pb::queue_server::Queue for QueueService {
             Err(error) => return Err(invalid(error)),
         };
         let summary = match action {
-            BatchAction::Pause => self.queue.set_paused(&name, true).await,
-            BatchAction::Resume => self.queue.set_paused(&name, false).await,
-            BatchAction::Stop => self.queue.stop_batch(&name).await,
+            BatchAction::Pause => self.queue.set_paused(&caller, &name, true).await,
+            BatchAction::Resume => self.queue.set_paused(&caller, &name, false).await,
+            BatchAction::Stop => self.queue.stop_batch(&caller, &name).await,
             BatchAction::Delete => {
-                let before = self.queue.batch(&name).map_err(status_of)?;
-                self.queue.delete_batch(&name).await.map(|()| before)
+                let before = self.queue.batch(&caller, &name).map_err(status_of)?;
+                self.queue
+                    .delete_batch(&caller, &name)
+                    .await
+                    .map(|()| before)
             }
         }
         .map_err(status_of)?;
@@ -254,9 +352,10 @@ impl pb::queue_server::Queue for QueueService {
         &self,
         request: Request<pb::BatchRef>,
     ) -> Result<Response<Self::WatchBatchStream>, Status> {
+        let caller = caller(&request)?;
         let name = batch_name(&request.into_inner().name)?;
         let mut events = self.queue.subscribe();
-        let first = self.queue.batch(&name).map_err(status_of)?;
+        let first = self.queue.batch(&caller, &name).map_err(status_of)?;
         let (sender, receiver) = mpsc::channel(4);
         let queue = self.queue.clone();
         let closing = self.queue.closing();
@@ -283,7 +382,7 @@ impl pb::queue_server::Queue for QueueService {
                 // Let a burst of changes settle into one summary.
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 while events.try_recv().is_ok() {}
-                let Ok(summary) = queue.batch(&name) else {
+                let Ok(summary) = queue.batch(&caller, &name) else {
                     let _ = sender
                         .send(Err(Status::not_found(format!(
                             "batch `{name}` was deleted"
@@ -308,10 +407,16 @@ impl pb::queue_server::Queue for QueueService {
 
     async fn list_workers(
         &self,
-        _request: Request<pb::Empty>,
+        request: Request<pb::Empty>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let caller = caller(&request)?;
         Ok(Response::new(pb::ListWorkersResponse {
-            workers: self.queue.workers().iter().map(pb::Worker::from).collect(),
+            workers: self
+                .queue
+                .workers(&caller)
+                .iter()
+                .map(pb::Worker::from)
+                .collect(),
         }))
     }
 
@@ -319,8 +424,9 @@ impl pb::queue_server::Queue for QueueService {
         &self,
         request: Request<pb::WorkerRef>,
     ) -> Result<Response<pb::Empty>, Status> {
+        let caller = caller(&request)?;
         self.queue
-            .delete_worker(WorkerId(request.into_inner().id))
+            .delete_worker(&caller, WorkerId(request.into_inner().id))
             .await
             .map_err(status_of)?;
         Ok(Response::new(pb::Empty {}))
@@ -328,8 +434,8 @@ impl pb::queue_server::Queue for QueueService {
 }
 
 /// Whether an attempt can print nothing more: it ended, or the task moved on or is gone.
-fn attempt_finished(queue: &Queue, task_id: TaskId, attempt: u32) -> bool {
-    match queue.task(task_id) {
+fn attempt_finished(queue: &Queue, caller: &Caller, task_id: TaskId, attempt: u32) -> bool {
+    match queue.task(caller, task_id) {
         Err(_) => true,
         Ok(task) => match task.attempts.iter().find(|known| known.number == attempt) {
             Some(known) => known.ended_at.is_some() || known.state.is_terminal(),
@@ -338,8 +444,10 @@ fn attempt_finished(queue: &Queue, task_id: TaskId, attempt: u32) -> bool {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn follow_log(
     queue: Arc<Queue>,
+    caller: Caller,
     mut events: broadcast::Receiver<Event>,
     task_id: TaskId,
     attempt: u32,
@@ -350,7 +458,7 @@ async fn follow_log(
     let mut offset = 0u64;
     loop {
         // Decide before reading: if it was finished before this read, the read sees everything.
-        let finished = !follow || attempt_finished(&queue, task_id, attempt);
+        let finished = !follow || attempt_finished(&queue, &caller, task_id, attempt);
         loop {
             let data = match queue
                 .logs()
@@ -415,6 +523,7 @@ impl pb::workers_server::Workers for WorkersService {
         &self,
         request: Request<Streaming<pb::WorkerMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let caller = caller(&request)?;
         let mut inbound = request.into_inner();
         let first = inbound.message().await?.ok_or_else(|| {
             Status::invalid_argument("the stream closed before the worker said hello")
@@ -429,7 +538,10 @@ impl pb::workers_server::Workers for WorkersService {
             Err(error) => return Err(invalid(error)),
         };
         let (sender, receiver) = mpsc::unbounded_channel();
-        let (worker_id, serial) = self.queue.connect(hello, sender).map_err(status_of)?;
+        let (worker_id, serial) = self
+            .queue
+            .connect(&caller, hello, sender)
+            .map_err(status_of)?;
         let queue = self.queue.clone();
         tokio::spawn(async move {
             loop {

@@ -23,6 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use herd_proto::access::{Bearer, Secret, TokenKind, TokenRequest};
+use herd_proto::pb::access_client::AccessClient;
 use herd_proto::pb::queue_client::QueueClient;
 use herd_proto::view::TaskView;
 use herd_proto::{BatchName, TaskId, TaskRequest, TaskSpec, pb};
@@ -31,7 +33,14 @@ use herd_worker::{ExecutorKind, Executors};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+/// A `Queue` client that sends a token.
+pub type Client = QueueClient<InterceptedService<Channel, Bearer>>;
+
+/// An `Access` client that sends a token.
+pub type Access = AccessClient<InterceptedService<Channel, Bearer>>;
 
 pub mod executors;
 pub mod postgres;
@@ -110,6 +119,8 @@ pub struct WorkerOptions {
     pub allow_privileged: bool,
     /// What tasks may take of the worker's host; the default allows nothing.
     pub policy: herd_proto::policy::Policy,
+    /// Its worker token; a cluster's workers get the cluster's when `None`.
+    pub token: Option<Secret>,
 }
 
 impl Default for WorkerOptions {
@@ -121,6 +132,7 @@ impl Default for WorkerOptions {
             executors: None,
             allow_privileged: false,
             policy: herd_proto::policy::Policy::default(),
+            token: None,
         }
     }
 }
@@ -159,6 +171,8 @@ pub struct Cluster {
     postgres: Option<postgres::TestDatabase>,
     server: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
     workers_shutdown: CancellationToken,
+    /// The worker token of this cluster's workers, made on first use.
+    worker_token: tokio::sync::OnceCell<Secret>,
 }
 
 impl Cluster {
@@ -189,6 +203,7 @@ impl Cluster {
             postgres,
             server: None,
             workers_shutdown: CancellationToken::new(),
+            worker_token: tokio::sync::OnceCell::new(),
         };
         cluster.serve(listener);
         Ok(cluster)
@@ -199,6 +214,7 @@ impl Cluster {
             database: self.database.clone(),
             data_dir: self.data_dir.path().to_path_buf(),
             queue: self.options.queue.clone(),
+            worker_token_file: None,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
@@ -231,10 +247,10 @@ impl Cluster {
         Ok(())
     }
 
-    /// A client of the `Queue` service, once the server answers.
-    pub async fn client(&self) -> anyhow::Result<QueueClient<Channel>> {
+    /// A channel to the server, once it answers.
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
         let url = self.url.clone();
-        let channel = wait_for("the server to accept connections", WAIT, || {
+        wait_for("the server to accept connections", WAIT, || {
             let url = url.clone();
             async move {
                 tonic::transport::Endpoint::from_shared(url)
@@ -244,14 +260,94 @@ impl Cluster {
                     .ok()
             }
         })
-        .await?;
-        Ok(QueueClient::new(channel)
+        .await
+    }
+
+    /// The token of the admin the server created on its first start.
+    pub async fn admin_token(&self) -> anyhow::Result<Secret> {
+        self.channel().await?;
+        let path = self.data_dir.path().join(herd_server::ADMIN_TOKEN_FILE);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Ok(Secret::new(&text)?)
+    }
+
+    /// A client of the `Queue` service as the admin, once the server answers.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        let token = self.admin_token().await?;
+        self.client_with(Some(&token)).await
+    }
+
+    /// A client of the `Queue` service sending `token` (none: no header at all).
+    pub async fn client_with(&self, token: Option<&Secret>) -> anyhow::Result<Client> {
+        let bearer = match token {
+            Some(token) => Bearer::new(token)?,
+            None => Bearer::anonymous(),
+        };
+        Ok(QueueClient::with_interceptor(self.channel().await?, bearer)
             .max_decoding_message_size(herd_server::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(herd_server::MAX_MESSAGE_BYTES))
     }
 
-    /// Starts an in-process worker.
-    pub async fn add_worker(&self, options: WorkerOptions) -> anyhow::Result<WorkerHandle> {
+    /// A client of the `Access` service sending `token`.
+    pub async fn access_with(&self, token: &Secret) -> anyhow::Result<Access> {
+        Ok(AccessClient::with_interceptor(
+            self.channel().await?,
+            Bearer::new(token)?,
+        ))
+    }
+
+    /// A new token made by the admin (for `user`, or the admin; a worker token if asked).
+    pub async fn create_token(
+        &self,
+        user: Option<&str>,
+        kind: TokenKind,
+        batch: Option<&str>,
+    ) -> anyhow::Result<Secret> {
+        let request = TokenRequest {
+            user: user.map(herd_proto::access::UserName::new).transpose()?,
+            kind,
+            batch: batch.map(BatchName::new).transpose()?,
+            label: "test".to_owned(),
+        };
+        let admin = self.admin_token().await?;
+        let token = self
+            .access_with(&admin)
+            .await?
+            .create_token(pb::CreateTokenRequest::from(&request))
+            .await?
+            .into_inner();
+        Ok(Secret::new(&token.secret)?)
+    }
+
+    /// Adds a user (not an admin); their first token.
+    pub async fn add_user(&self, name: &str) -> anyhow::Result<Secret> {
+        let admin = self.admin_token().await?;
+        let token = self
+            .access_with(&admin)
+            .await?
+            .add_user(pb::AddUserRequest {
+                name: name.to_owned(),
+                admin: false,
+            })
+            .await?
+            .into_inner();
+        Ok(Secret::new(&token.secret)?)
+    }
+
+    /// The worker token of this cluster's workers.
+    pub async fn worker_token(&self) -> anyhow::Result<Secret> {
+        self.worker_token
+            .get_or_try_init(|| self.create_token(None, TokenKind::Worker, None))
+            .await
+            .cloned()
+    }
+
+    /// Starts an in-process worker (with the cluster's worker token unless it has one).
+    pub async fn add_worker(&self, mut options: WorkerOptions) -> anyhow::Result<WorkerHandle> {
+        if options.token.is_none() {
+            options.token = Some(self.worker_token().await?);
+        }
         start_worker(&self.url, options, self.workers_shutdown.child_token()).await
     }
 
@@ -325,6 +421,9 @@ pub async fn start_worker(
     options: WorkerOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<WorkerHandle> {
+    let token = options
+        .token
+        .context("a worker needs a token: set WorkerOptions::token")?;
     let work_dir = tempfile::tempdir()?.keep();
     let (cores, memory_bytes) = herd_worker::host_resources();
     let config = herd_worker::Config {
@@ -345,6 +444,7 @@ pub async fn start_worker(
         work_dir: work_dir.clone(),
         cores,
         memory_bytes,
+        token,
     };
     let executors = match options.executors {
         Some(executors) => executors,
@@ -390,7 +490,7 @@ pub fn shell_task(batch: &str, script: &str) -> TaskRequest {
 
 /// Reads a task's whole log (stdout, or stderr) for its latest attempt.
 pub async fn task_log(
-    client: &mut QueueClient<Channel>,
+    client: &mut Client,
     id: TaskId,
     stderr: bool,
 ) -> anyhow::Result<String> {

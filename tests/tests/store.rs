@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use anyhow::{Context, ensure};
 use herd_server::store::{
-    AttemptRow, BatchRow, Snapshot, SqlStore, Store, StoreError, TaskRow, WorkerRow, WriteSet,
+    AttemptRow, BatchRow, Snapshot, SqlStore, Store, StoreError, TaskRow, TokenRow, UserRow, WorkerRow,
+    WriteSet,
 };
 use herd_tests::postgres::TestDatabase;
 use sqlx::{AnyConnection, Connection};
@@ -115,6 +116,7 @@ fn task(id: i64) -> TaskRow {
         message: None,
         created_at: 1_700_000_000_000 + id,
         updated_at: 1_700_000_000_000 + id,
+        owner: Some(1),
     }
 }
 
@@ -142,6 +144,7 @@ fn batch(name: &str, paused: bool) -> BatchRow {
         name: name.to_owned(),
         paused,
         created_at: 1_700_000_000_000,
+        owner: None,
     }
 }
 
@@ -160,6 +163,30 @@ fn worker(id: i64) -> WorkerRow {
         registered_at: 1_700_000_000_000,
         last_seen: 1_700_000_200_000,
         lost: false,
+        token_id: Some(2),
+        resume_hash: Some("ab".repeat(32)),
+    }
+}
+
+fn user(id: i64, name: &str, admin: bool) -> UserRow {
+    UserRow {
+        id,
+        name: name.to_owned(),
+        admin,
+        created_at: 1_700_000_000_000,
+    }
+}
+
+fn token(id: i64, user_id: i64, kind: &str, batch: Option<&str>) -> TokenRow {
+    TokenRow {
+        id,
+        user_id,
+        kind: kind.to_owned(),
+        batch: batch.map(str::to_owned),
+        label: "ünïcode 'label'".to_owned(),
+        hash: format!("{id:064x}"),
+        created_at: 1_700_000_000_000,
+        revoked_at: (id % 2 == 0).then_some(1_700_000_000_001),
     }
 }
 
@@ -196,6 +223,8 @@ fn varied_write_set() -> WriteSet {
         allow_privileged: true,
         lost: true,
         memory_bytes: i64::MIN,
+        token_id: None,
+        resume_hash: None,
         ..worker(9)
     };
     WriteSet {
@@ -203,6 +232,12 @@ fn varied_write_set() -> WriteSet {
         attempts: vec![attempt(1, 1), ended, attempt(2, 2)],
         batches: vec![batch("default", false), batch("ünïcode batch", true)],
         workers: vec![worker(7), lost_worker],
+        users: vec![user(1, "admin", true), user(2, "bob", false)],
+        tokens: vec![
+            token(1, 1, "user", None),
+            token(2, 1, "worker", Some("ünïcode batch")),
+            token(3, 2, "user", None),
+        ],
         counters: vec![counter("next_task_id", 4), counter("next_worker_id", 10)],
         ..WriteSet::default()
     }
@@ -215,6 +250,8 @@ fn snapshot_of(writes: &WriteSet) -> Snapshot {
         attempts: writes.attempts.clone(),
         batches: writes.batches.clone(),
         workers: writes.workers.clone(),
+        users: writes.users.clone(),
+        tokens: writes.tokens.clone(),
         counters: writes.counters.clone(),
     };
     snapshot.tasks.sort_by_key(|task| task.id);
@@ -223,6 +260,8 @@ fn snapshot_of(writes: &WriteSet) -> Snapshot {
         .sort_by_key(|attempt| (attempt.task_id, attempt.number));
     snapshot.batches.sort_by(|a, b| a.name.cmp(&b.name));
     snapshot.workers.sort_by_key(|worker| worker.id);
+    snapshot.users.sort_by_key(|user| user.id);
+    snapshot.tokens.sort_by_key(|token| token.id);
     snapshot.counters.sort();
     snapshot
 }

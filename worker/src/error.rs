@@ -13,6 +13,9 @@ pub enum Error {
     /// A setting is wrong.
     #[error("{0}")]
     Config(String),
+    /// The server refused the worker's token; the message says why and what to do.
+    #[error("{0}")]
+    Unauthorized(String),
     /// The scratch folder cannot be used.
     #[error("cannot use the work directory {}", path.display())]
     WorkDir {

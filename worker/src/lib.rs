@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use herd_proto::BatchName;
+use herd_proto::access::Secret;
 use herd_proto::policy::Policy;
 use tokio_util::sync::CancellationToken;
 
@@ -70,6 +71,8 @@ pub struct Config {
     pub cores: u32,
     /// Memory given to tasks, bytes (`MEM` = memory / concurrency, in GB).
     pub memory_bytes: u64,
+    /// The worker token it connects with (`herd token create --worker`).
+    pub token: Secret,
 }
 
 /// The executors a worker runs tasks with.
@@ -145,6 +148,7 @@ pub async fn run_with(
         path: config.work_dir.clone(),
         source,
     })?;
-    session::run(Arc::new(config), executors, shutdown).await;
-    Ok(())
+    session::run(Arc::new(config), executors, shutdown)
+        .await
+        .map_err(Error::Unauthorized)
 }

@@ -11,6 +11,7 @@ use herd_proto::session::ToWorker;
 use herd_proto::{BatchName, TaskId, WorkerId};
 
 use super::Event;
+use super::state::UserId;
 
 /// One connection of one worker. Serials are never reused within a server's life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -26,6 +27,8 @@ pub(crate) struct Dirty {
     pub attempts: Vec<(TaskId, u32)>,
     pub batches: Vec<BatchName>,
     pub workers: Vec<WorkerId>,
+    pub users: Vec<UserId>,
+    pub tokens: Vec<u64>,
     pub counters: bool,
 }
 
@@ -35,6 +38,8 @@ impl Dirty {
             && self.attempts.is_empty()
             && self.batches.is_empty()
             && self.workers.is_empty()
+            && self.users.is_empty()
+            && self.tokens.is_empty()
             && !self.counters
     }
 }
@@ -85,6 +90,14 @@ impl Change {
 
     pub fn worker(&mut self, id: WorkerId) {
         self.dirty.workers.push(id);
+    }
+
+    pub fn user(&mut self, id: UserId) {
+        self.dirty.users.push(id);
+    }
+
+    pub fn token(&mut self, id: u64) {
+        self.dirty.tokens.push(id);
     }
 
     pub fn counters(&mut self) {

@@ -13,6 +13,7 @@ use crate::store::{SqlStore, Store};
 fn hello() -> Hello {
     Hello {
         worker_id: None,
+        resume_key: None,
         name: "fake".to_owned(),
         batch: BatchName::default_batch(),
         concurrency: 1,
@@ -34,14 +35,19 @@ async fn shutdown_waits_for_the_last_commit() -> Result<(), Box<dyn std::error::
     let store: Arc<dyn Store> = Arc::new(SqlStore::open(&url).await?);
     let logs = LogStore::new(directory.path().join("logs"));
     let queue = Queue::open(store, logs, QueueConfig::default()).await?;
+    let admin_secret = super::new_secret()?;
+    assert!(queue.bootstrap(&admin_secret).await?);
+    let admin = queue.authenticate(Some(&admin_secret))?;
+    let worker = queue.local_worker_token("test").await?;
+    let worker = queue.authenticate(Some(&worker.secret))?;
     let (sender, mut receiver) = mpsc::unbounded_channel();
-    let (worker_id, serial) = queue.connect(hello(), sender)?;
+    let (worker_id, serial) = queue.connect(&worker, hello(), sender)?;
     let spec = TaskSpec::new(TaskRequest {
         batch: BatchName::default_batch().to_string(),
         command: vec!["true".to_owned()],
         ..TaskRequest::default()
     })?;
-    let ids = queue.submit(vec![spec]).await?;
+    let ids = queue.submit(&admin, vec![spec]).await?;
     // The assignment is sent once committed.
     loop {
         match receiver.recv().await {
@@ -79,7 +85,7 @@ async fn shutdown_waits_for_the_last_commit() -> Result<(), Box<dyn std::error::
     assert_eq!(attempt.state, "running", "the last change was committed");
     assert_eq!(snapshot.tasks[0].state, "running");
     // Once shut down, a change is refused rather than lost silently.
-    let refused = queue.retry(ids[0]).await;
+    let refused = queue.retry(&admin, ids[0]).await;
     assert!(refused.is_err());
     Ok(())
 }

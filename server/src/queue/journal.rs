@@ -260,6 +260,8 @@ fn collect_writes(shared: &Shared, entries: &[Entry]) -> WriteSet {
     let mut attempts = BTreeSet::new();
     let mut batches = BTreeSet::new();
     let mut workers = BTreeSet::new();
+    let mut users = BTreeSet::new();
+    let mut tokens = BTreeSet::new();
     let mut counters = false;
     for entry in entries {
         let dirty = &entry.change.dirty;
@@ -267,6 +269,8 @@ fn collect_writes(shared: &Shared, entries: &[Entry]) -> WriteSet {
         attempts.extend(dirty.attempts.iter().copied());
         batches.extend(dirty.batches.iter().cloned());
         workers.extend(dirty.workers.iter().copied());
+        users.extend(dirty.users.iter().copied());
+        tokens.extend(dirty.tokens.iter().copied());
         counters |= dirty.counters;
     }
     let locked = shared.lock();
@@ -295,6 +299,8 @@ fn collect_writes(shared: &Shared, entries: &[Entry]) -> WriteSet {
             None => writes.deleted_workers.push(id.0 as i64),
         }
     }
+    writes.users.extend(users.into_iter().filter_map(|id| state.user_row(id)));
+    writes.tokens.extend(tokens.into_iter().filter_map(|id| state.token_row(id)));
     if counters {
         writes.counters = state.counter_rows();
     }

@@ -33,13 +33,16 @@ use crate::logs::LogStore;
 use crate::store::Store;
 use crate::stored_spec;
 
+mod access;
 mod change;
 mod journal;
 mod state;
 
 use change::{Change, Effect};
 use journal::{Journal, Refusals, take_refusal, wait_durable};
-use state::{State, SystemClock};
+pub use access::new_secret;
+pub use state::{BOOTSTRAP_ADMIN, Caller, UserId};
+use state::{State, SystemClock, require_admin};
 
 /// Something watchers may want to look at again.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,8 +276,8 @@ impl Queue {
         result
     }
 
-    /// Queues tasks; all of them are durable when this returns.
-    pub async fn submit(&self, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, Error> {
+    /// Queues tasks as the caller's; all of them are durable when this returns.
+    pub async fn submit(&self, caller: &Caller, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, Error> {
         let started = std::time::Instant::now();
         let count = specs.len();
         // Encoding happens outside the lock.
@@ -287,7 +290,7 @@ impl Queue {
             .collect();
         let encoded_at = started.elapsed();
         let ids = self
-            .mutate_durably(|state, change| Ok(state.submit(encoded, change)))
+            .mutate_durably(|state, change| state.submit(caller, encoded, change))
             .await?;
         tracing::debug!(
             tasks = count,
@@ -298,84 +301,112 @@ impl Queue {
         Ok(ids)
     }
 
-    /// One task.
-    pub fn task(&self, id: TaskId) -> Result<TaskView, Error> {
-        self.shared.lock().state.task_view(id)
+    /// One task, if the caller may see it.
+    pub fn task(&self, caller: &Caller, id: TaskId) -> Result<TaskView, Error> {
+        self.shared.lock().state.task_view(caller, id)
     }
 
-    /// Tasks, oldest first, optionally filtered; `limit` 0 means all.
+    /// The caller's tasks (every task for an admin), oldest first, optionally filtered;
+    /// `limit` 0 means all.
     pub fn tasks(
         &self,
+        caller: &Caller,
         batch: Option<&BatchName>,
         state: Option<TaskState>,
         limit: usize,
     ) -> Vec<TaskView> {
-        self.shared.lock().state.list_tasks(batch, state, limit)
-    }
-
-    /// Kills a task (cancels it if pending).
-    pub async fn kill(&self, id: TaskId) -> Result<TaskView, Error> {
-        self.mutate_durably(|state, change| state.cancel(id, Reason::Killed, change))
-            .await?;
-        self.task(id)
-    }
-
-    /// Queues a finished task again.
-    pub async fn retry(&self, id: TaskId) -> Result<TaskView, Error> {
-        self.mutate_durably(|state, change| state.retry(id, change))
-            .await?;
-        self.task(id)
-    }
-
-    /// Deletes a task and its logs, killing it first if needed.
-    pub async fn delete_task(&self, id: TaskId) -> Result<(), Error> {
-        self.mutate_durably(|state, change| state.delete_task(id, change))
-            .await
-    }
-
-    /// Every batch with its counts.
-    pub fn batches(&self) -> Vec<BatchView> {
-        self.shared.lock().state.list_batches()
-    }
-
-    /// One batch.
-    pub fn batch(&self, name: &BatchName) -> Result<BatchView, Error> {
         self.shared
             .lock()
             .state
-            .batch_view(name)
-            .ok_or_else(|| Error::BatchNotFound(name.clone()))
+            .list_tasks(caller, batch, state, limit)
+    }
+
+    /// Kills a task (cancels it if pending).
+    pub async fn kill(&self, caller: &Caller, id: TaskId) -> Result<TaskView, Error> {
+        self.mutate_durably(|state, change| {
+            state.check_task(caller, id)?;
+            state.cancel(id, Reason::Killed, change)
+        })
+        .await?;
+        self.task(caller, id)
+    }
+
+    /// Queues a finished task again.
+    pub async fn retry(&self, caller: &Caller, id: TaskId) -> Result<TaskView, Error> {
+        self.mutate_durably(|state, change| {
+            state.check_task(caller, id)?;
+            state.retry(id, change)
+        })
+        .await?;
+        self.task(caller, id)
+    }
+
+    /// Deletes a task and its logs, killing it first if needed.
+    pub async fn delete_task(&self, caller: &Caller, id: TaskId) -> Result<(), Error> {
+        self.mutate_durably(|state, change| {
+            state.check_task(caller, id)?;
+            state.delete_task(id, change)
+        })
+        .await
+    }
+
+    /// The caller's batches (every batch for an admin) with their counts.
+    pub fn batches(&self, caller: &Caller) -> Vec<BatchView> {
+        self.shared.lock().state.list_batches(caller)
+    }
+
+    /// One batch, if the caller may see it.
+    pub fn batch(&self, caller: &Caller, name: &BatchName) -> Result<BatchView, Error> {
+        self.shared.lock().state.batch_view_for(caller, name)
     }
 
     /// Pauses or resumes a batch.
-    pub async fn set_paused(&self, name: &BatchName, paused: bool) -> Result<BatchView, Error> {
-        self.mutate_durably(|state, change| state.set_paused(name, paused, change))
-            .await?;
-        self.batch(name)
+    pub async fn set_paused(
+        &self,
+        caller: &Caller,
+        name: &BatchName,
+        paused: bool,
+    ) -> Result<BatchView, Error> {
+        self.mutate_durably(|state, change| {
+            state.check_batch(caller, name)?;
+            state.set_paused(name, paused, change)
+        })
+        .await?;
+        self.batch(caller, name)
     }
 
     /// Cancels every unfinished task of a batch.
-    pub async fn stop_batch(&self, name: &BatchName) -> Result<BatchView, Error> {
-        self.mutate_durably(|state, change| state.stop_batch(name, change))
-            .await?;
-        self.batch(name)
+    pub async fn stop_batch(&self, caller: &Caller, name: &BatchName) -> Result<BatchView, Error> {
+        self.mutate_durably(|state, change| {
+            state.check_batch(caller, name)?;
+            state.stop_batch(name, change)
+        })
+        .await?;
+        self.batch(caller, name)
     }
 
     /// Deletes a batch and all its tasks.
-    pub async fn delete_batch(&self, name: &BatchName) -> Result<(), Error> {
-        self.mutate_durably(|state, change| state.delete_batch(name, change))
-            .await
+    pub async fn delete_batch(&self, caller: &Caller, name: &BatchName) -> Result<(), Error> {
+        self.mutate_durably(|state, change| {
+            state.check_batch(caller, name)?;
+            state.delete_batch(name, change)
+        })
+        .await
     }
 
-    /// Every worker the server knows.
-    pub fn workers(&self) -> Vec<WorkerView> {
-        self.shared.lock().state.worker_views()
+    /// Every worker the server knows (a user sees only their own tasks on them).
+    pub fn workers(&self, caller: &Caller) -> Vec<WorkerView> {
+        self.shared.lock().state.worker_views(caller)
     }
 
     /// Forgets a worker (telling it to exit if connected); its tasks get a new attempt.
-    pub async fn delete_worker(&self, id: WorkerId) -> Result<(), Error> {
-        self.mutate_durably(|state, change| state.delete_worker(id, change))
-            .await
+    /// Admins only.
+    pub async fn delete_worker(&self, caller: &Caller, id: WorkerId) -> Result<(), Error> {
+        self.mutate_durably(|state, change| {
+            require_admin(caller, "delete workers")?;
+            state.delete_worker(id, change)
+        })
+        .await
     }
 
     /// Events for watchers (batch progress, log following).
@@ -390,9 +421,14 @@ impl Queue {
 
     // ---- the worker side ----
 
-    /// A worker connects; messages for it go to `sender` (the welcome first). Returns its id
-    /// and the serial number of this connection.
-    pub fn connect(&self, hello: Hello, sender: Sender) -> Result<(WorkerId, u64), Error> {
+    /// A worker connects with a worker token; messages for it go to `sender` (the welcome
+    /// first). Returns its id and the serial number of this connection.
+    pub fn connect(
+        &self,
+        caller: &Caller,
+        hello: Hello,
+        sender: Sender,
+    ) -> Result<(WorkerId, u64), Error> {
         if hello.concurrency == 0 {
             return Err(herd_proto::Error::invalid(
                 "concurrency",
@@ -405,11 +441,19 @@ impl Queue {
         }
         let interval = self.config.heartbeat_interval;
         let serial = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let new_key = access::new_secret()?;
         // Known before the welcome is journaled, so the writer finds it.
         self.shared.connections().insert(serial, sender);
-        let (result, _) =
-            self.mutate(|state, change| Ok(state.connect(hello, serial, interval, change)));
-        let worker_id = result?;
+        let (result, _) = self.mutate(|state, change| {
+            state.connect(caller, hello, &new_key, serial, interval, change)
+        });
+        let worker_id = match result {
+            Ok(worker_id) => worker_id,
+            Err(error) => {
+                self.shared.connections().remove(&serial);
+                return Err(error);
+            }
+        };
         info!(%worker_id, serial, "worker connected");
         Ok((worker_id, serial))
     }
@@ -448,7 +492,8 @@ impl Queue {
         } = *chunk;
         {
             let state = &mut self.shared.lock().state;
-            if !state.touch(worker_id, serial) || !state.log_allowed(task_id, attempt) {
+            if !state.touch(worker_id, serial) || !state.log_allowed(worker_id, task_id, attempt)
+            {
                 return;
             }
         }

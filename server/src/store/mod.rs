@@ -40,6 +40,8 @@ pub struct TaskRow {
     pub created_at: i64,
     /// Milliseconds since the epoch.
     pub updated_at: i64,
+    /// The user who queued it; `None` for tasks from before herd had users.
+    pub owner: Option<i64>,
 }
 
 /// One attempt of a task, as stored in table `attempts` (key: `task_id`, `number`).
@@ -84,6 +86,8 @@ pub struct BatchRow {
     pub paused: bool,
     /// Milliseconds since the epoch.
     pub created_at: i64,
+    /// The user who owns it; `None` while no user does.
+    pub owner: Option<i64>,
 }
 
 /// A registered worker.
@@ -115,6 +119,44 @@ pub struct WorkerRow {
     pub last_seen: i64,
     /// Declared lost (silent too long); kept for history.
     pub lost: bool,
+    /// The token it last connected with.
+    pub token_id: Option<i64>,
+    /// SHA-256 (hex) of the key that resumes its identity.
+    pub resume_hash: Option<String>,
+}
+
+/// A user, as stored in table `users`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    /// User id (never reused).
+    pub id: i64,
+    /// Unique name.
+    pub name: String,
+    /// May see and do everything.
+    pub admin: bool,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+}
+
+/// A token, as stored in table `tokens`: never the secret, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    /// Token id (never reused).
+    pub id: i64,
+    /// Its user.
+    pub user_id: i64,
+    /// `user` or `worker`.
+    pub kind: String,
+    /// A worker token limited to one batch.
+    pub batch: Option<String>,
+    /// What it is for.
+    pub label: String,
+    /// SHA-256 of the secret, lowercase hex.
+    pub hash: String,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    /// Milliseconds since the epoch, once revoked.
+    pub revoked_at: Option<i64>,
 }
 
 /// Everything the store holds, read once at start-up.
@@ -128,6 +170,10 @@ pub struct Snapshot {
     pub batches: Vec<BatchRow>,
     /// Every worker.
     pub workers: Vec<WorkerRow>,
+    /// Every user.
+    pub users: Vec<UserRow>,
+    /// Every token.
+    pub tokens: Vec<TokenRow>,
     /// Named counters (`next_task_id`, `next_worker_id`).
     pub counters: Vec<(String, i64)>,
 }
@@ -150,6 +196,10 @@ pub struct WriteSet {
     pub workers: Vec<WorkerRow>,
     /// Workers to delete.
     pub deleted_workers: Vec<i64>,
+    /// Users to insert or replace.
+    pub users: Vec<UserRow>,
+    /// Tokens to insert or replace (tokens are revoked, never deleted).
+    pub tokens: Vec<TokenRow>,
     /// Counters to set.
     pub counters: Vec<(String, i64)>,
 }
@@ -164,6 +214,8 @@ impl WriteSet {
             && self.deleted_batches.is_empty()
             && self.workers.is_empty()
             && self.deleted_workers.is_empty()
+            && self.users.is_empty()
+            && self.tokens.is_empty()
             && self.counters.is_empty()
     }
 }

@@ -119,12 +119,20 @@ struct EmbeddedMigration {
 
 /// Every migration, oldest first. The files live in the workspace's `migrations/` folder, one
 /// sub-folder per engine; a new migration is a new pair of files and a new entry here.
-const MIGRATIONS: &[EmbeddedMigration] = &[EmbeddedMigration {
-    version: 1,
-    description: "initial",
-    sqlite: include_str!("../../../migrations/sqlite/0001_initial.sql"),
-    postgres: include_str!("../../../migrations/postgres/0001_initial.sql"),
-}];
+const MIGRATIONS: &[EmbeddedMigration] = &[
+    EmbeddedMigration {
+        version: 1,
+        description: "initial",
+        sqlite: include_str!("../../../migrations/sqlite/0001_initial.sql"),
+        postgres: include_str!("../../../migrations/postgres/0001_initial.sql"),
+    },
+    EmbeddedMigration {
+        version: 2,
+        description: "access",
+        sqlite: include_str!("../../../migrations/sqlite/0002_access.sql"),
+        postgres: include_str!("../../../migrations/postgres/0002_access.sql"),
+    },
+];
 
 /// The durable store on SQLite or PostgreSQL, reached through `sqlx::Any`.
 ///
@@ -212,7 +220,7 @@ impl SqlStore {
     async fn load_all(&self) -> Result<Snapshot, StoreError> {
         let tasks = sqlx::query(
             "SELECT id, batch, name, spec, state, attempt, exit_code, reason, message, \
-             created_at, updated_at FROM tasks ORDER BY id",
+             created_at, updated_at, owner FROM tasks ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await
@@ -233,7 +241,7 @@ impl SqlStore {
         .map(decode_attempt)
         .collect::<Result<Vec<_>, _>>()?;
 
-        let batches = sqlx::query("SELECT name, paused, created_at FROM batches ORDER BY name")
+        let batches = sqlx::query("SELECT name, paused, created_at, owner FROM batches ORDER BY name")
             .fetch_all(&self.pool)
             .await
             .map_err(StoreError::from_sqlx)?
@@ -243,13 +251,33 @@ impl SqlStore {
 
         let workers = sqlx::query(
             "SELECT id, name, batch, concurrency, prefetch, docker, allow_privileged, cores, \
-             memory_bytes, version, registered_at, last_seen, lost FROM workers ORDER BY id",
+             memory_bytes, version, registered_at, last_seen, lost, token_id, resume_hash \
+             FROM workers ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::from_sqlx)?
         .iter()
         .map(decode_worker)
+        .collect::<Result<Vec<_>, _>>()?;
+
+        let users = sqlx::query("SELECT id, name, admin, created_at FROM users ORDER BY id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?
+            .iter()
+            .map(decode_user)
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let tokens = sqlx::query(
+            "SELECT id, user_id, kind, batch, label, hash, created_at, revoked_at FROM tokens \
+             ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?
+        .iter()
+        .map(decode_token)
         .collect::<Result<Vec<_>, _>>()?;
 
         let counters = sqlx::query("SELECT name, value FROM counters ORDER BY name")
@@ -265,6 +293,8 @@ impl SqlStore {
             attempts,
             batches,
             workers,
+            users,
+            tokens,
             counters,
         })
     }
@@ -279,6 +309,16 @@ impl SqlStore {
             connection: &mut transaction,
             engine: self.engine,
         };
+
+        // Users before tokens (a token refers to its user), tokens before anything else.
+        let users = last_per_key(&writes.users, |user| user.id);
+        writer
+            .rows(&USERS, &users, bind_user, Write::Upsert)
+            .await?;
+        let tokens = last_per_key(&writes.tokens, |token| token.id);
+        writer
+            .rows(&TOKENS, &tokens, bind_token, Write::Upsert)
+            .await?;
 
         // Tasks before attempts: an attempt refers to its task.
         let tasks = last_per_key(&writes.tasks, |task| task.id);

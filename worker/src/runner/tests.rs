@@ -205,6 +205,7 @@ fn config(work_dir: &Path) -> Config {
         work_dir: work_dir.to_path_buf(),
         cores: 2,
         memory_bytes: 4_000_000_000,
+        token: herd_proto::access::Secret::new("herd_test").expect("a token"),
     }
 }
 

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use herd_proto::TaskReport;
+use herd_proto::access::{Bearer, Secret};
 use herd_proto::convert::UndecodableMessage;
 use herd_proto::pb;
 use herd_proto::session::{FromWorker, ToWorker};
@@ -66,13 +67,29 @@ fn decode(message: pb::ServerMessage) -> Result<ToWorker, UndecodableMessage> {
     ToWorker::try_from(message)
 }
 
-/// Connects to `server` and opens the session, `hello` first. The error is for a log line.
+/// Why a session could not be opened.
+pub(super) enum ConnectError {
+    /// The server refused the worker's token (unknown, revoked, the wrong kind or batch):
+    /// trying again cannot help.
+    Refused(String),
+    /// Anything else (unreachable, closed): for a log line, and a retry.
+    Failed(String),
+}
+
+/// Connects to `server` with `token` and opens the session, `hello` first.
 pub(super) async fn connect(
     server: &str,
+    token: &Secret,
     hello: &FromWorker,
-) -> Result<(Outgoing, Incoming), String> {
+) -> Result<(Outgoing, Incoming), ConnectError> {
+    let bearer = Bearer::new(token).map_err(|error| ConnectError::Refused(error.to_string()))?;
     let endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
-        .map_err(|error| format!("invalid server URL: {}", herd_fetch::error_chain(&error)))?
+        .map_err(|error| {
+            ConnectError::Refused(format!(
+                "invalid server URL: {}",
+                herd_fetch::error_chain(&error)
+            ))
+        })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
@@ -80,17 +97,25 @@ pub(super) async fn connect(
     let channel = endpoint
         .connect()
         .await
-        .map_err(|error| herd_fetch::error_chain(&error))?;
-    let mut client = pb::workers_client::WorkersClient::new(channel)
+        .map_err(|error| ConnectError::Failed(herd_fetch::error_chain(&error)))?;
+    let mut client = pb::workers_client::WorkersClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(herd_proto::session::MAX_SESSION_MESSAGE_BYTES);
     let (sender, receiver) = mpsc::channel::<pb::WorkerMessage>(OUTGOING_CAPACITY);
     if sender.send(pb::WorkerMessage::from(hello)).await.is_err() {
-        return Err("the stream closed at once".to_owned());
+        return Err(ConnectError::Failed("the stream closed at once".to_owned()));
     }
     let inbound = client
         .session(ReceiverStream::new(receiver))
         .await
-        .map_err(|status| status.message().to_owned())?
+        .map_err(|status| match status.code() {
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                ConnectError::Refused(format!(
+                    "the server refused this worker: {}",
+                    status.message()
+                ))
+            }
+            _ => ConnectError::Failed(status.message().to_owned()),
+        })?
         .into_inner();
     Ok((Outgoing(sender), Incoming(inbound)))
 }

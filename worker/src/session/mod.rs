@@ -53,7 +53,8 @@ pub(crate) struct Session {
     resources: Arc<Resources<FetchStaging>>,
     /// The current connection's sender, `None` while disconnected.
     link: Mutex<Option<Outgoing>>,
-    worker_id: Mutex<Option<WorkerId>>,
+    /// The identity the server gave, with the key that resumes it.
+    identity: Mutex<Option<(WorkerId, String)>>,
 }
 
 impl Session {
@@ -64,7 +65,7 @@ impl Session {
             outbox: Outbox::default(),
             resources: Arc::new(Resources::new(&config, executors)),
             link: Mutex::new(None),
-            worker_id: Mutex::new(None),
+            identity: Mutex::new(None),
             config,
         }
     }
@@ -83,19 +84,24 @@ impl Session {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = link;
     }
 
-    /// The worker's id, once the server has welcomed it.
-    fn worker_id(&self) -> Option<WorkerId> {
-        *self
-            .worker_id
+    /// The worker's id and resume key, once the server has welcomed it.
+    fn identity(&self) -> Option<(WorkerId, String)> {
+        self.identity
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
-    fn set_worker_id(&self, worker_id: WorkerId) {
+    /// The worker's id, once the server has welcomed it.
+    fn worker_id(&self) -> Option<WorkerId> {
+        self.identity().map(|(worker_id, _)| worker_id)
+    }
+
+    fn set_identity(&self, worker_id: WorkerId, resume_key: String) {
         *self
-            .worker_id
+            .identity
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(worker_id);
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((worker_id, resume_key));
     }
 
     /// Whether attempts wait to start: the server pipelined work to this worker, so its next
@@ -107,8 +113,10 @@ impl Session {
 
     fn hello(&self) -> FromWorker {
         let config = &self.config;
+        let identity = self.identity();
         FromWorker::Hello(Hello {
-            worker_id: self.worker_id(),
+            worker_id: identity.as_ref().map(|(worker_id, _)| *worker_id),
+            resume_key: identity.map(|(_, key)| key),
             name: config.name.clone(),
             batch: config.batch.clone(),
             concurrency: config.concurrency,
@@ -195,8 +203,13 @@ async fn flush_reports(session: &Session, link: &Outgoing) {
     }
 }
 
-/// Connects, serves, and reconnects until `shutdown` or a deletion by the server.
-pub(crate) async fn run(config: Arc<Config>, executors: Executors, shutdown: CancellationToken) {
+/// Connects, serves, and reconnects until `shutdown` or a deletion by the server. Fails if the
+/// server refuses the worker's token (retrying cannot help then).
+pub(crate) async fn run(
+    config: Arc<Config>,
+    executors: Executors,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
     let session = Arc::new(Session::new(config, executors));
     let mut backoff = MIN_BACKOFF;
     let mut warned = false;
@@ -212,6 +225,10 @@ pub(crate) async fn run(config: Arc<Config>, executors: Executors, shutdown: Can
                 break;
             }
             Outcome::Stopped => break,
+            Outcome::Refused(reason) => {
+                session.outbox.cancel_all();
+                return Err(reason);
+            }
             Outcome::Broken {
                 error,
                 was_connected,
@@ -236,11 +253,14 @@ pub(crate) async fn run(config: Arc<Config>, executors: Executors, shutdown: Can
     }
     // Stop every attempt still running.
     session.outbox.cancel_all();
+    Ok(())
 }
 
 enum Outcome {
     Shutdown(String),
     Stopped,
+    /// The server refused the worker's token.
+    Refused(String),
     Broken { error: String, was_connected: bool },
 }
 
@@ -252,9 +272,13 @@ fn broken(error: impl Into<String>, was_connected: bool) -> Outcome {
 }
 
 async fn connect_and_serve(session: &Arc<Session>, shutdown: &CancellationToken) -> Outcome {
-    let (link, mut incoming) = match link::connect(&session.config.server, &session.hello()).await {
+    let config = &session.config;
+    let (link, mut incoming) = match link::connect(&config.server, &config.token, &session.hello())
+        .await
+    {
         Ok(connection) => connection,
-        Err(error) => return broken(error, false),
+        Err(link::ConnectError::Refused(reason)) => return Outcome::Refused(reason),
+        Err(link::ConnectError::Failed(error)) => return broken(error, false),
     };
     let heartbeat = match welcome(session, &mut incoming).await {
         Ok(heartbeat) => heartbeat,
@@ -293,8 +317,12 @@ async fn welcome(session: &Session, incoming: &mut Incoming) -> Result<Duration,
         Some(Ok(ToWorker::Welcome {
             worker_id,
             heartbeat_interval,
+            resume_key,
         })) => {
-            session.set_worker_id(worker_id);
+            if session.worker_id().is_some_and(|known| known != worker_id) {
+                warn!(%worker_id, "the server gave this worker a new identity; the attempts it held under the old one will run elsewhere");
+            }
+            session.set_identity(worker_id, resume_key);
             let config = &session.config;
             info!(%worker_id, server = %config.server, batch = %config.batch, "connected");
             Ok(heartbeat_interval.max(Duration::from_millis(100)))
@@ -365,6 +393,7 @@ mod tests {
             work_dir: work_dir.to_path_buf(),
             cores: 1,
             memory_bytes: 1 << 30,
+            token: herd_proto::access::Secret::new("herd_test").expect("a token"),
         };
         let executors = Executors {
             bare: Some(Arc::new(crate::executor::bare::BareExecutor::new())),

@@ -31,6 +31,10 @@ use herd_proto::{
 use super::Event;
 use super::change::{Address, Change};
 
+pub use access::{BOOTSTRAP_ADMIN, Caller, UserId, digest, require_admin};
+use access::{Token, User};
+
+mod access;
 mod actions;
 mod rows;
 mod scheduling;
@@ -92,6 +96,8 @@ pub(crate) struct Task {
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub attempts: Vec<Attempt>,
+    /// The user who queued it; `None` for tasks from before herd had users (admins only).
+    pub owner: Option<UserId>,
 }
 
 impl Task {
@@ -106,6 +112,8 @@ impl Task {
 #[derive(Default)]
 pub(crate) struct Batch {
     pub paused: bool,
+    /// The user whose submit created it, or who first queued into it; `None` until then.
+    pub owner: Option<UserId>,
     pub created_at: Timestamp,
     /// Pending tasks by what they need, oldest first. May hold ids that are no longer
     /// pending (canceled, deleted): they are skipped when popped.
@@ -176,6 +184,11 @@ pub(crate) struct Worker {
     pub connection: Option<u64>,
     /// Tasks this worker holds (any active state).
     pub tasks: BTreeSet<TaskId>,
+    /// The token of its current (or last) connection: revoking it closes the session.
+    pub token: Option<u64>,
+    /// SHA-256 (hex) of the key that lets a connection resume this identity; `None` for
+    /// workers from before resume keys, which cannot be resumed.
+    pub resume_hash: Option<String>,
 }
 
 impl Worker {
@@ -207,11 +220,17 @@ pub(crate) struct State {
     clock: Box<dyn Clock>,
     next_task_id: u64,
     next_worker_id: u64,
+    next_user_id: u64,
+    next_token_id: u64,
     /// Boxed: a hash map keeps up to half its slots empty, and an empty slot costs the size of
     /// its value; a pointer there instead of a whole task saves ~150 bytes a task at a million.
     pub tasks: HashMap<TaskId, Box<Task>>,
     pub batches: BTreeMap<BatchName, Batch>,
     pub workers: BTreeMap<WorkerId, Worker>,
+    pub users: BTreeMap<UserId, User>,
+    pub tokens: BTreeMap<u64, Token>,
+    /// Token ids by the SHA-256 (hex) of their secret.
+    pub token_index: HashMap<Arc<str>, u64>,
 }
 
 fn state_index(state: TaskState) -> usize {
@@ -224,9 +243,14 @@ impl State {
             clock,
             next_task_id: 1,
             next_worker_id: 1,
+            next_user_id: 1,
+            next_token_id: 1,
             tasks: HashMap::new(),
             batches: BTreeMap::new(),
             workers: BTreeMap::new(),
+            users: BTreeMap::new(),
+            tokens: BTreeMap::new(),
+            token_index: HashMap::new(),
         }
     }
 

@@ -27,16 +27,21 @@ impl State {
             match name.as_str() {
                 "next_task_id" => self.next_task_id = value,
                 "next_worker_id" => self.next_worker_id = value,
+                "next_user_id" => self.next_user_id = value,
+                "next_token_id" => self.next_token_id = value,
                 _ => {}
             }
         }
+        self.restore_access(snapshot.users, snapshot.tokens)?;
         for row in snapshot.batches {
             let what = format!("batch row `{}`", row.name);
             let name =
                 BatchName::new(row.name).map_err(|error| StoreError::corrupt(what, error))?;
+            let owner = self.restored_owner(row.owner);
             let batch = self.batches.entry(name).or_default();
             batch.paused = row.paused;
             batch.created_at = Timestamp(row.created_at);
+            batch.owner = owner;
         }
         for row in snapshot.workers {
             self.restore_worker(row)?;
@@ -85,6 +90,8 @@ impl State {
                 lost: row.lost,
                 connection: None,
                 tasks: BTreeSet::new(),
+                token: row.token_id.map(|id| id as u64),
+                resume_hash: row.resume_hash,
             },
         );
         Ok(())
@@ -154,6 +161,7 @@ impl State {
             created_at: Timestamp(row.created_at),
             updated_at: Timestamp(row.updated_at),
             attempts,
+            owner: self.restored_owner(row.owner),
         };
         let batch = self.batches.entry(task.spec.batch().clone()).or_default();
         batch.counts[state_index(state)] += 1;
@@ -211,6 +219,7 @@ impl State {
             message: task.message.clone(),
             created_at: task.created_at.0,
             updated_at: task.updated_at.0,
+            owner: task.owner.map(|user| user.0 as i64),
         })
     }
 
@@ -244,6 +253,7 @@ impl State {
             name: name.to_string(),
             paused: batch.paused,
             created_at: batch.created_at.0,
+            owner: batch.owner.map(|user| user.0 as i64),
         })
     }
 
@@ -263,6 +273,8 @@ impl State {
             registered_at: worker.registered_at.0,
             last_seen: worker.last_seen.0,
             lost: worker.lost,
+            token_id: worker.token.map(|id| id as i64),
+            resume_hash: worker.resume_hash.clone(),
         })
     }
 
@@ -270,6 +282,8 @@ impl State {
         vec![
             ("next_task_id".to_owned(), self.next_task_id as i64),
             ("next_worker_id".to_owned(), self.next_worker_id as i64),
+            ("next_user_id".to_owned(), self.next_user_id as i64),
+            ("next_token_id".to_owned(), self.next_token_id as i64),
         ]
     }
 }

@@ -12,12 +12,21 @@ use std::sync::Arc;
 use herd_proto::session::ToWorker;
 use herd_proto::{BatchName, TaskId, TaskSpec, TaskState, WorkerId};
 
-use super::{Attempt, Change, State, Task, Worker, state_index};
+use super::{Attempt, Caller, Change, State, Task, Worker, state_index};
+use crate::Error;
 use crate::queue::Event;
 
 impl State {
-    /// Queues tasks (with their stored JSON, encoded outside the lock) and schedules them.
-    pub fn submit(&mut self, specs: Vec<(TaskSpec, String)>, change: &mut Change) -> Vec<TaskId> {
+    /// Queues tasks (with their stored JSON, encoded outside the lock) as the caller's, and
+    /// schedules them. Refused, with nothing queued, if any of their batches belongs to
+    /// another user; a batch nobody owns yet becomes the caller's.
+    pub fn submit(
+        &mut self,
+        caller: &Caller,
+        specs: Vec<(TaskSpec, String)>,
+        change: &mut Change,
+    ) -> Result<Vec<TaskId>, Error> {
+        self.check_submit(caller, specs.iter().map(|(spec, _)| spec.batch()))?;
         let now = self.clock.now();
         let mut ids = Vec::with_capacity(specs.len());
         let mut batches = BTreeSet::new();
@@ -26,6 +35,10 @@ impl State {
             self.next_task_id += 1;
             self.ensure_batch(spec.batch(), change);
             let batch = self.batches.get_mut(spec.batch()).expect("ensured above");
+            if batch.owner.is_none() {
+                batch.owner = Some(caller.user);
+                change.batch(spec.batch());
+            }
             batch.counts[state_index(TaskState::Pending)] += 1;
             batch
                 .queues
@@ -47,6 +60,7 @@ impl State {
                     created_at: now,
                     updated_at: now,
                     attempts: Vec::new(),
+                    owner: Some(caller.user),
                 }),
             );
             change.task(id);
@@ -58,7 +72,7 @@ impl State {
             change.notify(Event::Batch(name.clone()));
             self.schedule_batch(&name, change);
         }
-        ids
+        Ok(ids)
     }
 
     /// How many more tasks `worker` can take: its free slots (`--concurrency` plus

@@ -13,7 +13,9 @@ use herd_proto::{
     BatchName, Reason, TaskId, TaskReport, TaskRequest, TaskSpec, TaskState, Timestamp, WorkerId,
 };
 
-use super::{Address, Change, Clock, State};
+use super::{Address, Caller, Change, Clock, State, digest};
+use herd_proto::access::{TokenKind, TokenRequest};
+use std::collections::HashMap;
 use crate::queue::change::Effect;
 use crate::store::{Snapshot, StoreError};
 use crate::stored_spec;
@@ -85,19 +87,44 @@ struct TestEnv {
     hangups: Vec<Address>,
     /// Keys of the rows the last step touched.
     last_rows: Change,
+    /// The bootstrap admin.
+    admin: Caller,
+    /// The fake workers' token.
+    worker_token: Caller,
+    /// Each fake worker's resume key, from its welcome.
+    keys: HashMap<WorkerId, String>,
 }
 
 impl TestEnv {
     fn new() -> Self {
         let clock = FakeClock::new();
+        let mut state = State::new(Box::new(clock.clone()));
+        let mut change = Change::default();
+        assert!(state.bootstrap(&digest("herd_admin"), &mut change));
+        let admin = state.authenticate(&digest("herd_admin")).expect("the admin");
+        let request = TokenRequest {
+            user: None,
+            kind: TokenKind::Worker,
+            batch: None,
+            label: String::new(),
+        };
+        state
+            .create_token(&admin, request, &digest("herd_worker"), &mut change)
+            .expect("a worker token");
+        let worker_token = state
+            .authenticate(&digest("herd_worker"))
+            .expect("the worker token");
         TestEnv {
-            state: State::new(Box::new(clock.clone())),
+            state,
             clock,
             next_serial: 1,
             connections: Vec::new(),
             sent: Vec::new(),
             hangups: Vec::new(),
             last_rows: Change::default(),
+            admin,
+            worker_token,
+            keys: HashMap::new(),
         }
     }
 
@@ -125,12 +152,15 @@ impl TestEnv {
                 (spec, json)
             })
             .collect();
-        self.step(|state, change| state.submit(specs, change))
+        let admin = self.admin.clone();
+        self.step(|state, change| state.submit(&admin, specs, change))
+            .expect("queued")
     }
 
     fn hello(&self, worker_id: Option<WorkerId>, setup: &Setup) -> Hello {
         Hello {
             worker_id,
+            resume_key: worker_id.and_then(|id| self.keys.get(&id).cloned()),
             name: "fake".to_owned(),
             batch: BatchName::new(setup.batch).unwrap(),
             concurrency: setup.concurrency,
@@ -155,9 +185,20 @@ impl TestEnv {
     fn connect_with(&mut self, hello: Hello) -> WorkerId {
         let serial = self.next_serial;
         self.next_serial += 1;
-        let worker = self.step(|state, change| state.connect(hello, serial, HEARTBEAT, change));
+        let token = self.worker_token.clone();
+        let key = format!("herd_key{serial}");
+        let worker = self
+            .step(|state, change| state.connect(&token, hello, &key, serial, HEARTBEAT, change))
+            .expect("connected");
         self.connections.retain(|address| address.worker != worker);
         self.connections.push(Address { worker, serial });
+        for (address, message) in &self.sent {
+            if let ToWorker::Welcome { resume_key, .. } = message
+                && address.serial == serial
+            {
+                self.keys.insert(worker, resume_key.clone());
+            }
+        }
         worker
     }
 
@@ -246,6 +287,12 @@ impl TestEnv {
         for id in state.workers.keys() {
             snapshot.workers.push(state.worker_row(*id).unwrap());
         }
+        for id in state.users.keys() {
+            snapshot.users.push(state.user_row(*id).unwrap());
+        }
+        for id in state.tokens.keys() {
+            snapshot.tokens.push(state.token_row(*id).unwrap());
+        }
         snapshot
     }
 
@@ -311,12 +358,13 @@ fn a_connecting_worker_is_welcomed_on_its_connection_and_registered() {
             ToWorker::Welcome {
                 worker_id: worker,
                 heartbeat_interval: HEARTBEAT,
+                resume_key: "herd_key1".to_owned(),
             }
         )]
     );
     assert!(env.last_rows.dirty.workers.contains(&worker));
     assert!(env.last_rows.dirty.counters);
-    assert_eq!(env.state.worker_views()[0].status, "connected");
+    assert_eq!(env.state.worker_views(&env.admin)[0].status, "connected");
 }
 
 #[test]
@@ -454,7 +502,7 @@ fn a_silent_worker_is_lost_and_its_task_is_queued_first_with_the_next_attempt() 
     assert_eq!(task.attempts[0].reason, Some(Reason::WorkerLost));
     assert!(task.attempts[0].ended_at.is_some());
     assert!(env.last_rows.dirty.attempts.contains(&(ids[0], 1)));
-    assert_eq!(env.state.worker_views()[0].status, "lost");
+    assert_eq!(env.state.worker_views(&env.admin)[0].status, "lost");
     // The next worker takes it first, before the task that was waiting.
     let next = env.connect(Setup::default());
     env.take(next);
@@ -685,8 +733,8 @@ fn restore_rebuilds_queues_counts_and_workers_from_rows() {
         .unwrap();
     let (restored, repairs) = TestEnv::restored(env.snapshot()).unwrap();
     assert!(repairs.is_empty(), "consistent rows need no repair");
-    assert_eq!(restored.state.list_batches(), env.state.list_batches());
-    assert_eq!(restored.state.worker_views()[0].tasks, vec![ids[0]]);
+    assert_eq!(restored.state.list_batches(&restored.admin), env.state.list_batches(&env.admin));
+    assert_eq!(restored.state.worker_views(&restored.admin)[0].tasks, vec![ids[0]]);
     assert_eq!(restored.task_state(ids[0]), TaskState::Running);
     // The counters continue; the pending task is queued.
     let mut restored = restored;
@@ -724,7 +772,7 @@ fn restore_queues_again_an_active_task_whose_attempt_row_is_missing() {
         repairs.dirty.tasks.contains(&ids[0]),
         "the repair is persisted"
     );
-    let view = restored.state.list_batches();
+    let view = restored.state.list_batches(&restored.admin);
     assert_eq!((view[0].pending, view[0].active), (2, 0));
     // It is first in line.
     let batch = &restored.state.batches[&BatchName::new("b").unwrap()];

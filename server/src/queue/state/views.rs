@@ -1,19 +1,24 @@
 //! Read-only views of the state, for listings and watchers (all reads are served from memory).
+//! Each shows the caller only what they may see: their own tasks and batches, or everything
+//! for an admin.
 
 use herd_proto::view::{AttemptView, BatchView, TaskView, WorkerView};
-use herd_proto::{BatchName, TaskId, TaskState};
+use herd_proto::{BatchName, TaskId, TaskState, WorkerId};
 
-use super::{State, Task, state_index};
+use super::{Caller, State, Task, state_index};
 use crate::Error;
 
 impl State {
-    pub fn task_view(&self, id: TaskId) -> Result<TaskView, Error> {
-        let task = self.tasks.get(&id).ok_or(Error::TaskNotFound(id))?;
-        Ok(view_of(id, task))
+    /// Task `id`, if the caller may see it.
+    pub fn task_view(&self, caller: &Caller, id: TaskId) -> Result<TaskView, Error> {
+        self.check_task(caller, id)?;
+        Ok(self.view_of(id, &self.tasks[&id]))
     }
 
+    /// The caller's tasks (an admin's: every task), oldest first, filtered; `limit` 0: all.
     pub fn list_tasks(
         &self,
+        caller: &Caller,
         batch: Option<&BatchName>,
         state: Option<TaskState>,
         limit: usize,
@@ -21,6 +26,7 @@ impl State {
         let mut ids: Vec<TaskId> = self
             .tasks
             .iter()
+            .filter(|(_, task)| caller.may_access(task.owner))
             .filter(|(_, task)| batch.is_none_or(|name| task.spec.batch() == name))
             .filter(|(_, task)| state.is_none_or(|wanted| task.state == wanted))
             .map(|(id, _)| *id)
@@ -30,8 +36,14 @@ impl State {
             ids.truncate(limit);
         }
         ids.into_iter()
-            .map(|id| view_of(id, &self.tasks[&id]))
+            .map(|id| self.view_of(id, &self.tasks[&id]))
             .collect()
+    }
+
+    /// Batch `name`, if the caller may see it.
+    pub fn batch_view_for(&self, caller: &Caller, name: &BatchName) -> Result<BatchView, Error> {
+        self.check_batch(caller, name)?;
+        Ok(self.batch_view(name).expect("checked above"))
     }
 
     pub fn batch_view(&self, name: &BatchName) -> Option<BatchView> {
@@ -48,17 +60,27 @@ impl State {
             succeeded: count(TaskState::Succeeded),
             failed: count(TaskState::Failed),
             canceled: count(TaskState::Canceled),
+            owner: self.owner_name(batch.owner),
         })
     }
 
-    pub fn list_batches(&self) -> Vec<BatchView> {
+    /// The caller's batches (an admin's: every batch).
+    pub fn list_batches(&self, caller: &Caller) -> Vec<BatchView> {
         self.batches
-            .keys()
-            .filter_map(|name| self.batch_view(name))
+            .iter()
+            .filter(|(_, batch)| caller.may_access(batch.owner))
+            .filter_map(|(name, _)| self.batch_view(name))
             .collect()
     }
 
-    pub fn worker_views(&self) -> Vec<WorkerView> {
+    /// Every worker (workers serve everyone); a user who is not an admin sees, of the tasks
+    /// each one holds, only their own.
+    pub fn worker_views(&self, caller: &Caller) -> Vec<WorkerView> {
+        let visible = |id: &TaskId| {
+            self.tasks
+                .get(id)
+                .is_some_and(|task| caller.may_access(task.owner))
+        };
         self.workers
             .iter()
             .map(|(id, worker)| WorkerView {
@@ -71,7 +93,7 @@ impl State {
                 docker: worker.docker,
                 cores: worker.cores,
                 memory_bytes: worker.memory_bytes,
-                tasks: worker.tasks.iter().copied().collect(),
+                tasks: worker.tasks.iter().copied().filter(visible).collect(),
                 registered_at: worker.registered_at,
                 last_seen: worker.last_seen,
                 version: worker.version.clone(),
@@ -79,11 +101,18 @@ impl State {
             .collect()
     }
 
-    /// Whether logs of this attempt are expected.
-    pub fn log_allowed(&self, task_id: TaskId, attempt: u32) -> bool {
-        self.tasks
-            .get(&task_id)
-            .is_some_and(|task| task.attempts.iter().any(|known| known.number == attempt))
+    /// Whether worker `worker_id` may write the log of this attempt: it is the task's current
+    /// attempt, on that worker, and still under way. Any other chunk is dropped.
+    pub fn log_allowed(&self, worker_id: WorkerId, task_id: TaskId, attempt: u32) -> bool {
+        self.tasks.get(&task_id).is_some_and(|task| {
+            task.attempt == attempt && task.worker == Some(worker_id) && task.state.is_active()
+        })
+    }
+
+    fn view_of(&self, id: TaskId, task: &Task) -> TaskView {
+        let mut view = view_of(id, task);
+        view.owner = self.owner_name(task.owner);
+        view
     }
 }
 
@@ -120,5 +149,6 @@ fn view_of(id: TaskId, task: &Task) -> TaskView {
             })
             .collect(),
         spec: (*task.spec).clone(),
+        owner: None,
     }
 }

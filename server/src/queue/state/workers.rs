@@ -6,36 +6,65 @@
 //! killed or deleted task) is refused with a Cancel, so the worker drops it, and changes
 //! nothing. A worker that reconnects says which attempts it holds: those the server gave it
 //! and it no longer has are queued again; the reports it carries are applied as if just sent.
+//!
+//! Identity is the server's: a new session gets a fresh worker id and a resume key (a secret
+//! only its SHA-256 of which is kept). A session resumes an identity only by presenting that
+//! key; one that names another worker's id without it is given a new identity, so it can
+//! neither take over that worker's connection nor report on its attempts.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use herd_proto::session::{Hello, ToWorker};
+use herd_proto::access::TokenKind;
 use herd_proto::{BatchName, Reason, TaskId, TaskReport, TaskState, WorkerId};
 
-use super::{Address, Change, State, Worker};
+use super::access::digest;
+use super::{Address, Caller, Change, State, Worker};
 use crate::Error;
 
 impl State {
-    /// A worker (re)connects on connection `serial` (unique within the server's life); its
-    /// welcome goes there. Returns its id.
+    /// A worker (re)connects on connection `serial` (unique within the server's life) with a
+    /// worker token; its welcome goes there. `new_key` is the resume key to give it if it gets
+    /// a new identity. Returns its id.
+    #[allow(clippy::too_many_arguments)]
     pub fn connect(
         &mut self,
+        caller: &Caller,
         hello: Hello,
+        new_key: &str,
         serial: u64,
         heartbeat_interval: Duration,
         change: &mut Change,
-    ) -> WorkerId {
+    ) -> Result<WorkerId, Error> {
+        if caller.kind != TokenKind::Worker {
+            return Err(Error::Forbidden(
+                "a user token cannot open a worker session; give the worker a worker token (`herd token create --worker`)".to_owned(),
+            ));
+        }
+        if let Some(only) = &caller.batch
+            && only != &hello.batch
+        {
+            return Err(Error::Forbidden(format!(
+                "this worker token serves batch `{only}` only, not `{}`; start the worker with --batch {only}, or use another token",
+                hello.batch
+            )));
+        }
         let now = self.clock.now();
         let heard = self.clock.instant();
-        let known = hello.worker_id.filter(|id| self.workers.contains_key(id));
-        let worker_id = match known {
-            Some(id) => id,
-            None => {
+        let presented = hello.resume_key.as_deref().map(digest);
+        let known = hello.worker_id.filter(|id| {
+            self.workers.get(id).is_some_and(|worker| {
+                worker.resume_hash.is_some() && worker.resume_hash == presented
+            })
+        });
+        let (worker_id, resume_key) = match (known, hello.resume_key.clone()) {
+            (Some(id), Some(key)) => (id, key),
+            _ => {
                 let id = WorkerId(self.next_worker_id);
                 self.next_worker_id += 1;
                 change.counters();
-                id
+                (id, new_key.to_owned())
             }
         };
         let worker = self.workers.entry(worker_id).or_insert_with(|| Worker {
@@ -55,6 +84,8 @@ impl State {
             lost: false,
             connection: None,
             tasks: BTreeSet::new(),
+            token: None,
+            resume_hash: Some(digest(&resume_key)),
         });
         if let Some(previous) = worker.address(worker_id) {
             change.hangup(previous);
@@ -73,6 +104,7 @@ impl State {
         worker.last_heard = heard;
         worker.lost = false;
         worker.connection = Some(serial);
+        worker.token = Some(caller.token);
         change.worker(worker_id);
         change.send(
             Address {
@@ -82,6 +114,7 @@ impl State {
             ToWorker::Welcome {
                 worker_id,
                 heartbeat_interval,
+                resume_key,
             },
         );
         self.ensure_batch(&hello.batch, change);
@@ -103,7 +136,7 @@ impl State {
             self.report(worker_id, report, change);
         }
         self.schedule_worker(worker_id, change);
-        worker_id
+        Ok(worker_id)
     }
 
     /// Whether `serial` is the worker's current connection; refreshes its liveness.

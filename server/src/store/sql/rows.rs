@@ -10,7 +10,7 @@ use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, AssertSqlSafe, Row};
 
 use super::{Engine, MAX_ROWS_PER_STATEMENT, SPLIT_NEW_ROWS_FROM};
-use crate::store::{AttemptRow, BatchRow, StoreError, TaskRow, WorkerRow};
+use crate::store::{AttemptRow, BatchRow, StoreError, TaskRow, TokenRow, UserRow, WorkerRow};
 
 /// A query on the Any driver with its arguments.
 pub(super) type AnyQuery = Query<'static, Any, AnyArguments>;
@@ -38,6 +38,7 @@ pub(super) const TASKS: Table = Table {
         "message",
         "created_at",
         "updated_at",
+        "owner",
     ],
     key: &["id"],
 };
@@ -65,7 +66,7 @@ pub(super) const ATTEMPTS: Table = Table {
 
 pub(super) const BATCHES: Table = Table {
     name: "batches",
-    columns: &["name", "paused", "created_at"],
+    columns: &["name", "paused", "created_at", "owner"],
     key: &["name"],
 };
 
@@ -85,6 +86,29 @@ pub(super) const WORKERS: Table = Table {
         "registered_at",
         "last_seen",
         "lost",
+        "token_id",
+        "resume_hash",
+    ],
+    key: &["id"],
+};
+
+pub(super) const USERS: Table = Table {
+    name: "users",
+    columns: &["id", "name", "admin", "created_at"],
+    key: &["id"],
+};
+
+pub(super) const TOKENS: Table = Table {
+    name: "tokens",
+    columns: &[
+        "id",
+        "user_id",
+        "kind",
+        "batch",
+        "label",
+        "hash",
+        "created_at",
+        "revoked_at",
     ],
     key: &["id"],
 };
@@ -108,6 +132,7 @@ pub(super) fn bind_task(query: AnyQuery, task: &TaskRow) -> AnyQuery {
         .bind(task.message.as_deref())
         .bind(task.created_at)
         .bind(task.updated_at)
+        .bind(task.owner)
 }
 
 pub(super) fn bind_attempt(query: AnyQuery, attempt: &AttemptRow) -> AnyQuery {
@@ -133,6 +158,7 @@ pub(super) fn bind_batch(query: AnyQuery, batch: &BatchRow) -> AnyQuery {
         .bind(batch.name.as_str())
         .bind(i64::from(batch.paused))
         .bind(batch.created_at)
+        .bind(batch.owner)
 }
 
 pub(super) fn bind_worker(query: AnyQuery, worker: &WorkerRow) -> AnyQuery {
@@ -150,6 +176,28 @@ pub(super) fn bind_worker(query: AnyQuery, worker: &WorkerRow) -> AnyQuery {
         .bind(worker.registered_at)
         .bind(worker.last_seen)
         .bind(i64::from(worker.lost))
+        .bind(worker.token_id)
+        .bind(worker.resume_hash.as_deref())
+}
+
+pub(super) fn bind_user(query: AnyQuery, user: &UserRow) -> AnyQuery {
+    query
+        .bind(user.id)
+        .bind(user.name.as_str())
+        .bind(i64::from(user.admin))
+        .bind(user.created_at)
+}
+
+pub(super) fn bind_token(query: AnyQuery, token: &TokenRow) -> AnyQuery {
+    query
+        .bind(token.id)
+        .bind(token.user_id)
+        .bind(token.kind.as_str())
+        .bind(token.batch.as_deref())
+        .bind(token.label.as_str())
+        .bind(token.hash.as_str())
+        .bind(token.created_at)
+        .bind(token.revoked_at)
 }
 
 pub(super) fn bind_counter(query: AnyQuery, counter: &(String, i64)) -> AnyQuery {
@@ -381,6 +429,7 @@ pub(super) fn decode_task(row: &AnyRow) -> Result<TaskRow, StoreError> {
         message: column(row, "message")?,
         created_at: column(row, "created_at")?,
         updated_at: column(row, "updated_at")?,
+        owner: column(row, "owner")?,
     })
 }
 
@@ -408,6 +457,7 @@ pub(super) fn decode_batch(row: &AnyRow) -> Result<BatchRow, StoreError> {
     Ok(BatchRow {
         paused: flag(row, "paused", "batches", &name)?,
         created_at: column(row, "created_at")?,
+        owner: column(row, "owner")?,
         name,
     })
 }
@@ -428,5 +478,30 @@ pub(super) fn decode_worker(row: &AnyRow) -> Result<WorkerRow, StoreError> {
         registered_at: column(row, "registered_at")?,
         last_seen: column(row, "last_seen")?,
         lost: flag(row, "lost", "workers", &id)?,
+        token_id: column(row, "token_id")?,
+        resume_hash: column(row, "resume_hash")?,
+    })
+}
+
+pub(super) fn decode_user(row: &AnyRow) -> Result<UserRow, StoreError> {
+    let id: i64 = column(row, "id")?;
+    Ok(UserRow {
+        id,
+        name: column(row, "name")?,
+        admin: flag(row, "admin", "users", &id)?,
+        created_at: column(row, "created_at")?,
+    })
+}
+
+pub(super) fn decode_token(row: &AnyRow) -> Result<TokenRow, StoreError> {
+    Ok(TokenRow {
+        id: column(row, "id")?,
+        user_id: column(row, "user_id")?,
+        kind: column(row, "kind")?,
+        batch: column(row, "batch")?,
+        label: column(row, "label")?,
+        hash: column(row, "hash")?,
+        created_at: column(row, "created_at")?,
+        revoked_at: column(row, "revoked_at")?,
     })
 }
