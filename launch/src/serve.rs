@@ -40,6 +40,11 @@ pub async fn server(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Re
     let address = listener
         .local_addr()
         .context("cannot read the address the server listens on")?;
+    let queue = herd_server::open(&config)
+        .await
+        .context("the herd server cannot start")?;
+    // Written once the queue is loaded (and the admin token made): a script that waits for
+    // it can use the server at once.
     if let Some(path) = &args.port_file {
         write_port_file(path, address)?;
     }
@@ -48,7 +53,7 @@ pub async fn server(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Re
         "listening on {address}; clients use --server http://{}",
         client_address(address)
     );
-    herd_server::run(config, listener, shutdown)
+    herd_server::serve(queue, listener, shutdown)
         .await
         .context("the herd server stopped")?;
     Ok(Outcome::Success)
@@ -64,9 +69,6 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Out
     let address = listener
         .local_addr()
         .context("cannot read the address the server listens on")?;
-    if let Some(path) = &args.port_file {
-        write_port_file(path, address)?;
-    }
     let server_url = format!("http://{}", client_address(address));
     let worker_token_file = data_dir.join(LOCAL_WORKER_TOKEN_FILE);
     let server_config = herd_server::Config {
@@ -80,6 +82,9 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Out
         .context("the herd server cannot start")?;
     let worker_token = credentials::read_token_file(&worker_token_file)?;
     log_in_locally(&data_dir, &server_url)?;
+    if let Some(path) = &args.port_file {
+        write_port_file(path, address)?;
+    }
     let worker_config = herd_worker::Config {
         server: server_url.clone(),
         name: local::host_name(),

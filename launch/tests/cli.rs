@@ -154,11 +154,26 @@ impl Cluster {
         self.directory.path().join(name)
     }
 
-    /// `herd --server URL ARGS`.
+    /// `herd --server URL ARGS`, as the admin the server created.
     fn command(&self, args: &[&str]) -> Command {
         let mut command = herd_command();
-        command.arg("--server").arg(&self.server_url).args(args);
         command
+            .env("HERD_TOKEN_FILE", self.path("data").join("admin-token"))
+            .arg("--server")
+            .arg(&self.server_url)
+            .args(args);
+        command
+    }
+
+    /// A file holding a worker token of this server (made once).
+    fn worker_token_file(&self) -> PathBuf {
+        let path = self.path("worker-token");
+        if !path.exists() {
+            let created = self.herd(&["token", "create", "--worker", "--label", "test"]);
+            assert_eq!(created.code, 0, "{created:?}");
+            write_file(&path, &created.stdout);
+        }
+        path
     }
 
     fn herd(&self, args: &[&str]) -> Finished {
@@ -187,6 +202,8 @@ impl Cluster {
             ])
             .arg("--work-dir")
             .arg(self.path(&format!("work-{batch}")))
+            .arg("--token-file")
+            .arg(self.worker_token_file())
             .envs(environment.iter().map(|(name, value)| (name, value))),
             self.path(&format!("worker-{batch}.log")),
         );

@@ -266,10 +266,7 @@ impl Cluster {
     /// The token of the admin the server created on its first start.
     pub async fn admin_token(&self) -> anyhow::Result<Secret> {
         self.channel().await?;
-        let path = self.data_dir.path().join(herd_server::ADMIN_TOKEN_FILE);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        Ok(Secret::new(&text)?)
+        read_admin_token(self.data_dir.path())
     }
 
     /// A client of the `Queue` service as the admin, once the server answers.
@@ -304,20 +301,8 @@ impl Cluster {
         kind: TokenKind,
         batch: Option<&str>,
     ) -> anyhow::Result<Secret> {
-        let request = TokenRequest {
-            user: user.map(herd_proto::access::UserName::new).transpose()?,
-            kind,
-            batch: batch.map(BatchName::new).transpose()?,
-            label: "test".to_owned(),
-        };
         let admin = self.admin_token().await?;
-        let token = self
-            .access_with(&admin)
-            .await?
-            .create_token(pb::CreateTokenRequest::from(&request))
-            .await?
-            .into_inner();
-        Ok(Secret::new(&token.secret)?)
+        make_token(&self.url, &admin, kind, user, batch).await
     }
 
     /// Adds a user (not an admin); their first token.
@@ -412,6 +397,38 @@ impl Drop for Cluster {
             shutdown.cancel();
         }
     }
+}
+
+/// A new token made on the server at `url` with the admin token `admin`.
+pub async fn make_token(
+    url: &str,
+    admin: &Secret,
+    kind: TokenKind,
+    user: Option<&str>,
+    batch: Option<&str>,
+) -> anyhow::Result<Secret> {
+    let request = TokenRequest {
+        user: user.map(herd_proto::access::UserName::new).transpose()?,
+        kind,
+        batch: batch.map(BatchName::new).transpose()?,
+        label: "test".to_owned(),
+    };
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .connect()
+        .await?;
+    let token = AccessClient::with_interceptor(channel, Bearer::new(admin)?)
+        .create_token(pb::CreateTokenRequest::from(&request))
+        .await?
+        .into_inner();
+    Ok(Secret::new(&token.secret)?)
+}
+
+/// The admin token a server wrote in its data directory on its first start.
+pub fn read_admin_token(data_dir: &std::path::Path) -> anyhow::Result<Secret> {
+    let path = data_dir.join(herd_server::ADMIN_TOKEN_FILE);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Secret::new(&text)?)
 }
 
 /// Starts an in-process worker of the server at `server_url` (any server: in-process, or a

@@ -6,8 +6,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// The settings a `herd` child process never inherits.
-pub const CLEARED_VARIABLES: [&str; 7] = [
+pub const CLEARED_VARIABLES: [&str; 10] = [
     "HERD_SERVER",
+    "HERD_TOKEN",
+    "HERD_TOKEN_FILE",
+    "HERD_CONFIG_DIR",
     "HERD_LISTEN",
     "HERD_DB",
     "HERD_DATA_DIR",
@@ -23,6 +26,12 @@ pub fn herd_command(herd: &Path) -> Command {
     for variable in CLEARED_VARIABLES {
         command.env_remove(variable);
     }
+    // Credentials a command saves (`herd login`, `herd up`) go to a folder of this test run,
+    // never to the developer's own.
+    command.env(
+        "HERD_CONFIG_DIR",
+        std::env::temp_dir().join(format!("herd-test-config-{}", std::process::id())),
+    );
     command.stdin(Stdio::null());
     command
 }

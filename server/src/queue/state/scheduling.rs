@@ -33,11 +33,14 @@ impl State {
         for (spec, spec_json) in specs {
             let id = TaskId(self.next_task_id);
             self.next_task_id += 1;
+            let existed = self.batches.contains_key(spec.batch());
             self.ensure_batch(spec.batch(), change);
             let batch = self.batches.get_mut(spec.batch()).expect("ensured above");
             if batch.owner.is_none() {
                 batch.owner = Some(caller.user);
-                change.batch(spec.batch());
+                if existed {
+                    change.batch(spec.batch());
+                }
             }
             batch.counts[state_index(TaskState::Pending)] += 1;
             batch

@@ -102,6 +102,7 @@ pub async fn dispatch(
                 bare: Some(Arc::new(InstantExecutor)),
                 docker: None,
             }),
+            token: Some(server.worker_token().await?),
             ..defaults
         },
         shutdown.clone(),

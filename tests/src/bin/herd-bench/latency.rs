@@ -52,6 +52,7 @@ pub async fn measure(
         })
         .await?;
     let mut client = cluster.client().await?;
+    let admin = cluster.admin_token().await?;
     let spec = || pb::TaskSpec {
         batch: "default".to_owned(),
         command: vec!["true".to_owned()],
@@ -90,6 +91,7 @@ pub async fn measure(
         for _ in 0..cli_count {
             let mut command = herd_command(herd);
             command
+                .env("HERD_TOKEN", admin.expose())
                 .arg("launch")
                 .arg("--server")
                 .arg(&cluster.url)

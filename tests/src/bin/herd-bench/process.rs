@@ -12,7 +12,8 @@ use herd_proto::pb::queue_client::QueueClient;
 use herd_tests::Engine;
 use herd_tests::postgres::TestDatabase;
 use tokio::process::{Child, Command};
-use tonic::transport::Channel;
+use herd_proto::access::{Bearer, Secret, TokenKind};
+use herd_tests::Client;
 
 /// A dependency of a measurement is not there (PostgreSQL, Docker, HyperQueue): the
 /// measurement is skipped, or fails under `--strict`.
@@ -196,9 +197,31 @@ impl HerdServer {
         Ok(server)
     }
 
-    /// A client of the `Queue` service.
-    pub async fn client(&self) -> anyhow::Result<QueueClient<Channel>> {
-        queue_client(&self.url).await
+    /// A client of the `Queue` service, as the admin.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        queue_client(&self.url, &self.admin_token()?).await
+    }
+
+    /// The file holding the admin token the server made on its first start.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.data_dir.path().join(herd_server::ADMIN_TOKEN_FILE)
+    }
+
+    /// The admin token.
+    pub fn admin_token(&self) -> anyhow::Result<Secret> {
+        herd_tests::read_admin_token(self.data_dir.path())
+    }
+
+    /// A new worker token.
+    pub async fn worker_token(&self) -> anyhow::Result<Secret> {
+        herd_tests::make_token(
+            &self.url,
+            &self.admin_token()?,
+            TokenKind::Worker,
+            None,
+            None,
+        )
+        .await
     }
 
     /// CPU and memory of the server process.
@@ -255,8 +278,10 @@ impl HerdWorker {
         let log_path = work_dir.path().join("worker.log");
         let log = std::fs::File::create(&log_path)?;
         let name = format!("bench-{executor}-{}", std::process::id());
+        let token_file = work_dir.path().join("token");
+        std::fs::write(&token_file, server.worker_token().await?.expose())?;
         let mut command = herd_command(herd);
-        command.arg("worker");
+        command.arg("worker").arg("--token-file").arg(&token_file);
         if let Some(prefetch) = prefetch {
             command.arg("--prefetch").arg(prefetch.to_string());
         }
@@ -309,7 +334,7 @@ impl HerdWorker {
 }
 
 /// A `Queue` client on `url`, once it answers (messages as large as the server takes).
-pub async fn queue_client(url: &str) -> anyhow::Result<QueueClient<Channel>> {
+pub async fn queue_client(url: &str, token: &Secret) -> anyhow::Result<Client> {
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5));
@@ -323,7 +348,7 @@ pub async fn queue_client(url: &str) -> anyhow::Result<QueueClient<Channel>> {
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     };
-    Ok(QueueClient::new(channel)
+    Ok(QueueClient::with_interceptor(channel, Bearer::new(token)?)
         .max_decoding_message_size(herd_server::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(herd_server::MAX_MESSAGE_BYTES))
 }
@@ -331,7 +356,7 @@ pub async fn queue_client(url: &str) -> anyhow::Result<QueueClient<Channel>> {
 /// Polls the batch every 10 ms until `total` of its tasks have ended; returns when that was
 /// seen. Fails if one failed or was canceled, or after `timeout`.
 pub async fn wait_batch_done(
-    client: &mut QueueClient<Channel>,
+    client: &mut Client,
     batch: &str,
     total: u64,
     timeout: Duration,

@@ -17,6 +17,7 @@ use anyhow::{Context, bail};
 use futures::StreamExt;
 use herd_proto::pb::{self, server_message, worker_message};
 use herd_tests::Engine;
+use herd_proto::access::{Bearer, Secret};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -93,6 +94,8 @@ pub struct Workers {
 pub async fn workers(herd: &Path, count: usize, seconds: u64) -> anyhow::Result<Workers> {
     check_open_files(count)?;
     let mut server = HerdServer::start(herd, Engine::Sqlite).await?;
+    // One worker token for the whole simulated fleet, as a real fleet would share one.
+    let token = server.worker_token().await?;
     let stop = CancellationToken::new();
     let heartbeats = Arc::new(AtomicU64::new(0));
     let broken = Arc::new(AtomicUsize::new(0));
@@ -103,6 +106,7 @@ pub async fn workers(herd: &Path, count: usize, seconds: u64) -> anyhow::Result<
     let connected: Vec<anyhow::Result<()>> = futures::stream::iter(0..count)
         .map(|index| {
             let url = server.url.clone();
+            let token = token.clone();
             let stop = stop.clone();
             let heartbeats = heartbeats.clone();
             let broken = broken.clone();
@@ -110,9 +114,17 @@ pub async fn workers(herd: &Path, count: usize, seconds: u64) -> anyhow::Result<
             async move {
                 let (ready, welcomed) = tokio::sync::oneshot::channel();
                 tokio::spawn(async move {
-                    let outcome =
-                        simulated_worker(url, index, count, ready, stop, heartbeats, interval_ms)
-                            .await;
+                    let outcome = simulated_worker(
+                        url,
+                        token,
+                        index,
+                        count,
+                        ready,
+                        stop,
+                        heartbeats,
+                        interval_ms,
+                    )
+                    .await;
                     if outcome.is_err() {
                         broken.fetch_add(1, Ordering::Relaxed);
                     }
@@ -177,8 +189,10 @@ pub async fn workers(herd: &Path, count: usize, seconds: u64) -> anyhow::Result<
 
 /// One worker: its own connection (the real worker's endpoint settings), hello, welcome, then
 /// a heartbeat every interval until `stop`.
+#[allow(clippy::too_many_arguments)]
 async fn simulated_worker(
     url: String,
+    token: Secret,
     index: usize,
     count: usize,
     ready: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
@@ -195,7 +209,8 @@ async fn simulated_worker(
             .connect()
             .await
             .context("cannot connect")?;
-        let mut client = pb::workers_client::WorkersClient::new(channel);
+        let mut client =
+            pb::workers_client::WorkersClient::with_interceptor(channel, Bearer::new(&token)?);
         let (sender, receiver) = mpsc::channel::<pb::WorkerMessage>(16);
         let hello = pb::Hello {
             worker_id: None,

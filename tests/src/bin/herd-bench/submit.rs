@@ -53,6 +53,7 @@ pub async fn cli(herd: &Path, engine: Engine, count: usize) -> anyhow::Result<Du
     std::fs::write(&file, text)?;
     let mut command = herd_command(herd);
     command
+        .env("HERD_TOKEN_FILE", server.admin_token_file())
         .arg("launch")
         .arg("--server")
         .arg(&server.url)
