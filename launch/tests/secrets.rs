@@ -8,10 +8,15 @@ use herd_tests::Cluster;
 
 const HERD: &str = env!("CARGO_BIN_EXE_herd");
 
-/// Runs `herd --server URL ARGS` off the runtime; its stdout, after checking it succeeded.
-async fn herd(server: &str, args: &[&str]) -> anyhow::Result<String> {
+/// Runs `herd --server URL ARGS` as the cluster's admin, off the runtime; its stdout, after
+/// checking it succeeded.
+async fn herd(cluster: &Cluster, args: &[&str]) -> anyhow::Result<String> {
     let mut command = herd_tests::process::herd_command(Path::new(HERD));
-    command.arg("--server").arg(server).args(args);
+    command
+        .env("HERD_TOKEN", cluster.admin_token().await?.expose())
+        .arg("--server")
+        .arg(&cluster.url)
+        .args(args);
     let output = tokio::task::spawn_blocking(move || command.output()).await??;
     anyhow::ensure!(output.status.success(), "herd {args:?} failed: {output:?}");
     Ok(String::from_utf8(output.stdout)?)
@@ -32,10 +37,10 @@ async fn task_show_and_list_never_print_secrets() -> anyhow::Result<()> {
         .await?;
     let id = ids[0].to_string();
     let outputs = [
-        herd(&cluster.url, &["task", "show", &id]).await?,
-        herd(&cluster.url, &["task", "show", &id, "--json"]).await?,
-        herd(&cluster.url, &["task", "list"]).await?,
-        herd(&cluster.url, &["task", "list", "--json"]).await?,
+        herd(&cluster, &["task", "show", &id]).await?,
+        herd(&cluster, &["task", "show", &id, "--json"]).await?,
+        herd(&cluster, &["task", "list"]).await?,
+        herd(&cluster, &["task", "list", "--json"]).await?,
     ];
     for output in &outputs {
         for secret in ["secret-value", "hunter2", "signed-value"] {

@@ -26,6 +26,7 @@ use anyhow::{Context, bail};
 use herd_proto::access::{Bearer, Secret, TokenKind, TokenRequest};
 use herd_proto::pb::access_client::AccessClient;
 use herd_proto::pb::queue_client::QueueClient;
+use herd_proto::pb::workers_client::WorkersClient;
 use herd_proto::view::TaskView;
 use herd_proto::{BatchName, TaskId, TaskRequest, TaskSpec, pb};
 use herd_server::queue::QueueConfig;
@@ -263,10 +264,21 @@ impl Cluster {
         .await
     }
 
-    /// The token of the admin the server created on its first start.
+    /// The token of the admin the server created on its first start, once the server
+    /// accepts it (the listener is bound before the queue is loaded).
     pub async fn admin_token(&self) -> anyhow::Result<Secret> {
-        self.channel().await?;
-        read_admin_token(self.data_dir.path())
+        let channel = self.channel().await?;
+        wait_for("the server to accept its admin token", WAIT, || {
+            let channel = channel.clone();
+            async move {
+                let token = read_admin_token(self.data_dir.path()).ok()?;
+                let mut access =
+                    AccessClient::with_interceptor(channel, Bearer::new(&token).ok()?);
+                access.who_am_i(pb::Empty {}).await.ok()?;
+                Some(token)
+            }
+        })
+        .await
     }
 
     /// A client of the `Queue` service as the admin, once the server answers.
@@ -318,6 +330,18 @@ impl Cluster {
             .await?
             .into_inner();
         Ok(Secret::new(&token.secret)?)
+    }
+
+    /// A client of the `Workers` service with the cluster's worker token, for tests that play
+    /// a worker by hand.
+    pub async fn workers_client(
+        &self,
+    ) -> anyhow::Result<WorkersClient<InterceptedService<Channel, Bearer>>> {
+        let token = self.worker_token().await?;
+        Ok(WorkersClient::with_interceptor(
+            self.channel().await?,
+            Bearer::new(&token)?,
+        ))
     }
 
     /// The worker token of this cluster's workers.

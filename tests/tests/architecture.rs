@@ -145,7 +145,9 @@ fn the_protocol_crate_pulls_no_runtime_unless_asked() {
 /// messages).
 const PROTOCOL_EDGE: &[&str] = &[
     "proto/src/convert.rs",
+    "proto/src/convert/access.rs",
     "server/src/service.rs",
+    "server/src/service/access.rs",
     "worker/src/session/link.rs",
     "launch/src/client.rs",
 ];

@@ -414,21 +414,21 @@ struct FakeWorker {
     sender: mpsc::Sender<pb::WorkerMessage>,
     inbound: tonic::Streaming<pb::ServerMessage>,
     worker_id: u64,
+    resume_key: String,
 }
 
 impl FakeWorker {
+    /// Opens a session: a new identity, or `resume`'s (the id and key of an earlier one).
     async fn connect(
         cluster: &Cluster,
-        worker_id: Option<u64>,
+        resume: Option<&FakeWorker>,
         tasks: Vec<pb::TaskUpdate>,
     ) -> anyhow::Result<FakeWorker> {
-        let channel = tonic::transport::Endpoint::from_shared(cluster.url.clone())?
-            .connect()
-            .await?;
-        let mut client = pb::workers_client::WorkersClient::new(channel);
+        let mut client = cluster.workers_client().await?;
         let (sender, receiver) = mpsc::channel(16);
         let hello = pb::Hello {
-            worker_id,
+            worker_id: resume.map(|earlier| earlier.worker_id),
+            resume_key: resume.map(|earlier| earlier.resume_key.clone()),
             name: "fake".to_owned(),
             batch: "default".to_owned(),
             concurrency: 1,
@@ -453,6 +453,7 @@ impl FakeWorker {
             sender,
             inbound,
             worker_id: welcome.worker_id,
+            resume_key: welcome.resume_key,
         })
     }
 
@@ -536,7 +537,7 @@ async fn a_lost_worker_s_task_gets_a_new_attempt_and_its_late_result_is_rejected
 
     // The old worker comes back with a success for attempt 1: refused, and told to drop it.
     let late = update(ids[0], 1, pb::TaskState::Succeeded, Some(0));
-    let mut again = FakeWorker::connect(&cluster, Some(fake.worker_id), vec![late]).await?;
+    let mut again = FakeWorker::connect(&cluster, Some(&fake), vec![late]).await?;
     let mut saw_cancel = false;
     for _ in 0..2 {
         match again.next().await? {

@@ -259,10 +259,7 @@ async fn open_session(
     mpsc::Sender<pb::WorkerMessage>,
     Result<tonic::Streaming<pb::ServerMessage>, tonic::Status>,
 )> {
-    let channel = tonic::transport::Endpoint::from_shared(cluster.url.clone())?
-        .connect()
-        .await?;
-    let mut client = pb::workers_client::WorkersClient::new(channel);
+    let mut client = cluster.workers_client().await?;
     let (sender, receiver) = mpsc::channel(16);
     sender
         .send(pb::WorkerMessage {
@@ -593,6 +590,9 @@ async fn a_change_the_database_refuses_is_refused_to_its_caller_and_the_queue_go
         std::sync::Arc::new(RefusingStore { inner });
     let logs = herd_server::logs::LogStore::new(data.path().join("logs"));
     let queue = herd_server::queue::Queue::open(store, logs, Default::default()).await?;
+    let admin = herd_server::queue::new_secret()?;
+    assert!(queue.bootstrap(&admin).await?);
+    let admin = herd_proto::access::Secret::new(&admin)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -600,7 +600,10 @@ async fn a_change_the_database_refuses_is_refused_to_its_caller_and_the_queue_go
     let channel = tonic::transport::Endpoint::from_shared(url)?
         .connect()
         .await?;
-    let client = pb::queue_client::QueueClient::new(channel);
+    let client = pb::queue_client::QueueClient::with_interceptor(
+        channel,
+        herd_proto::access::Bearer::new(&admin)?,
+    );
     let named = |name: &str| {
         let mut task = shell_task("default", "true");
         task.name = Some(name.to_owned());
@@ -651,7 +654,7 @@ async fn a_change_the_database_refuses_is_refused_to_its_caller_and_the_queue_go
 
 /// The names of the listed tasks, once there are `count` of them.
 async fn wait_for_names(
-    client: &mut pb::queue_client::QueueClient<tonic::transport::Channel>,
+    client: &mut herd_tests::Client,
     count: usize,
 ) -> anyhow::Result<Vec<String>> {
     herd_tests::wait_for("the listing to settle", WAIT, || {

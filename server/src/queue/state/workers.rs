@@ -23,6 +23,24 @@ use super::access::digest;
 use super::{Address, Caller, Change, State, Worker};
 use crate::Error;
 
+/// Refuses a session whose token is not a worker token, or is one for another batch.
+fn check_worker_token(caller: &Caller, hello: &Hello) -> Result<(), Error> {
+    if caller.kind != TokenKind::Worker {
+        return Err(Error::Forbidden(
+            "a user token cannot open a worker session; give the worker a worker token (`herd token create --worker`)".to_owned(),
+        ));
+    }
+    if let Some(only) = &caller.batch
+        && only != &hello.batch
+    {
+        return Err(Error::Forbidden(format!(
+            "this worker token serves batch `{only}` only, not `{}`; start the worker with --batch {only}, or use another token",
+            hello.batch
+        )));
+    }
+    Ok(())
+}
+
 impl State {
     /// A worker (re)connects on connection `serial` (unique within the server's life) with a
     /// worker token; its welcome goes there. `new_key` is the resume key to give it if it gets
@@ -37,36 +55,10 @@ impl State {
         heartbeat_interval: Duration,
         change: &mut Change,
     ) -> Result<WorkerId, Error> {
-        if caller.kind != TokenKind::Worker {
-            return Err(Error::Forbidden(
-                "a user token cannot open a worker session; give the worker a worker token (`herd token create --worker`)".to_owned(),
-            ));
-        }
-        if let Some(only) = &caller.batch
-            && only != &hello.batch
-        {
-            return Err(Error::Forbidden(format!(
-                "this worker token serves batch `{only}` only, not `{}`; start the worker with --batch {only}, or use another token",
-                hello.batch
-            )));
-        }
+        check_worker_token(caller, &hello)?;
         let now = self.clock.now();
         let heard = self.clock.instant();
-        let presented = hello.resume_key.as_deref().map(digest);
-        let known = hello.worker_id.filter(|id| {
-            self.workers.get(id).is_some_and(|worker| {
-                worker.resume_hash.is_some() && worker.resume_hash == presented
-            })
-        });
-        let (worker_id, resume_key) = match (known, hello.resume_key.clone()) {
-            (Some(id), Some(key)) => (id, key),
-            _ => {
-                let id = WorkerId(self.next_worker_id);
-                self.next_worker_id += 1;
-                change.counters();
-                (id, new_key.to_owned())
-            }
-        };
+        let (worker_id, resume_key) = self.identity_of(&hello, new_key, change);
         let worker = self.workers.entry(worker_id).or_insert_with(|| Worker {
             name: hello.name.as_str().into(),
             batch: hello.batch.clone(),
@@ -137,6 +129,31 @@ impl State {
         }
         self.schedule_worker(worker_id, change);
         Ok(worker_id)
+    }
+
+    /// The identity a hello resumes (the worker it names, if it presents that worker's resume
+    /// key), or a new one with `new_key`; with the key to welcome it with.
+    fn identity_of(
+        &mut self,
+        hello: &Hello,
+        new_key: &str,
+        change: &mut Change,
+    ) -> (WorkerId, String) {
+        let presented = hello.resume_key.as_deref().map(digest);
+        let known = hello.worker_id.filter(|id| {
+            self.workers.get(id).is_some_and(|worker| {
+                worker.resume_hash.is_some() && worker.resume_hash == presented
+            })
+        });
+        match (known, &hello.resume_key) {
+            (Some(id), Some(key)) => (id, key.clone()),
+            _ => {
+                let id = WorkerId(self.next_worker_id);
+                self.next_worker_id += 1;
+                change.counters();
+                (id, new_key.to_owned())
+            }
+        }
     }
 
     /// Whether `serial` is the worker's current connection; refreshes its liveness.
