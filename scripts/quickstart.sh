@@ -12,6 +12,9 @@ cargo build --locked -p herd-launch
 herd=${CARGO_TARGET_DIR:-$PWD/target}/debug/herd
 
 work=$(mktemp -d)
+# `herd up` saves its admin token as this user's credentials for the server it starts; keep
+# those of this throw-away server in the temporary folder, not in ~/.config/herd.
+export HERD_CONFIG_DIR="$work/config"
 trap 'kill "$up" 2>/dev/null || true; wait "$up" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 "$herd" up --listen 127.0.0.1:0 --port-file "$work/address" --data-dir "$work/data" --concurrency 2 \

@@ -173,7 +173,14 @@ pub async fn token(server: &str, command: TokenCommand) -> anyhow::Result<Outcom
 
 fn list_tokens(tokens: &[herd_proto::access::TokenInfo]) -> anyhow::Result<()> {
     let mut table = Table::new(vec![
-        "ID", "USER", "KIND", "BATCH", "LABEL", "CREATED", "LAST USED", "STATUS",
+        "ID",
+        "USER",
+        "KIND",
+        "BATCH",
+        "LABEL",
+        "CREATED",
+        "LAST USED",
+        "STATUS",
     ]);
     let now = Timestamp::now();
     for token in tokens {

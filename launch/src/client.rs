@@ -215,7 +215,10 @@ impl Connection {
     /// Every user.
     pub async fn users(&mut self) -> anyhow::Result<Vec<UserInfo>> {
         let reply = self.access.list_users(pb::Empty {}).await;
-        let users = reply.map_err(|status| self.error(status))?.into_inner().users;
+        let users = reply
+            .map_err(|status| self.error(status))?
+            .into_inner()
+            .users;
         Ok(users
             .into_iter()
             .map(UserInfo::try_from)
@@ -238,7 +241,10 @@ impl Connection {
             user: user.map(UserName::to_string),
         };
         let reply = self.access.list_tokens(request).await;
-        let tokens = reply.map_err(|status| self.error(status))?.into_inner().tokens;
+        let tokens = reply
+            .map_err(|status| self.error(status))?
+            .into_inner()
+            .tokens;
         Ok(tokens
             .into_iter()
             .map(TokenInfo::try_from)

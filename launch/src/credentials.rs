@@ -52,9 +52,8 @@ fn read(path: &Path) -> anyhow::Result<Credentials> {
             return Ok(Credentials::default());
         }
         Err(error) => {
-            return Err(error).with_context(|| {
-                format!("cannot read the credentials file {}", path.display())
-            });
+            return Err(error)
+                .with_context(|| format!("cannot read the credentials file {}", path.display()));
         }
     };
     if let Ok(metadata) = std::fs::metadata(path)
@@ -150,7 +149,8 @@ pub fn forget(server: &str) -> anyhow::Result<bool> {
 }
 
 fn write(path: &Path, credentials: &Credentials) -> anyhow::Result<()> {
-    let text = serde_json::to_string_pretty(credentials).context("cannot encode the credentials")?;
+    let text =
+        serde_json::to_string_pretty(credentials).context("cannot encode the credentials")?;
     herd_server::private::write_secret(path, &format!("{text}\n"))
         .with_context(|| format!("cannot write the credentials file {}", path.display()))
 }
@@ -171,7 +171,11 @@ mod tests {
             .servers
             .insert("http://b:2".to_owned(), "herd_b".to_owned());
         write(&path, &credentials).expect("written");
-        let mode = std::fs::metadata(&path).expect("exists").permissions().mode() & 0o777;
+        let mode = std::fs::metadata(&path)
+            .expect("exists")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         let folder = std::fs::metadata(path.parent().expect("a folder"))
             .expect("exists")

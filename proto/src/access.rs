@@ -109,7 +109,9 @@ impl tonic::service::Interceptor for Bearer {
         mut request: tonic::Request<()>,
     ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         Ok(request)
     }
@@ -131,8 +133,7 @@ impl UserName {
                 format!("a user name has 1 to {MAX_USER_NAME_CHARS} characters"),
             ));
         }
-        if !text.chars().all(valid_char) || !text.starts_with(|c: char| c.is_ascii_alphanumeric())
-        {
+        if !text.chars().all(valid_char) || !text.starts_with(|c: char| c.is_ascii_alphanumeric()) {
             return Err(Error::invalid(
                 "user name",
                 format!(
@@ -191,7 +192,10 @@ impl std::str::FromStr for TokenKind {
             "worker" => Ok(TokenKind::Worker),
             other => Err(Error::invalid(
                 "token kind",
-                format!("`{}` is not a token kind (user or worker)", other.escape_debug()),
+                format!(
+                    "`{}` is not a token kind (user or worker)",
+                    other.escape_debug()
+                ),
             )),
         }
     }
@@ -339,7 +343,10 @@ mod tests {
             let error = check_token_text(bad).expect_err("refused").to_string();
             assert!(error.contains("token"), "{error}");
             if bad.len() > 3 {
-                assert!(!error.contains(bad), "the token must not be echoed: {error}");
+                assert!(
+                    !error.contains(bad),
+                    "the token must not be echoed: {error}"
+                );
             }
         }
     }

@@ -22,4 +22,6 @@ mod stored_spec;
 mod server;
 
 pub use error::{Error, chain};
-pub use server::{ADMIN_TOKEN_FILE, Config, MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES, open, run, serve};
+pub use server::{
+    ADMIN_TOKEN_FILE, Config, MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES, open, run, serve,
+};

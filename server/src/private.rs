@@ -38,7 +38,9 @@ pub fn create_file(path: &Path) -> io::Result<()> {
 /// others, never half-written.
 pub fn write_secret(path: &Path, content: &str) -> io::Result<()> {
     use std::io::Write;
-    let directory = path.parent().filter(|parent| !parent.as_os_str().is_empty());
+    let directory = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty());
     if let Some(directory) = directory {
         create_dir(directory)?;
     }

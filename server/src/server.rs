@@ -12,9 +12,9 @@ use crate::Error;
 use crate::logs::LogStore;
 use crate::private;
 use crate::queue::{BOOTSTRAP_ADMIN, Queue, QueueConfig, new_secret};
-use herd_proto::access::TokenKind;
 use crate::service;
 use crate::store::{SqlStore, Store};
+use herd_proto::access::TokenKind;
 
 /// The largest answer of the `Queue` service (and what clients accept): a listing of a
 /// million tasks fits.
@@ -120,11 +120,9 @@ async fn ensure_worker_token(queue: &Queue, path: &Path) -> Result<(), Error> {
         return Ok(());
     }
     let token = queue.local_worker_token("local worker").await?;
-    private::write_secret(path, &format!("{}\n", token.secret)).map_err(|source| {
-        Error::DataDir {
-            path: path.to_path_buf(),
-            source,
-        }
+    private::write_secret(path, &format!("{}\n", token.secret)).map_err(|source| Error::DataDir {
+        path: path.to_path_buf(),
+        source,
     })
 }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
+use herd_proto::access::TokenKind;
 use herd_proto::pb;
 use herd_proto::request::{BatchAction, LogRequest, TaskFilter};
 use herd_proto::session::{FromWorker, LogChunk, LogStream, MAX_SESSION_MESSAGE_BYTES};
@@ -25,7 +26,6 @@ use herd_proto::{BatchName, TaskId, TaskSpec, WorkerId};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
-use herd_proto::access::TokenKind;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, warn};
@@ -130,7 +130,9 @@ fn bearer(metadata: &tonic::metadata::MetadataMap) -> Result<Option<&str>, Statu
         return Ok(None);
     };
     let text = value.to_str().map_err(|_| {
-        Status::unauthenticated("the authorization header is not printable text; send `Bearer TOKEN`")
+        Status::unauthenticated(
+            "the authorization header is not printable text; send `Bearer TOKEN`",
+        )
     })?;
     match text.split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(Some(token.trim())),

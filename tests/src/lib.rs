@@ -143,7 +143,7 @@ pub struct WorkerHandle {
     /// Its scratch folder.
     pub work_dir: PathBuf,
     shutdown: CancellationToken,
-    task: JoinHandle<()>,
+    task: JoinHandle<Option<String>>,
 }
 
 impl WorkerHandle {
@@ -156,6 +156,13 @@ impl WorkerHandle {
     /// Stops the worker at once without waiting, as a crash would (its stream just ends).
     pub fn abort(self) {
         self.task.abort();
+    }
+
+    /// Waits (at most [`WAIT`]) for the worker to stop by itself; the error it stopped with.
+    pub async fn stopped(self) -> anyhow::Result<Option<String>> {
+        Ok(tokio::time::timeout(WAIT, self.task)
+            .await
+            .context("the worker did not stop by itself")??)
     }
 }
 
@@ -272,8 +279,7 @@ impl Cluster {
             let channel = channel.clone();
             async move {
                 let token = read_admin_token(self.data_dir.path()).ok()?;
-                let mut access =
-                    AccessClient::with_interceptor(channel, Bearer::new(&token).ok()?);
+                let mut access = AccessClient::with_interceptor(channel, Bearer::new(&token).ok()?);
                 access.who_am_i(pb::Empty {}).await.ok()?;
                 Some(token)
             }
@@ -450,8 +456,8 @@ pub async fn make_token(
 /// The admin token a server wrote in its data directory on its first start.
 pub fn read_admin_token(data_dir: &std::path::Path) -> anyhow::Result<Secret> {
     let path = data_dir.join(herd_server::ADMIN_TOKEN_FILE);
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     Ok(Secret::new(&text)?)
 }
 
@@ -494,8 +500,12 @@ pub async fn start_worker(
     let task = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            if let Err(error) = herd_worker::run_with(config, executors, shutdown).await {
-                tracing::error!(%error, "test worker failed");
+            match herd_worker::run_with(config, executors, shutdown).await {
+                Ok(()) => None,
+                Err(error) => {
+                    tracing::error!(%error, "test worker failed");
+                    Some(error.to_string())
+                }
             }
         }
     });
@@ -530,11 +540,7 @@ pub fn shell_task(batch: &str, script: &str) -> TaskRequest {
 }
 
 /// Reads a task's whole log (stdout, or stderr) for its latest attempt.
-pub async fn task_log(
-    client: &mut Client,
-    id: TaskId,
-    stderr: bool,
-) -> anyhow::Result<String> {
+pub async fn task_log(client: &mut Client, id: TaskId, stderr: bool) -> anyhow::Result<String> {
     let request = pb::TaskLogsRequest {
         id: id.0,
         attempt: 0,

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use anyhow::{Context, ensure};
 use herd_server::store::{
-    AttemptRow, BatchRow, Snapshot, SqlStore, Store, StoreError, TaskRow, TokenRow, UserRow, WorkerRow,
-    WriteSet,
+    AttemptRow, BatchRow, Snapshot, SqlStore, Store, StoreError, TaskRow, TokenRow, UserRow,
+    WorkerRow, WriteSet,
 };
 use herd_tests::postgres::TestDatabase;
 use sqlx::{AnyConnection, Connection};

@@ -98,7 +98,11 @@ impl Queue {
     }
 
     /// Tokens: the caller's own, or any user's (every one without `user`) for an admin.
-    pub fn tokens(&self, caller: &Caller, user: Option<&UserName>) -> Result<Vec<TokenInfo>, Error> {
+    pub fn tokens(
+        &self,
+        caller: &Caller,
+        user: Option<&UserName>,
+    ) -> Result<Vec<TokenInfo>, Error> {
         self.shared.lock().state.token_infos(caller, user)
     }
 

@@ -299,8 +299,12 @@ fn collect_writes(shared: &Shared, entries: &[Entry]) -> WriteSet {
             None => writes.deleted_workers.push(id.0 as i64),
         }
     }
-    writes.users.extend(users.into_iter().filter_map(|id| state.user_row(id)));
-    writes.tokens.extend(tokens.into_iter().filter_map(|id| state.token_row(id)));
+    writes
+        .users
+        .extend(users.into_iter().filter_map(|id| state.user_row(id)));
+    writes
+        .tokens
+        .extend(tokens.into_iter().filter_map(|id| state.token_row(id)));
     if counters {
         writes.counters = state.counter_rows();
     }

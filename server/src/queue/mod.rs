@@ -38,9 +38,9 @@ mod change;
 mod journal;
 mod state;
 
+pub use access::new_secret;
 use change::{Change, Effect};
 use journal::{Journal, Refusals, take_refusal, wait_durable};
-pub use access::new_secret;
 pub use state::{BOOTSTRAP_ADMIN, Caller, UserId};
 use state::{State, SystemClock, require_admin};
 
@@ -277,7 +277,11 @@ impl Queue {
     }
 
     /// Queues tasks as the caller's; all of them are durable when this returns.
-    pub async fn submit(&self, caller: &Caller, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, Error> {
+    pub async fn submit(
+        &self,
+        caller: &Caller,
+        specs: Vec<TaskSpec>,
+    ) -> Result<Vec<TaskId>, Error> {
         let started = std::time::Instant::now();
         let count = specs.len();
         // Encoding happens outside the lock.
@@ -492,8 +496,7 @@ impl Queue {
         } = *chunk;
         {
             let state = &mut self.shared.lock().state;
-            if !state.touch(worker_id, serial) || !state.log_allowed(worker_id, task_id, attempt)
-            {
+            if !state.touch(worker_id, serial) || !state.log_allowed(worker_id, task_id, attempt) {
                 return;
             }
         }

@@ -241,13 +241,14 @@ impl SqlStore {
         .map(decode_attempt)
         .collect::<Result<Vec<_>, _>>()?;
 
-        let batches = sqlx::query("SELECT name, paused, created_at, owner FROM batches ORDER BY name")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(StoreError::from_sqlx)?
-            .iter()
-            .map(decode_batch)
-            .collect::<Result<Vec<_>, _>>()?;
+        let batches =
+            sqlx::query("SELECT name, paused, created_at, owner FROM batches ORDER BY name")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?
+                .iter()
+                .map(decode_batch)
+                .collect::<Result<Vec<_>, _>>()?;
 
         let workers = sqlx::query(
             "SELECT id, name, batch, concurrency, prefetch, docker, allow_privileged, cores, \

@@ -108,12 +108,9 @@ pub(super) async fn connect(
         .session(ReceiverStream::new(receiver))
         .await
         .map_err(|status| match status.code() {
-            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
-                ConnectError::Refused(format!(
-                    "the server refused this worker: {}",
-                    status.message()
-                ))
-            }
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => ConnectError::Refused(
+                format!("the server refused this worker: {}", status.message()),
+            ),
             _ => ConnectError::Failed(status.message().to_owned()),
         })?
         .into_inner();

@@ -261,7 +261,10 @@ enum Outcome {
     Stopped,
     /// The server refused the worker's token.
     Refused(String),
-    Broken { error: String, was_connected: bool },
+    Broken {
+        error: String,
+        was_connected: bool,
+    },
 }
 
 fn broken(error: impl Into<String>, was_connected: bool) -> Outcome {
@@ -273,13 +276,12 @@ fn broken(error: impl Into<String>, was_connected: bool) -> Outcome {
 
 async fn connect_and_serve(session: &Arc<Session>, shutdown: &CancellationToken) -> Outcome {
     let config = &session.config;
-    let (link, mut incoming) = match link::connect(&config.server, &config.token, &session.hello())
-        .await
-    {
-        Ok(connection) => connection,
-        Err(link::ConnectError::Refused(reason)) => return Outcome::Refused(reason),
-        Err(link::ConnectError::Failed(error)) => return broken(error, false),
-    };
+    let (link, mut incoming) =
+        match link::connect(&config.server, &config.token, &session.hello()).await {
+            Ok(connection) => connection,
+            Err(link::ConnectError::Refused(reason)) => return Outcome::Refused(reason),
+            Err(link::ConnectError::Failed(error)) => return broken(error, false),
+        };
     let heartbeat = match welcome(session, &mut incoming).await {
         Ok(heartbeat) => heartbeat,
         Err(error) => return broken(error, false),

@@ -16,9 +16,7 @@
 
 use std::sync::Arc;
 
-use herd_proto::access::{
-    Identity, TokenInfo, TokenKind, TokenRequest, UserInfo, UserName,
-};
+use herd_proto::access::{Identity, TokenInfo, TokenKind, TokenRequest, UserInfo, UserName};
 use herd_proto::{BatchName, TaskId, Timestamp};
 
 use super::{Change, State};
@@ -124,7 +122,14 @@ impl State {
         }
         let name = UserName::new(BOOTSTRAP_ADMIN).expect("a valid user name");
         let user = self.insert_user(name, true, change);
-        self.insert_token(user, TokenKind::User, None, "bootstrap".to_owned(), hash, change);
+        self.insert_token(
+            user,
+            TokenKind::User,
+            None,
+            "bootstrap".to_owned(),
+            hash,
+            change,
+        );
         true
     }
 
@@ -198,7 +203,14 @@ impl State {
             )));
         }
         let user = self.insert_user(name, admin, change);
-        let token = self.insert_token(user, TokenKind::User, None, "first".to_owned(), hash, change);
+        let token = self.insert_token(
+            user,
+            TokenKind::User,
+            None,
+            "first".to_owned(),
+            hash,
+            change,
+        );
         Ok(self.token_info(token).expect("just inserted"))
     }
 

@@ -15,8 +15,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use herd_proto::session::{Hello, ToWorker};
 use herd_proto::access::TokenKind;
+use herd_proto::session::{Hello, ToWorker};
 use herd_proto::{BatchName, Reason, TaskId, TaskReport, TaskState, WorkerId};
 
 use super::access::digest;

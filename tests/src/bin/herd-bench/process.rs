@@ -7,13 +7,13 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use herd_proto::access::{Bearer, Secret, TokenKind};
 use herd_proto::pb;
 use herd_proto::pb::queue_client::QueueClient;
+use herd_tests::Client;
 use herd_tests::Engine;
 use herd_tests::postgres::TestDatabase;
 use tokio::process::{Child, Command};
-use herd_proto::access::{Bearer, Secret, TokenKind};
-use herd_tests::Client;
 
 /// A dependency of a measurement is not there (PostgreSQL, Docker, HyperQueue): the
 /// measurement is skipped, or fails under `--strict`.

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
+use herd_proto::access::{Bearer, Secret};
 use herd_proto::pb::{self, server_message, worker_message};
 use herd_tests::Engine;
-use herd_proto::access::{Bearer, Secret};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;

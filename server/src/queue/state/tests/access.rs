@@ -15,13 +15,7 @@ impl TestEnv {
         let admin = self.admin.clone();
         let hash = digest(&format!("herd_{name}"));
         self.step(|state, change| {
-            state.add_user(
-                &admin,
-                UserName::new(name).unwrap(),
-                false,
-                &hash,
-                change,
-            )
+            state.add_user(&admin, UserName::new(name).unwrap(), false, &hash, change)
         })
         .expect("a new user");
         self.state.authenticate(&hash).expect("the user's token")
@@ -62,7 +56,10 @@ fn the_bootstrap_makes_one_admin_and_keeps_only_hashes() {
     assert_eq!(row.hash, digest("herd_admin"));
     assert_ne!(row.hash, "herd_admin");
     assert_eq!(row.hash.len(), 64);
-    assert!(env.state.authenticate("herd_admin").is_none(), "a secret is no hash");
+    assert!(
+        env.state.authenticate("herd_admin").is_none(),
+        "a secret is no hash"
+    );
 }
 
 #[test]
@@ -134,7 +131,10 @@ fn a_batch_a_worker_created_belongs_to_its_first_submitter() {
     let bob = env.user("bob");
     env.submit_as(&alice, "fresh").unwrap();
     assert_eq!(env.state.batches[&batch].owner, Some(alice.user));
-    assert!(env.last_rows.dirty.batches.contains(&batch), "the owner is stored");
+    assert!(
+        env.last_rows.dirty.batches.contains(&batch),
+        "the owner is stored"
+    );
     assert!(env.submit_as(&bob, "fresh").is_err());
 }
 
@@ -214,7 +214,11 @@ fn a_revoked_token_is_refused_and_its_worker_sessions_are_closed() {
 
 /// Any id other than `caller`'s own token (for the refusal above).
 fn env_token(caller: &Caller, other: u64) -> u64 {
-    if caller.token == other { other + 1 } else { other }
+    if caller.token == other {
+        other + 1
+    } else {
+        other
+    }
 }
 
 #[test]
@@ -223,17 +227,13 @@ fn user_tokens_open_no_session_and_batch_tokens_only_their_batch() {
     let alice = env.user("alice");
     let hello = env.hello(None, &Setup::default());
     let refused = env
-        .step(|state, change| {
-            state.connect(&alice, hello, "herd_k", 99, HEARTBEAT, change)
-        })
+        .step(|state, change| state.connect(&alice, hello, "herd_k", 99, HEARTBEAT, change))
         .expect_err("a user token");
     assert!(refused.to_string().contains("worker token"), "{refused}");
     let limited = env.worker_token_for(Some("only"), "herd_only");
     let hello = env.hello(None, &Setup::default());
     let refused = env
-        .step(|state, change| {
-            state.connect(&limited, hello, "herd_k", 100, HEARTBEAT, change)
-        })
+        .step(|state, change| state.connect(&limited, hello, "herd_k", 100, HEARTBEAT, change))
         .expect_err("another batch");
     assert!(
         refused.to_string().contains("serves batch `only` only"),
@@ -280,7 +280,10 @@ fn a_session_cannot_take_another_worker_s_identity_or_its_attempts() {
         );
         assert_eq!(env.task_state(ids[0]), TaskState::Assigned, "unchanged");
         assert_eq!(env.state.tasks[&ids[0]].worker, Some(victim));
-        assert!(env.state.workers[&victim].connection.is_some(), "the victim stays connected");
+        assert!(
+            env.state.workers[&victim].connection.is_some(),
+            "the victim stays connected"
+        );
     }
     // The victim itself, with its key, resumes its identity and keeps its attempt.
     let hello = env.hello(Some(victim), &Setup::default());
@@ -307,7 +310,10 @@ fn reports_and_logs_count_only_for_the_attempt_a_worker_holds() {
     let other = if holder == first { second } else { first };
     assert!(env.state.log_allowed(holder, ids[0], 1));
     assert!(!env.state.log_allowed(other, ids[0], 1), "not its attempt");
-    assert!(!env.state.log_allowed(holder, ids[0], 2), "not that attempt");
+    assert!(
+        !env.state.log_allowed(holder, ids[0], 2),
+        "not that attempt"
+    );
     // The other worker's report on it is refused and changes nothing.
     env.report_state(other, ids[0], 1, TaskState::Failed);
     assert_eq!(env.task_state(ids[0]), TaskState::Assigned);
@@ -320,8 +326,7 @@ fn reports_and_logs_count_only_for_the_attempt_a_worker_holds() {
     env.report_state(holder, ids[0], 1, TaskState::Succeeded);
     assert!(!env.state.log_allowed(holder, ids[0], 1));
     assert_eq!(
-        env.state.tasks[&ids[0]].attempts[0].reason,
-        None::<Reason>,
+        env.state.tasks[&ids[0]].attempts[0].reason, None::<Reason>,
         "its own success counted"
     );
 }
@@ -341,5 +346,9 @@ fn restore_keeps_users_tokens_owners_and_resume_keys() {
     assert_eq!(restored.state.batches[&batch].owner, Some(alice.user));
     restored.keys = env.keys.clone();
     let hello = restored.hello(Some(worker), &Setup::default());
-    assert_eq!(restored.connect_with(hello), worker, "resumed after a restart");
+    assert_eq!(
+        restored.connect_with(hello),
+        worker,
+        "resumed after a restart"
+    );
 }

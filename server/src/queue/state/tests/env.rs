@@ -97,7 +97,9 @@ impl TestEnv {
         let mut state = State::new(Box::new(clock.clone()));
         let mut change = Change::default();
         assert!(state.bootstrap(&digest("herd_admin"), &mut change));
-        let admin = state.authenticate(&digest("herd_admin")).expect("the admin");
+        let admin = state
+            .authenticate(&digest("herd_admin"))
+            .expect("the admin");
         let request = TokenRequest {
             user: None,
             kind: TokenKind::Worker,
@@ -217,7 +219,13 @@ impl TestEnv {
     }
 
     /// Reports `task`'s attempt in `state` at the fake clock's time.
-    pub(super) fn report_state(&mut self, worker: WorkerId, task: TaskId, attempt: u32, state: TaskState) {
+    pub(super) fn report_state(
+        &mut self,
+        worker: WorkerId,
+        task: TaskId,
+        attempt: u32,
+        state: TaskState,
+    ) {
         let mut report = TaskReport::new(task, attempt, state);
         report.at = self.clock.now();
         if state == TaskState::Failed {
@@ -326,4 +334,3 @@ pub(super) fn run_to_success(env: &mut TestEnv, worker: WorkerId, task: TaskId, 
     env.clock.advance(slot);
     env.report_state(worker, task, 1, TaskState::Succeeded);
 }
-

@@ -419,8 +419,14 @@ fn restore_rebuilds_queues_counts_and_workers_from_rows() {
         .unwrap();
     let (restored, repairs) = TestEnv::restored(env.snapshot()).unwrap();
     assert!(repairs.is_empty(), "consistent rows need no repair");
-    assert_eq!(restored.state.list_batches(&restored.admin), env.state.list_batches(&env.admin));
-    assert_eq!(restored.state.worker_views(&restored.admin)[0].tasks, vec![ids[0]]);
+    assert_eq!(
+        restored.state.list_batches(&restored.admin),
+        env.state.list_batches(&env.admin)
+    );
+    assert_eq!(
+        restored.state.worker_views(&restored.admin)[0].tasks,
+        vec![ids[0]]
+    );
     assert_eq!(restored.task_state(ids[0]), TaskState::Running);
     // The counters continue; the pending task is queued.
     let mut restored = restored;
