@@ -903,3 +903,192 @@ fn a_fetch_that_cannot_write_says_why_and_actions_on_the_destination_are_usage_e
     );
     assert!(!directory.path().join("out.txt").exists());
 }
+
+impl Cluster {
+    /// `herd --server URL ARGS` with no token but the environment given (a user's own).
+    fn command_as(&self, environment: &[(&str, &Path)], args: &[&str]) -> Command {
+        let mut command = herd_command();
+        for (name, value) in environment {
+            command.env(name, value);
+        }
+        command.arg("--server").arg(&self.server_url).args(args);
+        command
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .expect("the file exists")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn users_log_in_reach_only_their_tasks_and_lose_access_when_revoked() {
+    let cluster = Cluster::start();
+    // Without a token, every command says how to get one.
+    let anonymous = run(&mut cluster.command_as(&[], &["task", "list"]));
+    assert_eq!(anonymous.code, 1, "{anonymous:?}");
+    assert!(anonymous.stderr.contains("herd login"), "{anonymous:?}");
+
+    // The admin adds two users; each token goes alone to stdout, once.
+    let alice = cluster.herd(&["user", "add", "alice"]);
+    assert_eq!(alice.code, 0, "{alice:?}");
+    let alice_token = alice.stdout.trim().to_owned();
+    assert!(alice_token.starts_with("herd_"), "{alice:?}");
+    assert!(alice.stderr.contains("shown this once"), "{alice:?}");
+    let bob = cluster.herd(&["user", "add", "bob"]);
+    write_file(&cluster.path("bob-token"), &bob.stdout);
+    let duplicate = cluster.herd(&["user", "add", "alice"]);
+    assert_eq!(duplicate.code, 1, "{duplicate:?}");
+    assert!(duplicate.stderr.contains("exists already"), "{duplicate:?}");
+
+    // Alice logs in: the token is checked, then saved 0600 in a 0700 folder.
+    let config = cluster.path("alice-config");
+    write_file(&cluster.path("alice-token"), &alice.stdout);
+    let alice_env = [("HERD_CONFIG_DIR", config.as_path())];
+    let login = run(cluster
+        .command_as(&alice_env, &["login", "--token-file"])
+        .arg(cluster.path("alice-token")));
+    assert_eq!(login.code, 0, "{login:?}");
+    assert!(login.stderr.contains("as alice"), "{login:?}");
+    let credentials = config.join("credentials");
+    assert_eq!(mode(&credentials), 0o600);
+    assert_eq!(mode(&config), 0o700);
+    let whoami = run(&mut cluster.command_as(&alice_env, &["whoami"]));
+    assert!(whoami.stdout.starts_with("alice "), "{whoami:?}");
+    let wrong = run(cluster
+        .command_as(
+            &[("HERD_CONFIG_DIR", cluster.path("x").as_path())],
+            &["login", "--token-file"],
+        )
+        .arg(cluster.path("server.addr")));
+    assert_eq!(wrong.code, 1, "a token the server does not know: {wrong:?}");
+    assert!(
+        !cluster.path("x").join("credentials").exists(),
+        "nothing saved"
+    );
+
+    // Alice's task is hers: Bob cannot see it, the admin sees whose it is.
+    let launched =
+        run(&mut cluster.command_as(&alice_env, &["launch", "-b", "alices", "--", "true"]));
+    assert_eq!(launched.code, 0, "{launched:?}");
+    let id = launched.stdout.trim().to_owned();
+    let bob_env = [("HERD_TOKEN_FILE", cluster.path("bob-token"))];
+    let bob_env: Vec<(&str, &Path)> = bob_env
+        .iter()
+        .map(|(name, path)| (*name, path.as_path()))
+        .collect();
+    let refused = run(&mut cluster.command_as(&bob_env, &["task", "show", &id]));
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("belongs to another user"),
+        "{refused:?}"
+    );
+    let taken = run(&mut cluster.command_as(&bob_env, &["launch", "-b", "alices", "--", "true"]));
+    assert_eq!(taken.code, 1, "{taken:?}");
+    assert!(
+        taken.stderr.contains("belongs to user `alice`"),
+        "{taken:?}"
+    );
+    let listed = run(&mut cluster.command_as(&bob_env, &["task", "list", "--json"]));
+    assert_eq!(listed.json(), serde_json::json!([]), "{listed:?}");
+    assert_eq!(cluster.task(&id)["owner"], "alice");
+
+    // The admin revokes Alice's token: her next call is refused.
+    let tokens = cluster
+        .herd(&["token", "list", "--user", "alice", "--json"])
+        .json();
+    let token_id = tokens[0]["id"].to_string();
+    let revoked = cluster.herd(&["token", "revoke", &token_id]);
+    assert_eq!(revoked.code, 0, "{revoked:?}");
+    let after = run(&mut cluster.command_as(&alice_env, &["whoami"]));
+    assert_eq!(after.code, 1, "{after:?}");
+    assert!(after.stderr.contains("not valid"), "{after:?}");
+    assert!(
+        !after.stderr.contains(&alice_token),
+        "the token is never echoed: {after:?}"
+    );
+}
+
+#[test]
+fn a_worker_needs_a_worker_token() {
+    let cluster = Cluster::start();
+    let missing = run(&mut cluster.command_as(&[], &["worker", "--executor", "bare"]));
+    assert_eq!(missing.code, 2, "{missing:?}");
+    assert!(
+        missing.stderr.contains("herd token create --worker"),
+        "{missing:?}"
+    );
+    // A user token is refused by the server, and the worker stops saying why.
+    let admin = cluster.path("data").join("admin-token");
+    let refused = run(cluster
+        .command_as(&[], &["worker", "--executor", "bare", "--token-file"])
+        .arg(&admin)
+        .arg("--work-dir")
+        .arg(cluster.path("work")));
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("user token cannot open a worker session"),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn herd_up_logs_the_local_user_in_so_the_quickstart_needs_no_token() {
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let config = directory.path().join("config");
+    let port_file = directory.path().join("address");
+    let mut up = KillOnDrop::spawn(
+        herd_command()
+            .env("HERD_CONFIG_DIR", &config)
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--concurrency",
+                "1",
+                "--port-file",
+            ])
+            .arg(&port_file)
+            .arg("--data-dir")
+            .arg(directory.path().join("data")),
+        directory.path().join("up.log"),
+    );
+    let mut address = String::new();
+    wait_until("herd up to write its --port-file", || {
+        up.assert_running("herd up");
+        address = std::fs::read_to_string(&port_file)
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        !address.is_empty()
+    });
+    assert_eq!(mode(&config.join("credentials")), 0o600);
+    assert_eq!(
+        mode(&directory.path().join("data").join("admin-token")),
+        0o600
+    );
+    let server = format!("http://{address}");
+    let herd_here = |args: &[&str]| {
+        run(herd_command()
+            .env("HERD_CONFIG_DIR", &config)
+            .env("HERD_SERVER", &server)
+            .args(args))
+    };
+    let launched = herd_here(&["launch", "--", "echo", "hello"]);
+    assert_eq!(launched.code, 0, "{launched:?}");
+    let waited = herd_here(&["batch", "wait", "default"]);
+    assert_eq!(waited.code, 0, "{waited:?}");
+    let logs = herd_here(&["task", "logs", launched.stdout.trim()]);
+    assert_eq!(logs.stdout, "hello\n", "{logs:?}");
+    let log = up.log();
+    assert!(
+        !log.contains("herd_"),
+        "no token in the server's log: {log}"
+    );
+}
