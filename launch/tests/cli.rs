@@ -267,7 +267,7 @@ fn what_no_worker_may_allow_is_refused_at_launch() {
     assert_eq!(cluster.task_count(), 0);
     // Worker flags are checked at start-up too.
     for args in [
-        ["--allow-docker-option", "pid=host"],
+        ["--allow-docker-option", "pid=sometimes"],
         ["--allow-volume", "/var/run"],
         ["--allow-volume", "data"],
         ["--pass-env", "A-B"],
