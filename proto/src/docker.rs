@@ -13,11 +13,14 @@
 //!
 //! # Layout
 //! - this file: [`DockerOptions`], the loop over the words, the resource and mount options.
-//! - [`host_sharing`]: the options that share a piece of the host or loosen confinement
+//! - `host_sharing`: the options that share a piece of the host or loosen confinement
 //!   (`--cap-add`, `--cap-drop`, `--device`, `--pid`, `--ipc`, `--uts`, `--userns`,
 //!   `--security-opt`), with the values each accepts.
+//! - `proptests`: property tests of the parser (arbitrary words, both spellings, `-e KEY`).
 
 mod host_sharing;
+#[cfg(test)]
+mod proptests;
 
 use serde::Serialize;
 
