@@ -290,43 +290,70 @@ async fn host_sharing_options_are_refused_by_default_before_any_container_exists
     Ok(())
 }
 
-/// Whether the capability numbered `bit` (`capabilities(7)`) is in the `CapEff:` line that
-/// `grep CapEff /proc/self/status` printed.
-fn has_effective_capability(printed: &str, bit: u32) -> bool {
-    let hex = printed
+/// The value of the field `name` (`CapEff`, `NoNewPrivs`, `Seccomp`) in the lines of
+/// `/proc/self/status` that a task printed.
+fn status_field<'a>(printed: &'a str, name: &str) -> &'a str {
+    printed
         .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
-        .unwrap_or_else(|| panic!("no CapEff line in {printed:?}"))
-        .trim();
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {name} line in {printed:?}"))
+        .trim()
+}
+
+/// Whether the capability numbered `bit` (`capabilities(7)`) is in the printed `CapEff`.
+fn has_effective_capability(printed: &str, bit: u32) -> bool {
+    let hex = status_field(printed, "CapEff");
     let mask = u64::from_str_radix(hex, 16).unwrap_or_else(|_| panic!("bad CapEff {hex:?}"));
     mask & (1 << bit) != 0
 }
 
 #[tokio::test]
-async fn an_allowed_capability_is_really_given_to_the_task() -> anyhow::Result<()> {
+async fn allowed_options_are_really_applied_to_the_container() -> anyhow::Result<()> {
     const CAP_NET_ADMIN: u32 = 12;
     let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start().await?;
     let allowing = Policy {
+        docker_options: vec![DockerOption::CapAdd, DockerOption::SecurityOptUnconfined],
+        ..Policy::default()
+    };
+    let only_capabilities = Policy {
         docker_options: vec![DockerOption::CapAdd],
         ..Policy::default()
     };
     let _allowing = worker(&cluster, "open", allowing, false).await?;
+    let _capabilities = worker(&cluster, "caps", only_capabilities, false).await?;
     let mut client = cluster.client().await?;
-    let script = "grep CapEff /proc/self/status";
-    let without = run(&cluster, docker_task("open", "", script)).await?;
-    assert_eq!(without.state, TaskState::Succeeded, "{without:?}");
-    let printed = task_log(&mut client, without.id, false).await?;
+    let script = "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status";
+
+    // By default: docker's capabilities, herd's no-new-privileges, docker's seccomp filter.
+    let plain = run(&cluster, docker_task("open", "", script)).await?;
+    assert_eq!(plain.state, TaskState::Succeeded, "{plain:?}");
+    let printed = task_log(&mut client, plain.id, false).await?;
     assert!(
         !has_effective_capability(&printed, CAP_NET_ADMIN),
         "{printed}"
     );
-    let with = run(&cluster, docker_task("open", "--cap-add=NET_ADMIN", script)).await?;
-    assert_eq!(with.state, TaskState::Succeeded, "{with:?}");
-    let printed = task_log(&mut client, with.id, false).await?;
+    assert_eq!(status_field(&printed, "NoNewPrivs"), "1", "{printed}");
+    assert_eq!(status_field(&printed, "Seccomp"), "2", "{printed}");
+
+    let options = "--cap-add=NET_ADMIN --security-opt no-new-privileges=false \
+                   --security-opt seccomp=unconfined";
+    let loosened = run(&cluster, docker_task("open", options, script)).await?;
+    assert_eq!(loosened.state, TaskState::Succeeded, "{loosened:?}");
+    let printed = task_log(&mut client, loosened.id, false).await?;
     assert!(
         has_effective_capability(&printed, CAP_NET_ADMIN),
         "{printed}"
+    );
+    assert_eq!(status_field(&printed, "NoNewPrivs"), "0", "{printed}");
+    assert_eq!(status_field(&printed, "Seccomp"), "0", "{printed}");
+
+    // Allowing capabilities does not allow dropping no-new-privileges.
+    let refused = run(&cluster, docker_task("caps", options, script)).await?;
+    assert_refused(
+        &refused,
+        "`--security-opt no-new-privileges=false` loosens the container's confinement: a \
+         worker allows it with `herd worker --allow-docker-option security-opt=unconfined`",
     );
     Ok(())
 }
