@@ -340,11 +340,11 @@ fn refused_docker_options_queue_nothing() {
         "-d",
         "ubuntu:24.04",
         "-O",
-        "--cap-add SYS_ADMIN",
+        "--mount type=bind,src=/,dst=/host",
         "true",
     ]);
     assert_eq!(finished.code, 2, "{finished:?}");
-    assert!(finished.stderr.contains("`--cap-add`"), "{finished:?}");
+    assert!(finished.stderr.contains("`--mount`"), "{finished:?}");
     assert!(
         finished.stderr.contains("nothing was queued"),
         "{finished:?}"
@@ -353,6 +353,23 @@ fn refused_docker_options_queue_nothing() {
     let finished = cluster.herd(&["launch", "-O", "--gpus all", "true"]);
     assert_eq!(finished.code, 2, "{finished:?}");
     assert!(finished.stderr.contains("-d IMAGE"), "{finished:?}");
+
+    // A bad value of an option herd understands is refused at launch too.
+    let finished = cluster.herd(&[
+        "launch",
+        "-d",
+        "ubuntu:24.04",
+        "-O",
+        "--cap-add SYS_ADMINZ",
+        "true",
+    ]);
+    assert_eq!(finished.code, 2, "{finished:?}");
+    assert!(
+        finished
+            .stderr
+            .contains("`--cap-add SYS_ADMINZ` is not a Linux capability"),
+        "{finished:?}"
+    );
 
     assert_eq!(cluster.task_count(), 0);
 }
