@@ -44,10 +44,12 @@ struct Entry {
     mode: u32,
 }
 
-/// A name made of friendly and hostile components; 120 bytes is beyond a tar header's 100.
-/// Hostile parts are rare enough that most archives get past their first entries.
+/// A name made of friendly and hostile components: 120 bytes is beyond a tar header's 100,
+/// 300 beyond what Linux allows a file name (255). Hostile parts are rare enough that most
+/// archives get past their first entries.
 fn name() -> impl Strategy<Value = String> {
     let long = "n".repeat(120);
+    let too_long = "m".repeat(300);
     let component = prop_oneof![
         14 => proptest::sample::select(vec![
             "a".to_owned(),
@@ -58,6 +60,7 @@ fn name() -> impl Strategy<Value = String> {
             "archive.tar".to_owned(),
             long,
         ]),
+        1 => Just(too_long),
         1 => Just("..".to_owned()),
         1 => Just(".".to_owned()),
     ];
