@@ -251,7 +251,11 @@ impl Policy {
                 self.require(
                     needed,
                     &format!("{flag} {mode}"),
-                    "shares a namespace of the host",
+                    if mode.starts_with("container:") {
+                        "shares another container's namespace"
+                    } else {
+                        "shares a namespace of the host"
+                    },
                 )?;
             }
         }

@@ -210,6 +210,11 @@ fn every_host_sharing_option_is_refused_by_default_and_names_its_flag() {
             assert!(!allowed(&only(other), text), "{text} allowed by {other}");
         }
     }
+    let message = refusal(&Policy::default(), "--ipc container:db");
+    assert!(
+        message.starts_with("`--ipc container:db` shares another container's namespace"),
+        "{message}"
+    );
     // Several options: the first refused one is named.
     let message = refusal(
         &Policy {
