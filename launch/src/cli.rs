@@ -525,9 +525,9 @@ pub struct PolicyArgs {
     #[arg(long = "allow-named-volumes")]
     pub allow_named_volumes: bool,
 
-    /// Let Docker tasks use a host-sharing option: network=host or network=container
-    /// (repeatable).
-    #[arg(long = "allow-docker-option", value_name = "NAME")]
+    /// Let Docker tasks use a host-sharing option by name (repeatable); the help lists every
+    /// name, from [`DockerOption::names`].
+    #[arg(long = "allow-docker-option", value_name = "NAME", help = allow_docker_option_help())]
     pub allow_docker_option: Vec<DockerOption>,
 
     /// Let bare tasks run as uid 0 or gid 0 (`herd launch -u 0` / `-g 0`).
@@ -557,6 +557,14 @@ impl PolicyArgs {
         }
         Ok(policy)
     }
+}
+
+/// The help of `--allow-docker-option`, listing every name a worker can allow.
+fn allow_docker_option_help() -> String {
+    format!(
+        "Let Docker tasks use a host-sharing docker option (repeatable): {}",
+        DockerOption::names()
+    )
 }
 
 fn parse_volume_prefix(text: &str) -> Result<String, String> {
@@ -727,6 +735,28 @@ mod tests {
         };
         assert_eq!(launch.docker_options.as_deref(), Some("--gpus all"));
         assert_eq!(launch.command, ["-x"]);
+    }
+
+    #[test]
+    fn worker_and_up_list_and_take_every_docker_option_name() {
+        for command in ["worker", "up"] {
+            let help = Cli::command()
+                .find_subcommand_mut(command)
+                .unwrap()
+                .render_help()
+                .to_string();
+            // Help wraps lines; compare without the line breaks.
+            let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+            for option in DockerOption::ALL {
+                assert!(
+                    help.contains(option.name()),
+                    "{command}: {option} in {help}"
+                );
+                let parsed =
+                    Cli::try_parse_from(["herd", command, "--allow-docker-option", option.name()]);
+                assert!(parsed.is_ok(), "{command} {option}: {parsed:?}");
+            }
+        }
     }
 
     #[test]

@@ -284,7 +284,7 @@ fn what_no_worker_may_allow_is_refused_at_launch() {
     assert_eq!(cluster.task_count(), 0);
     // Worker flags are checked at start-up too.
     for args in [
-        ["--allow-docker-option", "pid=host"],
+        ["--allow-docker-option", "pid=sometimes"],
         ["--allow-volume", "/var/run"],
         ["--allow-volume", "data"],
         ["--pass-env", "A-B"],
@@ -357,11 +357,11 @@ fn refused_docker_options_queue_nothing() {
         "-d",
         "ubuntu:24.04",
         "-O",
-        "--cap-add SYS_ADMIN",
+        "--mount type=bind,src=/,dst=/host",
         "true",
     ]);
     assert_eq!(finished.code, 2, "{finished:?}");
-    assert!(finished.stderr.contains("`--cap-add`"), "{finished:?}");
+    assert!(finished.stderr.contains("`--mount`"), "{finished:?}");
     assert!(
         finished.stderr.contains("nothing was queued"),
         "{finished:?}"
@@ -370,6 +370,23 @@ fn refused_docker_options_queue_nothing() {
     let finished = cluster.herd(&["launch", "-O", "--gpus all", "true"]);
     assert_eq!(finished.code, 2, "{finished:?}");
     assert!(finished.stderr.contains("-d IMAGE"), "{finished:?}");
+
+    // A bad value of an option herd understands is refused at launch too.
+    let finished = cluster.herd(&[
+        "launch",
+        "-d",
+        "ubuntu:24.04",
+        "-O",
+        "--cap-add SYS_ADMINZ",
+        "true",
+    ]);
+    assert_eq!(finished.code, 2, "{finished:?}");
+    assert!(
+        finished
+            .stderr
+            .contains("`--cap-add SYS_ADMINZ` is not a Linux capability"),
+        "{finished:?}"
+    );
 
     assert_eq!(cluster.task_count(), 0);
 }

@@ -6,8 +6,25 @@
 //! `--allow-privileged` will run it. What no worker may allow (a mount of the Docker socket,
 //! `-e KEY` without a value) is refused here; what a worker may allow is checked by the
 //! worker against its [`crate::policy::Policy`].
+//!
+//! Both `--flag value` and `--flag=value` are accepted; `-e`, `-v`, `--cap-add`,
+//! `--cap-drop`, `--device` and `--security-opt` may be repeated and accumulate, any other
+//! option given twice keeps its last value (as with `docker run`).
+//!
+//! # Layout
+//! - this file: [`DockerOptions`], the loop over the words, the resource and mount options.
+//! - `host_sharing`: the options that share a piece of the host or loosen confinement
+//!   (`--cap-add`, `--cap-drop`, `--device`, `--pid`, `--ipc`, `--uts`, `--userns`,
+//!   `--security-opt`), with the values each accepts.
+//! - `proptests`: property tests of the parser (arbitrary words, both spellings, `-e KEY`).
+
+mod host_sharing;
+#[cfg(test)]
+mod proptests;
 
 use serde::Serialize;
+
+pub use host_sharing::{Device, SecurityOpt};
 
 use crate::Error;
 
@@ -45,11 +62,28 @@ pub struct DockerOptions {
     pub workdir: Option<String>,
     /// `--entrypoint`.
     pub entrypoint: Option<String>,
+    /// `--cap-add`: capabilities added, upper case without `CAP_` (`NET_ADMIN`, or `ALL`).
+    pub cap_add: Vec<String>,
+    /// `--cap-drop`: capabilities removed, in the same form.
+    pub cap_drop: Vec<String>,
+    /// `--device`: host devices given to the container.
+    pub devices: Vec<Device>,
+    /// `--pid`: `host` or `container:NAME`.
+    pub pid: Option<String>,
+    /// `--ipc`: `host`, `private`, `shareable`, `none` or `container:NAME`.
+    pub ipc: Option<String>,
+    /// `--uts`: `host`.
+    pub uts: Option<String>,
+    /// `--userns`: `host`.
+    pub userns: Option<String>,
+    /// `--security-opt`.
+    pub security_opt: Vec<SecurityOpt>,
 }
 
 /// The options herd understands, for error messages.
 pub const SUPPORTED: &str = "--gpus, -e/--env, --shm-size, --network, -m/--memory, --cpus, -v/--volume, \
-     -w/--workdir, --entrypoint, --privileged";
+     -w/--workdir, --entrypoint, --privileged, --cap-add, --cap-drop, --device, --pid, --ipc, \
+     --uts, --userns, --security-opt";
 
 impl DockerOptions {
     /// Parses an option string such as `--gpus all -e KEY=value --shm-size 2g`.
@@ -80,9 +114,9 @@ impl DockerOptions {
                 continue;
             }
             let canonical = match flag.as_str() {
-                "--gpus" | "--shm-size" | "--network" | "--net" | "--cpus" | "--entrypoint" => {
-                    flag.as_str()
-                }
+                "--gpus" | "--shm-size" | "--network" | "--net" | "--cpus" | "--entrypoint"
+                | "--cap-add" | "--cap-drop" | "--device" | "--pid" | "--ipc" | "--uts"
+                | "--userns" | "--security-opt" => flag.as_str(),
                 "-e" | "--env" => "--env",
                 "-m" | "--memory" => "--memory",
                 "-v" | "--volume" => "--volume",
@@ -102,37 +136,59 @@ impl DockerOptions {
                     Error::invalid("docker options", format!("`{flag}` needs a value"))
                 })?,
             };
-            match canonical {
-                "--gpus" => options.gpus = Some(parse_gpus(&value)?),
-                "--env" => {
-                    if value.is_empty() || value.starts_with('=') {
-                        return Err(Error::invalid(
-                            "docker options",
-                            format!("`-e {value}`: give KEY=VALUE"),
-                        ));
-                    }
-                    if !value.contains('=') {
-                        return Err(Error::invalid(
-                            "docker options",
-                            format!(
-                                "`-e {value}` would pass the worker's own `{value}` into the \
-                                 task, which herd never does: give a value, `-e {value}=VALUE`"
-                            ),
-                        ));
-                    }
-                    options.env.push(value);
-                }
-                "--shm-size" => options.shm_size = Some(parse_size("--shm-size", &value)?),
-                "--network" | "--net" => options.network = Some(value),
-                "--memory" => options.memory = Some(parse_size("--memory", &value)?),
-                "--cpus" => options.nano_cpus = Some(parse_cpus(&value)?),
-                "--volume" => options.volumes.push(parse_volume(&value)?),
-                "--workdir" => options.workdir = Some(absolute("--workdir", value)?),
-                "--entrypoint" => options.entrypoint = Some(value),
-                _ => unreachable!("every canonical flag is matched above"),
-            }
+            options.set(canonical, value)?;
         }
         Ok(options)
+    }
+
+    /// Sets the option `canonical` (a flag's long form) to `value`, checked.
+    fn set(&mut self, canonical: &str, value: String) -> Result<(), Error> {
+        match canonical {
+            "--gpus" => self.gpus = Some(parse_gpus(&value)?),
+            "--env" => {
+                if value.is_empty() || value.starts_with('=') {
+                    return Err(Error::invalid(
+                        "docker options",
+                        format!("`-e {value}`: give KEY=VALUE"),
+                    ));
+                }
+                if !value.contains('=') {
+                    return Err(Error::invalid(
+                        "docker options",
+                        format!(
+                            "`-e {value}` would pass the worker's own `{value}` into the \
+                             task, which herd never does: give a value, `-e {value}=VALUE`"
+                        ),
+                    ));
+                }
+                self.env.push(value);
+            }
+            "--shm-size" => self.shm_size = Some(parse_size("--shm-size", &value)?),
+            "--network" | "--net" => self.network = Some(value),
+            "--memory" => self.memory = Some(parse_size("--memory", &value)?),
+            "--cpus" => self.nano_cpus = Some(parse_cpus(&value)?),
+            "--volume" => self.volumes.push(parse_volume(&value)?),
+            "--workdir" => self.workdir = Some(absolute("--workdir", value)?),
+            "--entrypoint" => self.entrypoint = Some(value),
+            "--cap-add" => self
+                .cap_add
+                .push(host_sharing::parse_capability(canonical, &value)?),
+            "--cap-drop" => self
+                .cap_drop
+                .push(host_sharing::parse_capability(canonical, &value)?),
+            "--device" => self.devices.push(host_sharing::parse_device(&value)?),
+            "--pid" => self.pid = Some(host_sharing::parse_namespace(canonical, &value)?),
+            "--ipc" => self.ipc = Some(host_sharing::parse_namespace(canonical, &value)?),
+            "--uts" => self.uts = Some(host_sharing::parse_namespace(canonical, &value)?),
+            "--userns" => {
+                self.userns = Some(host_sharing::parse_namespace(canonical, &value)?);
+            }
+            "--security-opt" => self
+                .security_opt
+                .push(host_sharing::parse_security_opt(&value)?),
+            _ => unreachable!("every canonical flag is matched by `parse`"),
+        }
+        Ok(())
     }
 }
 
@@ -270,12 +326,85 @@ mod tests {
     }
 
     #[test]
+    fn parses_host_sharing_options_in_both_forms_and_accumulates_repeats() {
+        let spaced = DockerOptions::parse(
+            "--cap-add SYS_ADMIN --cap-add cap_net_admin --cap-drop ALL --device /dev/fuse \
+             --device /dev/sdb:/dev/xvdb:r --pid host --ipc private --uts host --userns host \
+             --security-opt seccomp=unconfined --security-opt no-new-privileges:false",
+        )
+        .unwrap();
+        let inline = DockerOptions::parse(
+            "--cap-add=SYS_ADMIN --cap-add=cap_net_admin --cap-drop=ALL --device=/dev/fuse \
+             --device=/dev/sdb:/dev/xvdb:r --pid=host --ipc=private --uts=host --userns=host \
+             --security-opt=seccomp:unconfined --security-opt=no-new-privileges=false",
+        )
+        .unwrap();
+        assert_eq!(spaced, inline);
+        assert_eq!(spaced.cap_add, vec!["SYS_ADMIN", "NET_ADMIN"]);
+        assert_eq!(spaced.cap_drop, vec!["ALL"]);
+        assert_eq!(
+            spaced.devices,
+            vec![
+                Device {
+                    host: "/dev/fuse".into(),
+                    container: "/dev/fuse".into(),
+                    permissions: "rwm".into(),
+                },
+                Device {
+                    host: "/dev/sdb".into(),
+                    container: "/dev/xvdb".into(),
+                    permissions: "r".into(),
+                },
+            ]
+        );
+        assert_eq!(spaced.pid.as_deref(), Some("host"));
+        assert_eq!(spaced.ipc.as_deref(), Some("private"));
+        assert_eq!(spaced.uts.as_deref(), Some("host"));
+        assert_eq!(spaced.userns.as_deref(), Some("host"));
+        assert_eq!(
+            spaced.security_opt,
+            vec![
+                SecurityOpt::SeccompUnconfined,
+                SecurityOpt::NoNewPrivileges(false)
+            ]
+        );
+        // The last of a single-valued option wins, as with `docker run`.
+        let twice = DockerOptions::parse("--pid host --pid container:db").unwrap();
+        assert_eq!(twice.pid.as_deref(), Some("container:db"));
+    }
+
+    #[test]
+    fn refuses_bad_host_sharing_values_by_name() {
+        for (text, named) in [
+            ("--cap-add", "`--cap-add` needs a value"),
+            ("--cap-add SYS_ADMINZ", "not a Linux capability"),
+            ("--cap-drop=", "`--cap-drop` needs a value"),
+            ("--device fuse", "`--device fuse`"),
+            ("--device /dev/a:/b:rwx", "HOST[:CONTAINER][:PERMISSIONS]"),
+            (
+                "--pid private",
+                "`--pid private`: give host or container:NAME",
+            ),
+            ("--uts container:db", "`--uts container:db`: give host"),
+            ("--userns=remap", "`--userns remap`"),
+            ("--security-opt seccomp=/p.json", "seccomp profile file"),
+            (
+                "--security-opt foo=bar",
+                "not a security option herd passes on",
+            ),
+        ] {
+            let error = DockerOptions::parse(text).unwrap_err().to_string();
+            assert!(error.contains(named), "{text}: {error}");
+        }
+    }
+
+    #[test]
     fn refuses_unknown_and_malformed_options() {
-        let error = DockerOptions::parse("--cap-add SYS_ADMIN")
+        let error = DockerOptions::parse("--mount type=bind,src=/,dst=/h")
             .unwrap_err()
             .to_string();
         assert!(
-            error.contains("`--cap-add`") && error.contains("supported"),
+            error.contains("`--mount`") && error.contains("supported"),
             "{error}"
         );
         assert!(DockerOptions::parse("--memory lots").is_err());

@@ -7,6 +7,18 @@
 //! `--allow-docker-option network=host`, `--allow-root`, `--pass-env NAME`), which fill in a
 //! [`Policy`].
 //!
+//! # Docker options by name
+//! Each of these needs `--allow-docker-option NAME` ([`DockerOption`]): `--network host`
+//! (`network=host`), `--network container:…` (`network=container`), `--pid host`
+//! (`pid=host`), `--pid container:…` (`pid=container`), `--ipc host` (`ipc=host`),
+//! `--ipc container:…` (`ipc=container`), `--uts host` (`uts=host`), `--userns host`
+//! (`userns=host`), any `--cap-add` (`cap-add`), any `--device` (`device`), and a
+//! `--security-opt` that loosens confinement (`security-opt=unconfined`: `seccomp=unconfined`,
+//! `apparmor=` anything but `docker-default`, any `label=`, `systempaths=unconfined`,
+//! `no-new-privileges=false`). Allowed without a flag, because they take nothing of the host:
+//! `--gpus`, `--cap-drop`, `--ipc private|shareable|none`, `--network bridge|none|NAME`,
+//! `--security-opt no-new-privileges[=true]` and `apparmor=docker-default`.
+//!
 //! # Where each check runs
 //! - **Never allowed** (no flag can allow them): a mount of the Docker socket or of a folder
 //!   that contains it ([`docker_socket_mount`]), `-e KEY` without a value (the worker's own
@@ -42,29 +54,92 @@ pub const DOCKER_SOCKETS: [&str; 6] = [
 const SOCKET_NAMES: [&str; 3] = ["docker.sock", "containerd.sock", "podman.sock"];
 
 /// A `docker run` option a worker may allow by name with `--allow-docker-option NAME`.
+///
+/// `cap-add` allows any capability (`--cap-add ALL` included): a worker that trusts its tasks
+/// with one capability that reaches the host usually trusts them with the host. `device`
+/// allows any host device. `security-opt=unconfined` allows every `--security-opt` that
+/// loosens confinement ([`crate::docker::SecurityOpt::loosens_confinement`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DockerOption {
     /// `--network host`: the host's network stack.
     NetworkHost,
     /// `--network container:NAME`: another container's network stack.
     NetworkContainer,
+    /// `--pid host`: every process of the host, visible and signalable.
+    PidHost,
+    /// `--pid container:NAME`: another container's processes.
+    PidContainer,
+    /// `--ipc host`: the host's shared memory and semaphores.
+    IpcHost,
+    /// `--ipc container:NAME`: another container's shared memory.
+    IpcContainer,
+    /// `--uts host`: the host's hostname, which the task may then change.
+    UtsHost,
+    /// `--userns host`: no user namespace remapping, where the engine remaps.
+    UsernsHost,
+    /// `--cap-add CAPABILITY`: any capability beyond docker's default set.
+    CapAdd,
+    /// `--device HOST[:CONTAINER[:PERMISSIONS]]`: any host device.
+    Device,
+    /// `--security-opt` that loosens confinement: `seccomp=unconfined`, `apparmor=PROFILE`
+    /// other than `docker-default`, any `label=…`, `systempaths=unconfined`, and
+    /// `no-new-privileges=false` (which drops the `no-new-privileges` herd sets).
+    SecurityOptUnconfined,
 }
 
 impl DockerOption {
     /// Every name `--allow-docker-option` accepts.
-    pub const ALL: [DockerOption; 2] = [DockerOption::NetworkHost, DockerOption::NetworkContainer];
+    pub const ALL: [DockerOption; 11] = [
+        DockerOption::NetworkHost,
+        DockerOption::NetworkContainer,
+        DockerOption::PidHost,
+        DockerOption::PidContainer,
+        DockerOption::IpcHost,
+        DockerOption::IpcContainer,
+        DockerOption::UtsHost,
+        DockerOption::UsernsHost,
+        DockerOption::CapAdd,
+        DockerOption::Device,
+        DockerOption::SecurityOptUnconfined,
+    ];
 
     /// The name given to `--allow-docker-option`.
     pub fn name(self) -> &'static str {
         match self {
             DockerOption::NetworkHost => "network=host",
             DockerOption::NetworkContainer => "network=container",
+            DockerOption::PidHost => "pid=host",
+            DockerOption::PidContainer => "pid=container",
+            DockerOption::IpcHost => "ipc=host",
+            DockerOption::IpcContainer => "ipc=container",
+            DockerOption::UtsHost => "uts=host",
+            DockerOption::UsernsHost => "userns=host",
+            DockerOption::CapAdd => "cap-add",
+            DockerOption::Device => "device",
+            DockerOption::SecurityOptUnconfined => "security-opt=unconfined",
         }
     }
 
     /// The names, comma-separated, for messages.
     pub fn names() -> String {
         DockerOption::ALL.map(DockerOption::name).join(", ")
+    }
+
+    /// The option a namespace mode (`--network`, `--pid`, `--ipc`, `--uts`, `--userns`)
+    /// needs, if any: `host` and `container:NAME` share, the other modes do not.
+    fn for_namespace(flag: &str, mode: &str) -> Option<DockerOption> {
+        let joins_container = mode.starts_with("container:");
+        match (flag, mode == "host", joins_container) {
+            ("--network", true, _) => Some(DockerOption::NetworkHost),
+            ("--network", _, true) => Some(DockerOption::NetworkContainer),
+            ("--pid", true, _) => Some(DockerOption::PidHost),
+            ("--pid", _, true) => Some(DockerOption::PidContainer),
+            ("--ipc", true, _) => Some(DockerOption::IpcHost),
+            ("--ipc", _, true) => Some(DockerOption::IpcContainer),
+            ("--uts", true, _) => Some(DockerOption::UtsHost),
+            ("--userns", true, _) => Some(DockerOption::UsernsHost),
+            _ => None,
+        }
     }
 }
 
@@ -161,22 +236,64 @@ impl Policy {
         for volume in &options.volumes {
             self.check_volume(volume, &resolve)?;
         }
-        if let Some(network) = options.network.as_deref() {
-            let needed = if network == "host" {
-                Some(DockerOption::NetworkHost)
-            } else if network.starts_with("container:") {
-                Some(DockerOption::NetworkContainer)
-            } else {
-                None
+        let namespaces = [
+            ("--network", &options.network),
+            ("--pid", &options.pid),
+            ("--ipc", &options.ipc),
+            ("--uts", &options.uts),
+            ("--userns", &options.userns),
+        ];
+        for (flag, mode) in namespaces {
+            let Some(mode) = mode.as_deref() else {
+                continue;
             };
-            if let Some(needed) = needed.filter(|needed| !self.docker_options.contains(needed)) {
-                return Err(Refusal(format!(
-                    "`--network {network}` shares a namespace of the host: a worker allows it \
-                     with `herd worker --allow-docker-option {needed}`"
-                )));
+            if let Some(needed) = DockerOption::for_namespace(flag, mode) {
+                self.require(
+                    needed,
+                    &format!("{flag} {mode}"),
+                    if mode.starts_with("container:") {
+                        "shares another container's namespace"
+                    } else {
+                        "shares a namespace of the host"
+                    },
+                )?;
+            }
+        }
+        for capability in &options.cap_add {
+            self.require(
+                DockerOption::CapAdd,
+                &format!("--cap-add {capability}"),
+                "gives the task a capability docker withholds, a power over the host",
+            )?;
+        }
+        for device in &options.devices {
+            self.require(
+                DockerOption::Device,
+                &device.shown(),
+                "gives the task a device of the host",
+            )?;
+        }
+        for security in &options.security_opt {
+            if security.loosens_confinement() {
+                self.require(
+                    DockerOption::SecurityOptUnconfined,
+                    &format!("--security-opt {}", security.engine_value()),
+                    "loosens the container's confinement",
+                )?;
             }
         }
         Ok(())
+    }
+
+    /// Refuses `shown` (the option as given) unless the worker allows `needed`.
+    fn require(&self, needed: DockerOption, shown: &str, what: &str) -> Result<(), Refusal> {
+        if self.docker_options.contains(&needed) {
+            return Ok(());
+        }
+        Err(Refusal(format!(
+            "`{shown}` {what}: a worker allows it with \
+             `herd worker --allow-docker-option {needed}`"
+        )))
     }
 
     /// Checks the user a bare task runs as.

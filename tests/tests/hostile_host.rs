@@ -4,7 +4,9 @@
 //! would allow it, that nothing leaks, and that the worker goes on serving.
 
 use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use herd_proto::policy::{DockerOption, Policy};
 use herd_proto::view::TaskView;
@@ -206,6 +208,153 @@ async fn host_networking_needs_the_worker_to_allow_it() -> anyhow::Result<()> {
     assert_refused(&refused, "herd worker --allow-docker-option network=host");
     let allowed = run(&cluster, docker_task("open", "--network host", "true")).await?;
     assert_eq!(allowed.state, TaskState::Succeeded, "{allowed:?}");
+    Ok(())
+}
+
+/// The name of the container of `task`'s first attempt (the worker's `herd-wW-tT-aA`).
+fn container_name(task: &TaskView) -> String {
+    let attempt = task.attempts.first().expect("the task had an attempt");
+    format!(
+        "herd-w{}-t{}-a{}",
+        attempt.worker.0, task.id, attempt.number
+    )
+}
+
+/// Seconds since the epoch, as `docker events --since/--until` take them.
+fn engine_time(time: SystemTime) -> String {
+    let since_epoch = time.duration_since(UNIX_EPOCH).expect("after 1970");
+    format!(
+        "{}.{:09}",
+        since_epoch.as_secs(),
+        since_epoch.subsec_nanos()
+    )
+}
+
+/// How many times the engine created a container named `name` from `since` until now.
+fn containers_created(name: &str, since: SystemTime) -> anyhow::Result<usize> {
+    let output = Command::new("docker")
+        .args(["events", "--since", &engine_time(since)])
+        .args(["--until", &engine_time(SystemTime::now())])
+        .args(["--filter", "type=container", "--filter", "event=create"])
+        .args(["--filter", &format!("container={name}")])
+        .args(["--format", "{{.Actor.Attributes.name}}"])
+        .output()
+        .map_err(|error| {
+            anyhow::anyhow!("cannot run `docker events` (install the CLI): {error}")
+        })?;
+    anyhow::ensure!(
+        output.status.success(),
+        "`docker events` failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listed = String::from_utf8(output.stdout)?;
+    Ok(listed.lines().filter(|line| *line == name).count())
+}
+
+#[tokio::test]
+async fn host_sharing_options_are_refused_by_default_before_any_container_exists()
+-> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start().await?;
+    let _default = worker(&cluster, "default", Policy::default(), false).await?;
+    // Taken just before each task, to the nanosecond: an earlier run of this test (whose
+    // fresh cluster numbers workers and tasks alike) created containers of the same names.
+    for (options, flag) in [
+        (
+            "--cap-add SYS_ADMIN",
+            "herd worker --allow-docker-option cap-add",
+        ),
+        ("--pid host", "herd worker --allow-docker-option pid=host"),
+        (
+            "--security-opt seccomp=unconfined",
+            "herd worker --allow-docker-option security-opt=unconfined",
+        ),
+    ] {
+        let since = SystemTime::now();
+        let refused = run(&cluster, docker_task("default", options, "echo ran")).await?;
+        assert_refused(&refused, flag);
+        assert_refused(&refused, options);
+        let name = container_name(&refused);
+        assert_eq!(containers_created(&name, since)?, 0, "{options}: {name}");
+    }
+    // The same worker runs a task without them, and `docker events` sees its container: the
+    // check above could have seen one too.
+    let since = SystemTime::now();
+    let fine = run(
+        &cluster,
+        docker_task("default", "--cap-drop NET_RAW", "echo fine"),
+    )
+    .await?;
+    assert_eq!(fine.state, TaskState::Succeeded, "{fine:?}");
+    assert_eq!(containers_created(&container_name(&fine), since)?, 1);
+    Ok(())
+}
+
+/// The value of the field `name` (`CapEff`, `NoNewPrivs`, `Seccomp`) in the lines of
+/// `/proc/self/status` that a task printed.
+fn status_field<'a>(printed: &'a str, name: &str) -> &'a str {
+    printed
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {name} line in {printed:?}"))
+        .trim()
+}
+
+/// Whether the capability numbered `bit` (`capabilities(7)`) is in the printed `CapEff`.
+fn has_effective_capability(printed: &str, bit: u32) -> bool {
+    let hex = status_field(printed, "CapEff");
+    let mask = u64::from_str_radix(hex, 16).unwrap_or_else(|_| panic!("bad CapEff {hex:?}"));
+    mask & (1 << bit) != 0
+}
+
+#[tokio::test]
+async fn allowed_options_are_really_applied_to_the_container() -> anyhow::Result<()> {
+    const CAP_NET_ADMIN: u32 = 12;
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start().await?;
+    let allowing = Policy {
+        docker_options: vec![DockerOption::CapAdd, DockerOption::SecurityOptUnconfined],
+        ..Policy::default()
+    };
+    let only_capabilities = Policy {
+        docker_options: vec![DockerOption::CapAdd],
+        ..Policy::default()
+    };
+    let _allowing = worker(&cluster, "open", allowing, false).await?;
+    let _capabilities = worker(&cluster, "caps", only_capabilities, false).await?;
+    let mut client = cluster.client().await?;
+    let script = "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status";
+
+    // By default: docker's capabilities, herd's no-new-privileges, docker's seccomp filter.
+    let plain = run(&cluster, docker_task("open", "", script)).await?;
+    assert_eq!(plain.state, TaskState::Succeeded, "{plain:?}");
+    let printed = task_log(&mut client, plain.id, false).await?;
+    assert!(
+        !has_effective_capability(&printed, CAP_NET_ADMIN),
+        "{printed}"
+    );
+    assert_eq!(status_field(&printed, "NoNewPrivs"), "1", "{printed}");
+    assert_eq!(status_field(&printed, "Seccomp"), "2", "{printed}");
+
+    let options = "--cap-add=NET_ADMIN --security-opt no-new-privileges=false \
+                   --security-opt seccomp=unconfined";
+    let loosened = run(&cluster, docker_task("open", options, script)).await?;
+    assert_eq!(loosened.state, TaskState::Succeeded, "{loosened:?}");
+    let printed = task_log(&mut client, loosened.id, false).await?;
+    assert!(
+        has_effective_capability(&printed, CAP_NET_ADMIN),
+        "{printed}"
+    );
+    assert_eq!(status_field(&printed, "NoNewPrivs"), "0", "{printed}");
+    assert_eq!(status_field(&printed, "Seccomp"), "0", "{printed}");
+
+    // Allowing capabilities does not allow dropping no-new-privileges.
+    let refused = run(&cluster, docker_task("caps", options, script)).await?;
+    assert_refused(
+        &refused,
+        "`--security-opt no-new-privileges=false` loosens the container's confinement: a \
+         worker allows it with `herd worker --allow-docker-option security-opt=unconfined`",
+    );
     Ok(())
 }
 

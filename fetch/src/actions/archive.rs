@@ -16,6 +16,8 @@
 //! A refusal is an error of kind [`Unsafe`](crate::ErrorKind::Unsafe) naming the entry. Fifos
 //! and devices are skipped. Permission bits are kept without setuid, setgid or sticky bits.
 //! The archive is removed after a successful extraction.
+//!
+//! `archive/proptests.rs` checks these promises on generated hostile archives.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -575,3 +577,6 @@ fn push_front_target(pending: &mut VecDeque<Step>, target: &Path) -> bool {
     }
     true
 }
+
+#[cfg(test)]
+mod proptests;

@@ -148,12 +148,119 @@ fn host_namespaces_need_their_option_by_name() {
 }
 
 #[test]
+fn every_host_sharing_option_is_refused_by_default_and_names_its_flag() {
+    let cases = [
+        ("--pid host", "--pid host", "pid=host"),
+        ("--pid=container:db", "--pid container:db", "pid=container"),
+        ("--ipc host", "--ipc host", "ipc=host"),
+        ("--ipc=container:db", "--ipc container:db", "ipc=container"),
+        ("--uts=host", "--uts host", "uts=host"),
+        ("--userns host", "--userns host", "userns=host"),
+        ("--cap-add SYS_ADMIN", "--cap-add SYS_ADMIN", "cap-add"),
+        ("--cap-add=cap_net_raw", "--cap-add NET_RAW", "cap-add"),
+        (
+            "--device /dev/fuse",
+            "--device /dev/fuse:/dev/fuse:rwm",
+            "device",
+        ),
+        (
+            "--security-opt seccomp=unconfined",
+            "--security-opt seccomp=unconfined",
+            "security-opt=unconfined",
+        ),
+        (
+            "--security-opt=apparmor:unconfined",
+            "--security-opt apparmor=unconfined",
+            "security-opt=unconfined",
+        ),
+        (
+            "--security-opt label:disable",
+            "--security-opt label=disable",
+            "security-opt=unconfined",
+        ),
+        (
+            "--security-opt no-new-privileges:false",
+            "--security-opt no-new-privileges=false",
+            "security-opt=unconfined",
+        ),
+        (
+            "--security-opt systempaths=unconfined",
+            "--security-opt systempaths=unconfined",
+            "security-opt=unconfined",
+        ),
+    ];
+    for (text, shown, name) in cases {
+        let message = refusal(&Policy::default(), text);
+        assert!(
+            message.starts_with(&format!("`{shown}` "))
+                && message.ends_with(&format!("`herd worker --allow-docker-option {name}`")),
+            "{text}: {message}"
+        );
+        // Allowed by its own name, and by no other.
+        let only = |option: DockerOption| Policy {
+            docker_options: vec![option],
+            ..Policy::default()
+        };
+        let needed: DockerOption = name.parse().unwrap();
+        assert!(allowed(&only(needed), text), "{text}");
+        for other in DockerOption::ALL
+            .into_iter()
+            .filter(|other| *other != needed)
+        {
+            assert!(!allowed(&only(other), text), "{text} allowed by {other}");
+        }
+    }
+    let message = refusal(&Policy::default(), "--ipc container:db");
+    assert!(
+        message.starts_with("`--ipc container:db` shares another container's namespace"),
+        "{message}"
+    );
+    // Several options: the first refused one is named.
+    let message = refusal(
+        &Policy {
+            docker_options: vec![DockerOption::CapAdd],
+            ..Policy::default()
+        },
+        "--cap-add NET_ADMIN --device /dev/kvm:rw",
+    );
+    assert!(
+        message.contains("--allow-docker-option device"),
+        "{message}"
+    );
+}
+
+#[test]
+fn options_that_take_nothing_of_the_host_need_no_flag() {
+    let policy = Policy::default();
+    for text in [
+        "--cap-drop ALL --cap-drop=NET_RAW",
+        "--ipc private",
+        "--ipc=shareable",
+        "--ipc none",
+        "--security-opt no-new-privileges",
+        "--security-opt no-new-privileges=true",
+        "--security-opt apparmor=docker-default",
+        "--gpus all",
+    ] {
+        assert!(allowed(&policy, text), "{text}");
+    }
+}
+
+#[test]
 fn option_names_and_environment_names_are_checked() {
     for option in DockerOption::ALL {
         assert_eq!(option.name().parse::<DockerOption>().unwrap(), option);
     }
-    let error = "pid=host".parse::<DockerOption>().unwrap_err().to_string();
-    assert!(error.contains("network=host, network=container"), "{error}");
+    let error = "pid=sometimes"
+        .parse::<DockerOption>()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("`pid=sometimes`")
+            && error.contains("network=host, network=container, pid=host")
+            && error.contains("cap-add, device, security-opt=unconfined"),
+        "{error}"
+    );
     let mut policy = Policy::default();
     policy.pass_env("HTTP_PROXY").unwrap();
     policy.pass_env("_x1").unwrap();
@@ -225,6 +332,11 @@ fn no_sequence_of_three_words_makes_the_parser_or_the_policy_panic() {
         "--privileged",
         "--privileged=false",
         "--cap-add",
+        "--cap-drop=all",
+        "--device",
+        "--pid",
+        "--ipc=container:x",
+        "--security-opt",
         "--mount",
         "=",
         "''",
@@ -250,6 +362,9 @@ fn no_sequence_of_three_words_makes_the_parser_or_the_policy_panic() {
         "NaN",
         "99999999999g",
         "device=0",
+        "SYS_ADMIN",
+        "/dev/null:r",
+        "seccomp=unconfined",
         "\u{0}",
     ];
     let mut policy = Policy {

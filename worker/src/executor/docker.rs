@@ -20,13 +20,16 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig, Mount, MountType};
+use bollard::models::{
+    ContainerCreateBody, DeviceMapping, DeviceRequest, HostConfig, Mount, MountType,
+};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
     KillContainerOptionsBuilder, RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
+use herd_proto::docker::SecurityOpt;
 use herd_proto::policy::{Policy, socket_refusal};
 use herd_proto::spec::DockerSpec;
 use tokio_util::sync::CancellationToken;
@@ -539,8 +542,24 @@ fn container_body(job: &Job, docker_spec: &DockerSpec) -> Result<ContainerCreate
         memory: options.memory,
         nano_cpus: options.nano_cpus,
         privileged: options.privileged.then_some(true),
-        // A setuid binary in the image must not turn the task's user into root.
-        security_opt: Some(vec![NO_NEW_PRIVILEGES.to_owned()]),
+        cap_add: (!options.cap_add.is_empty()).then(|| options.cap_add.clone()),
+        cap_drop: (!options.cap_drop.is_empty()).then(|| options.cap_drop.clone()),
+        devices: (!options.devices.is_empty()).then(|| {
+            options
+                .devices
+                .iter()
+                .map(|device| DeviceMapping {
+                    path_on_host: Some(device.host.clone()),
+                    path_in_container: Some(device.container.clone()),
+                    cgroup_permissions: Some(device.permissions.clone()),
+                })
+                .collect()
+        }),
+        pid_mode: options.pid.clone(),
+        ipc_mode: options.ipc.clone(),
+        uts_mode: options.uts.clone(),
+        userns_mode: options.userns.clone(),
+        security_opt: Some(security_options(&options.security_opt)),
         ..Default::default()
     };
     let entrypoint = options.entrypoint.as_ref().map(|entrypoint| {
@@ -566,6 +585,34 @@ fn container_body(job: &Job, docker_spec: &DockerSpec) -> Result<ContainerCreate
         host_config: Some(host_config),
         ..Default::default()
     })
+}
+
+/// The container's security options: herd's `no-new-privileges` (a setuid binary in the image
+/// must not turn the task's user into root), then the task's own. Only a task whose last
+/// `no-new-privileges` says `false` goes without it, and the worker's policy refused that
+/// task unless it allows `security-opt=unconfined`.
+fn security_options(task_options: &[SecurityOpt]) -> Vec<String> {
+    let no_new_privileges = task_options
+        .iter()
+        .rev()
+        .find_map(|option| match option {
+            SecurityOpt::NoNewPrivileges(value) => Some(*value),
+            _ => None,
+        })
+        .unwrap_or(true);
+    let mut engine_options = Vec::with_capacity(task_options.len() + 1);
+    engine_options.push(if no_new_privileges {
+        NO_NEW_PRIVILEGES.to_owned()
+    } else {
+        SecurityOpt::NoNewPrivileges(false).engine_value()
+    });
+    engine_options.extend(
+        task_options
+            .iter()
+            .filter(|option| !matches!(option, SecurityOpt::NoNewPrivileges(_)))
+            .map(SecurityOpt::engine_value),
+    );
+    engine_options
 }
 
 /// A bind mount of one of herd's directories. A `Mount` rather than a `Binds` string: a host

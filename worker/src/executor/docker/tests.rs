@@ -103,6 +103,87 @@ fn options_become_host_config() {
 }
 
 #[test]
+fn host_sharing_options_become_host_config() {
+    let created = body(&job(
+        &["true"],
+        "--cap-add SYS_ADMIN --cap-add=cap_net_admin --cap-drop NET_RAW \
+         --device /dev/fuse --device /dev/sdb:/dev/xvdb:r --pid host --ipc container:db \
+         --uts host --userns host --security-opt seccomp=unconfined \
+         --security-opt apparmor:unconfined",
+    ));
+    let host = created.host_config.unwrap();
+    assert_eq!(
+        host.cap_add,
+        Some(vec!["SYS_ADMIN".to_owned(), "NET_ADMIN".to_owned()])
+    );
+    assert_eq!(host.cap_drop, Some(vec!["NET_RAW".to_owned()]));
+    let devices: Vec<(String, String, String)> = host
+        .devices
+        .unwrap()
+        .into_iter()
+        .map(|device| {
+            (
+                device.path_on_host.unwrap(),
+                device.path_in_container.unwrap(),
+                device.cgroup_permissions.unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        devices,
+        vec![
+            ("/dev/fuse".into(), "/dev/fuse".into(), "rwm".into()),
+            ("/dev/sdb".into(), "/dev/xvdb".into(), "r".into()),
+        ]
+    );
+    assert_eq!(host.pid_mode.as_deref(), Some("host"));
+    assert_eq!(host.ipc_mode.as_deref(), Some("container:db"));
+    assert_eq!(host.uts_mode.as_deref(), Some("host"));
+    assert_eq!(host.userns_mode.as_deref(), Some("host"));
+    // herd's no-new-privileges stays, first.
+    assert_eq!(
+        host.security_opt,
+        Some(vec![
+            "no-new-privileges".to_owned(),
+            "seccomp=unconfined".to_owned(),
+            "apparmor=unconfined".to_owned(),
+        ])
+    );
+    let plain = body(&job(&["true"], "")).host_config.unwrap();
+    assert_eq!(
+        (plain.cap_add, plain.cap_drop, plain.devices, plain.pid_mode),
+        (None, None, None, None)
+    );
+}
+
+#[test]
+fn no_new_privileges_goes_only_when_the_task_s_last_word_is_false() {
+    let security = |options: &str| {
+        body(&job(&["true"], options))
+            .host_config
+            .unwrap()
+            .security_opt
+            .unwrap()
+    };
+    assert_eq!(
+        security("--security-opt no-new-privileges:false"),
+        vec!["no-new-privileges=false"]
+    );
+    assert_eq!(
+        security("--security-opt no-new-privileges"),
+        vec!["no-new-privileges"]
+    );
+    assert_eq!(
+        security("--security-opt no-new-privileges=false --security-opt no-new-privileges=true"),
+        vec!["no-new-privileges"]
+    );
+    assert_eq!(
+        security("--security-opt no-new-privileges=true --security-opt label=disable"),
+        vec!["no-new-privileges", "label=disable"]
+    );
+}
+
+#[test]
 fn environment_merges_job_and_options() {
     let body = body(&job(&["true"], "-e THREADS=1 -e A=x=y -e EMPTY="));
     assert_eq!(
@@ -194,6 +275,13 @@ fn the_worker_policy_is_checked_before_the_engine_is_asked() {
         ("-v /etc:/host", "--allow-volume /etc"),
         ("-v cache:/cache", "--allow-named-volumes"),
         ("--network host", "--allow-docker-option network=host"),
+        ("--pid host", "--allow-docker-option pid=host"),
+        ("--cap-add SYS_ADMIN", "--allow-docker-option cap-add"),
+        ("--device /dev/fuse", "--allow-docker-option device"),
+        (
+            "--security-opt no-new-privileges=false",
+            "--allow-docker-option security-opt=unconfined",
+        ),
     ] {
         let error = refusal(&job(&["true"], options));
         assert!(
