@@ -610,6 +610,11 @@ pub struct ServerArgs {
     /// scripts and tests that start a server with --listen 127.0.0.1:0.
     #[arg(long = "port-file", value_name = "PATH")]
     pub port_file: Option<PathBuf>,
+
+    /// Make a new admin token and write it to DATA_DIR/admin-token (0600): the way back in
+    /// when every admin token is lost or revoked.
+    #[arg(long = "new-admin-token")]
+    pub new_admin_token: bool,
 }
 
 /// `herd up`

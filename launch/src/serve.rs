@@ -35,6 +35,7 @@ pub async fn server(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Re
             heartbeat_interval: args.heartbeat,
         },
         worker_token_file: None,
+        new_admin_token: args.new_admin_token,
     };
     let listener = bind(&args.listen).await?;
     let address = listener
@@ -76,6 +77,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Out
         data_dir: data_dir.clone(),
         queue: QueueConfig::default(),
         worker_token_file: Some(worker_token_file.clone()),
+        new_admin_token: false,
     };
     let queue = herd_server::open(&server_config)
         .await

@@ -38,6 +38,9 @@ pub struct Config {
     /// Where to keep a worker token for a worker started with the server (`herd up`): made
     /// at start unless the file already holds a valid one.
     pub worker_token_file: Option<PathBuf>,
+    /// Make a new admin token at start and write it to `DATA_DIR/admin-token`, even if the
+    /// server has users already (`herd server --new-admin-token`).
+    pub new_admin_token: bool,
 }
 
 /// The file, in the data directory, where the server writes the admin token it creates on
@@ -102,6 +105,16 @@ pub async fn open(config: &Config) -> Result<Arc<Queue>, Error> {
         info!(
             path = %path.display(),
             "created the admin user `{BOOTSTRAP_ADMIN}`; its token is in this file, readable by this system user only"
+        );
+    } else if config.new_admin_token {
+        let path = config.data_dir.join(ADMIN_TOKEN_FILE);
+        let token = queue.new_admin_token("--new-admin-token").await?;
+        private::write_secret(&path, &format!("{}\n", token.secret)).map_err(data_dir_error)?;
+        info!(
+            path = %path.display(),
+            token_id = token.info.id,
+            "made a new admin token for `{}`; it is in this file, readable by this system user only",
+            token.info.user
         );
     }
     if let Some(path) = &config.worker_token_file {
@@ -175,6 +188,7 @@ mod tests {
             data_dir: directory.path().to_path_buf(),
             queue: QueueConfig::default(),
             worker_token_file: None,
+            new_admin_token: false,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
         let shutdown = CancellationToken::new();

@@ -223,6 +223,7 @@ impl Cluster {
             data_dir: self.data_dir.path().to_path_buf(),
             queue: self.options.queue.clone(),
             worker_token_file: None,
+            new_admin_token: false,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({

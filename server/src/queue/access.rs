@@ -112,16 +112,26 @@ impl Queue {
     }
 
     /// A worker token for an in-process worker of this server (`herd up`, tests), made as if
-    /// the bootstrap admin had asked for it.
+    /// an admin had asked for it.
     pub async fn local_worker_token(&self, label: &str) -> Result<NewToken, Error> {
+        self.token_of_an_admin(TokenKind::Worker, label).await
+    }
+
+    /// A new user token of an admin, for `herd server --new-admin-token` (the way back in when
+    /// every admin token is lost or revoked; it takes access to the server's data directory).
+    pub async fn new_admin_token(&self, label: &str) -> Result<NewToken, Error> {
+        self.token_of_an_admin(TokenKind::User, label).await
+    }
+
+    async fn token_of_an_admin(&self, kind: TokenKind, label: &str) -> Result<NewToken, Error> {
         let admin = self.shared.lock().state.any_admin().ok_or_else(|| {
-            Error::Forbidden("the server has no admin to make a worker token".to_owned())
+            Error::Forbidden("the server has no admin to make a token for".to_owned())
         })?;
         self.create_token(
             &admin,
             TokenRequest {
                 user: None,
-                kind: TokenKind::Worker,
+                kind,
                 batch: None,
                 label: label.to_owned(),
             },
