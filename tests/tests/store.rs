@@ -206,6 +206,7 @@ fn varied_write_set() -> WriteSet {
         name: None,
         batch: "ünïcode batch".to_owned(),
         updated_at: i64::MAX,
+        owner: None,
         ..task(2)
     };
     let ended = AttemptRow {
@@ -509,7 +510,11 @@ async fn opening_twice_migrates_once(fixture: &Fixture) -> anyhow::Result<()> {
         sqlx::query_as("SELECT COUNT(*), MAX(version) FROM _sqlx_migrations")
             .fetch_one(&mut raw)
             .await?;
-    assert_eq!((applied, newest), (1, 1), "one migration, applied once");
+    assert_eq!(
+        (applied, newest),
+        (2, 2),
+        "two migrations, each applied once"
+    );
     raw.close().await?;
     Ok(())
 }

@@ -332,6 +332,44 @@ fn reports_and_logs_count_only_for_the_attempt_a_worker_holds() {
 }
 
 #[test]
+fn tasks_from_before_users_are_the_admins_and_old_workers_cannot_be_resumed() {
+    let mut env = TestEnv::new();
+    let alice = env.user("alice");
+    let worker = env.connect(Setup::default());
+    let ids = env.submit(tasks("b", 1));
+    let mut snapshot = env.snapshot();
+    // Rows as a database from before users holds them: no owners, no resume key.
+    for row in &mut snapshot.tasks {
+        row.owner = None;
+    }
+    for row in &mut snapshot.batches {
+        row.owner = None;
+    }
+    for row in &mut snapshot.workers {
+        row.resume_hash = None;
+        row.token_id = None;
+    }
+    let (mut restored, _) = TestEnv::restored(snapshot).unwrap();
+    let admin = restored.admin.clone();
+    assert!(restored.state.check_task(&admin, ids[0]).is_ok());
+    assert!(restored.state.check_task(&alice, ids[0]).is_err());
+    assert!(restored.state.list_tasks(&alice, None, None, 0).is_empty());
+    assert_eq!(
+        restored.state.task_view(&admin, ids[0]).unwrap().owner,
+        None
+    );
+    // Such a batch goes to whoever queues into it first.
+    assert!(restored.submit_as(&alice, "b").is_ok());
+    restored.keys = env.keys.clone();
+    let hello = restored.hello(Some(worker), &Setup::default());
+    assert_ne!(
+        restored.connect_with(hello),
+        worker,
+        "no key to check: a new identity"
+    );
+}
+
+#[test]
 fn restore_keeps_users_tokens_owners_and_resume_keys() {
     let mut env = TestEnv::new();
     let alice = env.user("alice");
