@@ -8,9 +8,10 @@ use anyhow::Context;
 use herd_proto::pb::queue_client::QueueClient;
 use herd_proto::request::{BatchAction, LogRequest, TaskFilter};
 use herd_proto::session::LogChunk;
+use herd_proto::transport::{self, ClientTls, Failure};
 use herd_proto::view::{BatchView, TaskView, WorkerView};
 use herd_proto::{BatchName, TaskId, TaskSpec, WorkerId, pb};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 use crate::exit;
@@ -193,13 +194,13 @@ fn task_view(task: pb::Task) -> anyhow::Result<TaskView> {
     TaskView::try_from(task).with_context(|| format!("the server sent an unreadable task {id}"))
 }
 
-/// Normalizes a server address: `host:port` gets `http://`, an address without a port gets
-/// herd's default port.
+/// Normalizes a server address: `host:port` gets `http://` (an `https://` URL stays as given),
+/// an address without a port gets herd's default port.
 pub fn server_url(text: &str) -> Result<String, exit::Error> {
     let trimmed = text.trim().trim_end_matches('/');
     if trimmed.is_empty() {
         return Err(exit::Error::usage(
-            "the server address is empty; give --server http://HOST:4373 or set HERD_SERVER",
+            "the server address is empty; give --server http://HOST:4373 (https:// for a server with TLS) or set HERD_SERVER",
         ));
     }
     let with_scheme = if trimmed.contains("://") {
@@ -209,7 +210,7 @@ pub fn server_url(text: &str) -> Result<String, exit::Error> {
     };
     let invalid = || {
         exit::Error::usage(format!(
-            "`{text}` is not a server address; give http://HOST:PORT or HOST:PORT, e.g. http://127.0.0.1:{}",
+            "`{text}` is not a server address; give http://HOST:PORT, https://HOST:PORT or HOST:PORT, e.g. http://127.0.0.1:{}",
             herd_proto::DEFAULT_PORT
         ))
     };
@@ -231,14 +232,15 @@ pub fn server_url(text: &str) -> Result<String, exit::Error> {
     ))
 }
 
-/// Connects to the server named by `--server`/`HERD_SERVER`. An unreachable server is an
-/// [`exit::Kind::Unreachable`] error (exit code 3).
+/// Connects to the server named by `--server`/`HERD_SERVER`, secured as the environment
+/// says (`HERD_CA_BUNDLE`, `HERD_CLIENT_CERT`/`HERD_CLIENT_KEY`, `HERD_INSECURE`; see
+/// [`herd_proto::transport`]). An unreachable server is an [`exit::Kind::Unreachable`] error
+/// (exit code 3); settings that cannot work are usage errors (exit code 2).
 pub async fn connect(server: &str) -> anyhow::Result<Connection> {
     let url = server_url(server)?;
-    let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|error| {
-            exit::Error::usage(format!("`{server}` is not a server address: {error}"))
-        })?
+    let tls = ClientTls::from_env().map_err(|error| exit::Error::usage(error.to_string()))?;
+    let endpoint = transport::endpoint(&url, &tls)
+        .map_err(|error| exit::Error::usage(error.to_string()))?
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_while_idle(true)
@@ -254,17 +256,19 @@ pub async fn connect(server: &str) -> anyhow::Result<Connection> {
     Ok(Connection { queue, server: url })
 }
 
-/// The message for a server that does not answer, naming the innermost cause (e.g.
-/// "Connection refused") rather than tonic's layers of wrapping.
+/// The message for a server that does not answer: a failed TLS handshake says why and what to
+/// set (e.g. `HERD_CA_BUNDLE`); anything else names the innermost cause (e.g. "Connection
+/// refused") rather than tonic's layers of wrapping.
 fn unreachable_message(url: &str, error: &(dyn std::error::Error + 'static)) -> String {
-    let mut innermost = error;
-    while let Some(source) = innermost.source() {
-        innermost = source;
+    match transport::describe_failure(error) {
+        Failure::Tls(reason) => {
+            format!("cannot connect securely to the herd server at {url}: {reason}")
+        }
+        Failure::Other(reason) => format!(
+            "cannot reach the herd server at {url}: {reason}; start one with `herd server` or `herd up`, \
+             or set HERD_SERVER (or --server) to its address"
+        ),
     }
-    format!(
-        "cannot reach the herd server at {url}: {innermost}; start one with `herd server` or `herd up`, \
-         or set HERD_SERVER (or --server) to its address"
-    )
 }
 
 /// The one mapping from a gRPC status to a CLI error: the server's own message, classified.

@@ -6,10 +6,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use herd_proto::transport::ClientTls;
 use herd_server::queue::QueueConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::cli::{ServerArgs, UpArgs};
 use crate::exit::{self, Outcome};
@@ -25,7 +26,16 @@ pub async fn server(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Re
         ))
         .into());
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            herd_server::Tls::from_files(cert, key, args.tls_client_ca.as_deref())
+                .map_err(|error| exit::Error::usage(herd_server::chain(&error)))?,
+        ),
+        // clap requires both or neither.
+        _ => None,
+    };
     let data_dir = local::data_dir(args.data_dir)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let config = herd_server::Config {
         database: args.database,
         data_dir: data_dir.clone(),
@@ -33,17 +43,19 @@ pub async fn server(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Re
             worker_timeout: args.worker_timeout,
             heartbeat_interval: args.heartbeat,
         },
+        tls,
     };
     let listener = bind(&args.listen).await?;
     let address = listener
         .local_addr()
         .context("cannot read the address the server listens on")?;
+    check_exposure(address, config.tls.is_some(), args.insecure, "herd server")?;
     if let Some(path) = &args.port_file {
         write_port_file(path, address)?;
     }
     info!(
         data_dir = %data_dir.display(),
-        "listening on {address}; clients use --server http://{}",
+        "listening on {address}; clients use --server {scheme}://{}",
         client_address(address)
     );
     herd_server::run(config, listener, shutdown)
@@ -62,6 +74,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Out
     let address = listener
         .local_addr()
         .context("cannot read the address the server listens on")?;
+    check_exposure(address, false, args.insecure, "herd up")?;
     if let Some(path) = &args.port_file {
         write_port_file(path, address)?;
     }
@@ -70,9 +83,12 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Out
         database: None,
         data_dir: data_dir.clone(),
         queue: QueueConfig::default(),
+        tls: None,
     };
     let worker_config = herd_worker::Config {
         server: server_url.clone(),
+        // The local worker talks to this process's own server over loopback.
+        tls: ClientTls::default(),
         name: local::host_name(),
         batch: args.batch.clone(),
         concurrency,
@@ -149,6 +165,42 @@ pub async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
     })
 }
 
+/// Refuses to serve plaintext on an address other hosts can reach (a wildcard, a LAN address):
+/// every request, with its token and its tasks' secrets, would cross the network in clear.
+/// With `--insecure` the server starts anyway, with a warning. The listener is already bound
+/// (a host name can only be judged once resolved); the caller drops it with the error, before
+/// anything is served.
+fn check_exposure(
+    address: SocketAddr,
+    tls: bool,
+    insecure: bool,
+    command: &str,
+) -> anyhow::Result<()> {
+    if tls || address.ip().is_loopback() {
+        return Ok(());
+    }
+    if insecure {
+        warn!(
+            %address,
+            "serving WITHOUT TLS on an address other hosts can reach (--insecure): requests, with \
+             their tokens and task secrets, travel in clear; use this only on a network you trust"
+        );
+        return Ok(());
+    }
+    let remedy = if command == "herd up" {
+        "listen on 127.0.0.1 (`herd up` has no TLS; run `herd server --tls-cert FILE --tls-key FILE` \
+         and `herd worker` to serve other hosts), or add --insecure if the network is trusted"
+    } else {
+        "give --tls-cert FILE and --tls-key FILE (clients then use https://), listen on 127.0.0.1, \
+         or add --insecure if the network is trusted"
+    };
+    Err(exit::Error::usage(format!(
+        "{command} refuses to listen on {address} without TLS: other hosts can reach it, and \
+         their requests (with their tokens and task secrets) would travel in clear; {remedy}"
+    ))
+    .into())
+}
+
 /// The address a client on this host uses: a wildcard listen address becomes loopback.
 pub fn client_address(address: SocketAddr) -> SocketAddr {
     match address.ip() {
@@ -183,6 +235,27 @@ mod tests {
         assert!(error.contains("already in use"), "{error}");
         let error = bind("not an address:x").await.unwrap_err();
         assert_eq!(exit::classify(&error).0, exit::USAGE, "{error}");
+    }
+
+    #[test]
+    fn plaintext_beyond_loopback_needs_insecure() {
+        let wildcard: SocketAddr = "0.0.0.0:4373".parse().unwrap();
+        let error = check_exposure(wildcard, false, false, "herd server").unwrap_err();
+        assert_eq!(exit::classify(&error).0, exit::USAGE);
+        let message = error.to_string();
+        assert!(
+            message.contains("--tls-cert")
+                && message.contains("--insecure")
+                && message.contains("in clear"),
+            "{message}"
+        );
+        let lan: SocketAddr = "[2001:db8::1]:4373".parse().unwrap();
+        assert!(check_exposure(lan, false, false, "herd up").is_err());
+        assert!(check_exposure(wildcard, false, true, "herd server").is_ok());
+        assert!(check_exposure(wildcard, true, false, "herd server").is_ok());
+        for loopback in ["127.0.0.1:1", "127.0.0.2:1", "[::1]:1"] {
+            assert!(check_exposure(loopback.parse().unwrap(), false, false, "herd up").is_ok());
+        }
     }
 
     #[test]

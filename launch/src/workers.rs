@@ -2,12 +2,13 @@
 
 use anyhow::Context;
 use herd_proto::Timestamp;
+use herd_proto::transport::ClientTls;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::cli::{ExecutorChoice, JsonArgs, WorkerAction, WorkerCommand, WorkerRunArgs};
 use crate::client::{self, Connection};
-use crate::exit::Outcome;
+use crate::exit::{self, Outcome};
 use crate::local;
 use crate::output::{self, Table};
 
@@ -42,8 +43,10 @@ pub fn worker_config(server: &str, args: WorkerRunArgs) -> anyhow::Result<herd_w
     };
     let name = args.name.unwrap_or_else(local::host_name);
     let policy = args.policy.policy()?;
+    let tls = ClientTls::from_env().map_err(|error| exit::Error::usage(error.to_string()))?;
     Ok(herd_worker::Config {
         server,
+        tls,
         name,
         batch: args.batch,
         concurrency: args.concurrency.unwrap_or(cores.max(1)),

@@ -14,6 +14,7 @@ use crate::private;
 use crate::queue::{Queue, QueueConfig};
 use crate::service;
 use crate::store::{SqlStore, Store};
+use crate::tls::Tls;
 
 /// The largest answer of the `Queue` service (and what clients accept): a listing of a
 /// million tasks fits.
@@ -34,6 +35,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Worker liveness settings.
     pub queue: QueueConfig,
+    /// TLS (`--tls-cert`, `--tls-key`, `--tls-client-ca`); `None` serves plaintext.
+    pub tls: Option<Tls>,
 }
 
 impl Config {
@@ -76,16 +79,31 @@ pub async fn run(
     }
     let logs = LogStore::new(config.data_dir.join("logs"));
     let queue = Queue::open(store, logs, config.queue.clone()).await?;
-    serve(queue, listener, shutdown).await
+    serve(queue, listener, config.tls.as_ref(), shutdown).await
 }
 
-/// Serves an opened queue on `listener` until `shutdown` fires.
+/// Serves an opened queue on `listener` (with TLS when `tls` is given) until `shutdown`
+/// fires.
 pub async fn serve(
     queue: Arc<Queue>,
     listener: TcpListener,
+    tls: Option<&Tls>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let address = listener.local_addr().ok();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        crate::tls::install_crypto_provider();
+        builder = match builder.tls_config(tls.server_config()) {
+            Ok(builder) => builder,
+            Err(error) => {
+                // Checked by `Tls::from_files`, so not expected; the queue still closes cleanly.
+                queue.close();
+                queue.shutdown().await;
+                return Err(error.into());
+            }
+        };
+    }
     let reaper = queue.spawn_reaper(shutdown.clone());
     // Long-lived streams (worker sessions, log follows, batch watches) end when shutdown
     // begins; otherwise the graceful shutdown would wait for them forever.
@@ -99,9 +117,14 @@ pub async fn serve(
     });
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     if let Some(address) = address {
-        info!(%address, "herd server listening");
+        info!(
+            %address,
+            tls = tls.is_some(),
+            client_certificates = tls.is_some_and(Tls::requires_client_certificates),
+            "herd server listening"
+        );
     }
-    let served = tonic::transport::Server::builder()
+    let served = builder
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .add_routes(service::routes(queue.clone()))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
@@ -127,6 +150,7 @@ mod tests {
             database: Some(database),
             data_dir: directory.path().to_path_buf(),
             queue: QueueConfig::default(),
+            tls: None,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
         let shutdown = CancellationToken::new();

@@ -35,9 +35,12 @@ pub fn status_of(error: Error) -> Status {
         }
         Error::Invalid(_) => Status::invalid_argument(message),
         Error::Store(_) | Error::ShuttingDown => Status::unavailable(message),
-        Error::Refused(_) | Error::DataDir { .. } | Error::Transport(_) => {
-            Status::internal(message)
-        }
+        Error::Refused(_)
+        | Error::DataDir { .. }
+        | Error::Transport(_)
+        | Error::TlsFile(_)
+        | Error::KeyExposed { .. }
+        | Error::TlsSetup(_) => Status::internal(message),
     }
 }
 

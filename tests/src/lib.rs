@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use herd_proto::pb::queue_client::QueueClient;
+use herd_proto::transport::{self, ClientTls};
 use herd_proto::view::TaskView;
 use herd_proto::{BatchName, TaskId, TaskRequest, TaskSpec, pb};
 use herd_server::queue::QueueConfig;
@@ -110,6 +111,8 @@ pub struct WorkerOptions {
     pub allow_privileged: bool,
     /// What tasks may take of the worker's host; the default allows nothing.
     pub policy: herd_proto::policy::Policy,
+    /// How the worker secures its connection; the default is plaintext to loopback.
+    pub tls: ClientTls,
 }
 
 impl Default for WorkerOptions {
@@ -121,6 +124,7 @@ impl Default for WorkerOptions {
             executors: None,
             allow_privileged: false,
             policy: herd_proto::policy::Policy::default(),
+            tls: ClientTls::default(),
         }
     }
 }
@@ -199,6 +203,7 @@ impl Cluster {
             database: self.database.clone(),
             data_dir: self.data_dir.path().to_path_buf(),
             queue: self.options.queue.clone(),
+            tls: None,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
@@ -237,7 +242,7 @@ impl Cluster {
         let channel = wait_for("the server to accept connections", WAIT, || {
             let url = url.clone();
             async move {
-                tonic::transport::Endpoint::from_shared(url)
+                transport::endpoint(&url, &ClientTls::default())
                     .ok()?
                     .connect()
                     .await
@@ -329,6 +334,7 @@ pub async fn start_worker(
     let (cores, memory_bytes) = herd_worker::host_resources();
     let config = herd_worker::Config {
         server: server_url.to_owned(),
+        tls: options.tls,
         name: format!(
             "test-worker-{}",
             work_dir

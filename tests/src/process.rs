@@ -6,13 +6,20 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// The settings a `herd` child process never inherits.
-pub const CLEARED_VARIABLES: [&str; 7] = [
+pub const CLEARED_VARIABLES: [&str; 14] = [
     "HERD_SERVER",
     "HERD_LISTEN",
     "HERD_DB",
     "HERD_DATA_DIR",
     "HERD_WORKER_TIMEOUT",
     "HERD_HEARTBEAT",
+    "HERD_TLS_CERT",
+    "HERD_TLS_KEY",
+    "HERD_TLS_CLIENT_CA",
+    "HERD_CA_BUNDLE",
+    "HERD_CLIENT_CERT",
+    "HERD_CLIENT_KEY",
+    "HERD_INSECURE",
     "RUST_LOG",
 ];
 

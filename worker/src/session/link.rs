@@ -11,6 +11,7 @@ use herd_proto::TaskReport;
 use herd_proto::convert::UndecodableMessage;
 use herd_proto::pb;
 use herd_proto::session::{FromWorker, ToWorker};
+use herd_proto::transport::{self, ClientTls};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -56,8 +57,17 @@ impl Incoming {
     pub async fn next(&mut self) -> Result<Option<Result<ToWorker, UndecodableMessage>>, String> {
         match self.0.message().await {
             Ok(message) => Ok(message.map(decode)),
-            Err(status) => Err(status.message().to_owned()),
+            Err(status) => Err(status_message(&status)),
         }
+    }
+}
+
+/// What a failed call says: the server's own message, or for a failure of the transport
+/// (e.g. a server that wants a client certificate refusing the handshake) its cause.
+fn status_message(status: &tonic::Status) -> String {
+    match std::error::Error::source(status) {
+        Some(source) => transport::describe_failure(source).to_string(),
+        None => status.message().to_owned(),
     }
 }
 
@@ -66,13 +76,15 @@ fn decode(message: pb::ServerMessage) -> Result<ToWorker, UndecodableMessage> {
     ToWorker::try_from(message)
 }
 
-/// Connects to `server` and opens the session, `hello` first. The error is for a log line.
+/// Connects to `server` (with `tls`'s settings) and opens the session, `hello` first. The
+/// error is for a log line: a TLS handshake failure says what to set (`HERD_CA_BUNDLE`...).
 pub(super) async fn connect(
     server: &str,
+    tls: &ClientTls,
     hello: &FromWorker,
 ) -> Result<(Outgoing, Incoming), String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
-        .map_err(|error| format!("invalid server URL: {}", herd_fetch::error_chain(&error)))?
+    let endpoint = transport::endpoint(server, tls)
+        .map_err(|error| error.to_string())?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
@@ -80,7 +92,7 @@ pub(super) async fn connect(
     let channel = endpoint
         .connect()
         .await
-        .map_err(|error| herd_fetch::error_chain(&error))?;
+        .map_err(|error| transport::describe_failure(&error).to_string())?;
     let mut client = pb::workers_client::WorkersClient::new(channel)
         .max_decoding_message_size(herd_proto::session::MAX_SESSION_MESSAGE_BYTES);
     let (sender, receiver) = mpsc::channel::<pb::WorkerMessage>(OUTGOING_CAPACITY);
@@ -90,7 +102,7 @@ pub(super) async fn connect(
     let inbound = client
         .session(ReceiverStream::new(receiver))
         .await
-        .map_err(|status| status.message().to_owned())?
+        .map_err(|status| status_message(&status))?
         .into_inner();
     Ok((Outgoing(sender), Incoming(inbound)))
 }

@@ -252,7 +252,13 @@ fn broken(error: impl Into<String>, was_connected: bool) -> Outcome {
 }
 
 async fn connect_and_serve(session: &Arc<Session>, shutdown: &CancellationToken) -> Outcome {
-    let (link, mut incoming) = match link::connect(&session.config.server, &session.hello()).await {
+    let (link, mut incoming) = match link::connect(
+        &session.config.server,
+        &session.config.tls,
+        &session.hello(),
+    )
+    .await
+    {
         Ok(connection) => connection,
         Err(error) => return broken(error, false),
     };
@@ -355,6 +361,7 @@ mod tests {
     fn session(work_dir: &std::path::Path) -> Arc<Session> {
         let config = Config {
             server: "http://127.0.0.1:1".to_owned(),
+            tls: herd_proto::transport::ClientTls::default(),
             name: "test".to_owned(),
             batch: herd_proto::BatchName::default_batch(),
             concurrency: 1,
