@@ -29,12 +29,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Connection {
     queue: QueueClient<Channel>,
     server: String,
+    tls: ClientTls,
 }
 
 /// A stream of items from the server (log chunks, batch summaries), decoded as they come.
 pub struct Items<M, T> {
     stream: Streaming<M>,
     server: String,
+    tls: ClientTls,
     decode: fn(M) -> anyhow::Result<T>,
 }
 
@@ -44,7 +46,7 @@ impl<M, T> Items<M, T> {
         match self.stream.message().await {
             Ok(Some(message)) => Some((self.decode)(message)),
             Ok(None) => None,
-            Err(status) => Some(Err(status_error(status, &self.server))),
+            Err(status) => Some(Err(status_error(status, &self.server, &self.tls))),
         }
     }
 }
@@ -56,7 +58,7 @@ impl Connection {
     }
 
     fn error(&self, status: Status) -> anyhow::Error {
-        status_error(status, &self.server)
+        status_error(status, &self.server, &self.tls)
     }
 
     /// Queues `specs` atomically; their ids, in order.
@@ -128,6 +130,7 @@ impl Connection {
         Ok(Items {
             stream: reply.map_err(|status| self.error(status))?.into_inner(),
             server: self.server.clone(),
+            tls: self.tls.clone(),
             decode: |chunk| {
                 LogChunk::try_from(chunk).context("the server sent an unreadable log chunk")
             },
@@ -169,6 +172,7 @@ impl Connection {
         Ok(Items {
             stream: reply.map_err(|status| self.error(status))?.into_inner(),
             server: self.server.clone(),
+            tls: self.tls.clone(),
             decode: |summary| Ok(BatchView::from(summary)),
         })
     }
@@ -249,18 +253,26 @@ pub async fn connect(server: &str) -> anyhow::Result<Connection> {
     let channel = endpoint
         .connect()
         .await
-        .map_err(|error| exit::Error::unreachable(unreachable_message(&url, &error)))?;
+        .map_err(|error| exit::Error::unreachable(unreachable_message(&url, &tls, &error)))?;
     let queue = QueueClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    Ok(Connection { queue, server: url })
+    Ok(Connection {
+        queue,
+        server: url,
+        tls,
+    })
 }
 
 /// The message for a server that does not answer: a failed TLS handshake says why and what to
 /// set (e.g. `HERD_CA_BUNDLE`); anything else names the innermost cause (e.g. "Connection
 /// refused") rather than tonic's layers of wrapping.
-fn unreachable_message(url: &str, error: &(dyn std::error::Error + 'static)) -> String {
-    match transport::describe_failure(error) {
+fn unreachable_message(
+    url: &str,
+    tls: &ClientTls,
+    error: &(dyn std::error::Error + 'static),
+) -> String {
+    match transport::describe_failure(error, url, tls) {
         Failure::Tls(reason) => {
             format!("cannot connect securely to the herd server at {url}: {reason}")
         }
@@ -271,15 +283,25 @@ fn unreachable_message(url: &str, error: &(dyn std::error::Error + 'static)) -> 
     }
 }
 
-/// The one mapping from a gRPC status to a CLI error: the server's own message, classified.
-pub fn status_error(status: Status, server: &str) -> anyhow::Error {
+/// The one mapping from a gRPC status to a CLI error: the server's own message, classified
+/// (`tls`: how the client connected to `server`, for the hints of a failed handshake).
+pub fn status_error(status: Status, server: &str, tls: &ClientTls) -> anyhow::Error {
     let message = status.message().to_owned();
+    // A TLS handshake the server broke off after the client's side completed (TLS 1.3: a
+    // server that wants a client certificate) ends the first call, whatever its code.
+    if let Some(source) = std::error::Error::source(&status)
+        && let Failure::Tls(_) = transport::describe_failure(source, server, tls)
+    {
+        return anyhow::Error::new(exit::Error::unreachable(unreachable_message(
+            server, tls, source,
+        )));
+    }
     let error = match status.code() {
         Code::Unavailable => {
             // A status built by tonic from a transport failure carries the failure as its
             // source; one sent by the server (e.g. "shutting down") does not.
             if let Some(source) = std::error::Error::source(&status) {
-                exit::Error::unreachable(unreachable_message(server, source))
+                exit::Error::unreachable(unreachable_message(server, tls, source))
             } else {
                 exit::Error::unreachable(format!(
                     "the herd server at {server} is unavailable: {message}"
@@ -329,12 +351,24 @@ mod tests {
 
     #[test]
     fn statuses_keep_the_server_message_and_their_class() {
-        let error = status_error(Status::not_found("task 9 does not exist"), "http://h:1");
+        let error = status_error(
+            Status::not_found("task 9 does not exist"),
+            "http://h:1",
+            &ClientTls::default(),
+        );
         assert_eq!(error.to_string(), "task 9 does not exist");
         assert_eq!(crate::exit::classify(&error).0, crate::exit::FAILURE);
-        let error = status_error(Status::invalid_argument("bad"), "http://h:1");
+        let error = status_error(
+            Status::invalid_argument("bad"),
+            "http://h:1",
+            &ClientTls::default(),
+        );
         assert_eq!(crate::exit::classify(&error).0, crate::exit::USAGE);
-        let error = status_error(Status::unavailable("shutting down"), "http://h:1");
+        let error = status_error(
+            Status::unavailable("shutting down"),
+            "http://h:1",
+            &ClientTls::default(),
+        );
         assert_eq!(crate::exit::classify(&error).0, crate::exit::UNREACHABLE);
     }
 }

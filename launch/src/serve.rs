@@ -45,6 +45,14 @@ pub async fn server(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Re
         },
         tls,
     };
+    // An address is judged before binding when it is one; a host name once resolved and bound
+    // (the listener is dropped with the error, before anything is accepted).
+    // (With --insecure the one check after binding warns.)
+    if let Some(address) = literal_address(&args.listen)
+        && !args.insecure
+    {
+        check_exposure(address, config.tls.is_some(), false, "herd server")?;
+    }
     let listener = bind(&args.listen).await?;
     let address = listener
         .local_addr()
@@ -70,6 +78,11 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Out
     let data_dir = local::data_dir(args.data_dir)?;
     let (cores, memory_bytes) = herd_worker::host_resources();
     let concurrency = args.concurrency.unwrap_or(cores.max(1));
+    if let Some(address) = literal_address(&args.listen)
+        && !args.insecure
+    {
+        check_exposure(address, false, false, "herd up")?;
+    }
     let listener = bind(&args.listen).await?;
     let address = listener
         .local_addr()
@@ -165,11 +178,21 @@ pub async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
     })
 }
 
+/// `listen` when it is an IP address (with or without a port), not a host name.
+fn literal_address(listen: &str) -> Option<SocketAddr> {
+    let listen = listen.trim();
+    if let Ok(address) = listen.parse::<SocketAddr>() {
+        return Some(address);
+    }
+    let ip = listen.trim_start_matches('[').trim_end_matches(']');
+    ip.parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, herd_proto::DEFAULT_PORT))
+}
+
 /// Refuses to serve plaintext on an address other hosts can reach (a wildcard, a LAN address):
 /// every request, with its token and its tasks' secrets, would cross the network in clear.
-/// With `--insecure` the server starts anyway, with a warning. The listener is already bound
-/// (a host name can only be judged once resolved); the caller drops it with the error, before
-/// anything is served.
+/// With `--insecure` the server starts anyway, with a warning.
 fn check_exposure(
     address: SocketAddr,
     tls: bool,
@@ -253,6 +276,12 @@ mod tests {
         assert!(check_exposure(lan, false, false, "herd up").is_err());
         assert!(check_exposure(wildcard, false, true, "herd server").is_ok());
         assert!(check_exposure(wildcard, true, false, "herd server").is_ok());
+        assert_eq!(
+            literal_address("0.0.0.0"),
+            Some("0.0.0.0:4373".parse().unwrap())
+        );
+        assert_eq!(literal_address("[::]:0"), Some("[::]:0".parse().unwrap()));
+        assert_eq!(literal_address("myhost:4373"), None);
         for loopback in ["127.0.0.1:1", "127.0.0.2:1", "[::1]:1"] {
             assert!(check_exposure(loopback.parse().unwrap(), false, false, "herd up").is_ok());
         }

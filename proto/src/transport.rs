@@ -274,16 +274,42 @@ impl fmt::Display for Failure {
     }
 }
 
-/// Names what went wrong in `error`'s chain: a TLS handshake failure with what to set
-/// (`HERD_CA_BUNDLE` for a server certificate the client does not trust), or else the
-/// innermost cause (e.g. "Connection refused") rather than tonic's layers of wrapping.
-pub fn describe_failure(error: &(dyn std::error::Error + 'static)) -> Failure {
+/// Names what went wrong in `error`'s chain, for a connection to `url` with `tls`'s settings:
+/// a TLS handshake failure with what to set (`HERD_CA_BUNDLE` for a server certificate the
+/// client does not trust), or else the innermost cause (e.g. "Connection refused") rather
+/// than tonic's layers of wrapping.
+pub fn describe_failure(
+    error: &(dyn std::error::Error + 'static),
+    url: &str,
+    tls: &ClientTls,
+) -> Failure {
     if let Some(tls_error) = find_rustls_error(error) {
         return Failure::Tls(describe_tls(tls_error));
     }
     let mut innermost = error;
     while let Some(source) = innermost.source() {
         innermost = source;
+    }
+    // In TLS 1.3 the client's side of the handshake is done before the server checks the
+    // client's certificate, so a server that wants one usually shows up as a connection
+    // closed under the first call, its alert unread.
+    let closed = innermost
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|io_error| {
+            matches!(
+                io_error.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        });
+    if closed && url.starts_with("https://") && tls.identity.is_none() {
+        return Failure::Tls(format!(
+            "the server closed the connection ({innermost}); if it requires client \
+             certificates (--tls-client-ca), set {CLIENT_CERT_VARIABLE} and {CLIENT_KEY_VARIABLE} \
+             to PEM files of a certificate signed by the CA it trusts"
+        ));
     }
     Failure::Other(innermost.to_string())
 }
@@ -519,7 +545,8 @@ mod tests {
         );
         // As tokio-rustls reports it, wrapped once more as a transport would.
         let wrapped = std::io::Error::other(untrusted);
-        let Failure::Tls(message) = describe_failure(&wrapped) else {
+        let tls = ClientTls::default();
+        let Failure::Tls(message) = describe_failure(&wrapped, "https://h:1", &tls) else {
             panic!("not recognized as a TLS failure");
         };
         assert!(
@@ -529,6 +556,20 @@ mod tests {
             "{message}"
         );
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert!(matches!(describe_failure(&refused), Failure::Other(_)));
+        assert!(matches!(
+            describe_failure(&refused, "https://h:1", &tls),
+            Failure::Other(_)
+        ));
+        // A connection closed under the first call, without a client certificate: the
+        // server may want one.
+        let closed = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        let Failure::Tls(message) = describe_failure(&closed, "https://h:1", &tls) else {
+            panic!("a closed TLS connection without a client certificate should hint at one");
+        };
+        assert!(message.contains("HERD_CLIENT_CERT"), "{message}");
+        assert!(matches!(
+            describe_failure(&closed, "http://h:1", &tls),
+            Failure::Other(_)
+        ));
     }
 }

@@ -48,25 +48,29 @@ impl Outgoing {
     }
 }
 
-/// The receiving half of a connection.
-pub(super) struct Incoming(tonic::Streaming<pb::ServerMessage>);
+/// The receiving half of a connection (with what it connected to, to describe a break).
+pub(super) struct Incoming {
+    stream: tonic::Streaming<pb::ServerMessage>,
+    server: String,
+    tls: ClientTls,
+}
 
 impl Incoming {
     /// The next message from the server, decoded; `None` when the server closed the stream;
     /// an error (the status's message) when the stream broke.
     pub async fn next(&mut self) -> Result<Option<Result<ToWorker, UndecodableMessage>>, String> {
-        match self.0.message().await {
+        match self.stream.message().await {
             Ok(message) => Ok(message.map(decode)),
-            Err(status) => Err(status_message(&status)),
+            Err(status) => Err(status_message(&status, &self.server, &self.tls)),
         }
     }
 }
 
 /// What a failed call says: the server's own message, or for a failure of the transport
 /// (e.g. a server that wants a client certificate refusing the handshake) its cause.
-fn status_message(status: &tonic::Status) -> String {
+fn status_message(status: &tonic::Status, server: &str, tls: &ClientTls) -> String {
     match std::error::Error::source(status) {
-        Some(source) => transport::describe_failure(source).to_string(),
+        Some(source) => transport::describe_failure(source, server, tls).to_string(),
         None => status.message().to_owned(),
     }
 }
@@ -92,7 +96,7 @@ pub(super) async fn connect(
     let channel = endpoint
         .connect()
         .await
-        .map_err(|error| transport::describe_failure(&error).to_string())?;
+        .map_err(|error| transport::describe_failure(&error, server, tls).to_string())?;
     let mut client = pb::workers_client::WorkersClient::new(channel)
         .max_decoding_message_size(herd_proto::session::MAX_SESSION_MESSAGE_BYTES);
     let (sender, receiver) = mpsc::channel::<pb::WorkerMessage>(OUTGOING_CAPACITY);
@@ -102,9 +106,16 @@ pub(super) async fn connect(
     let inbound = client
         .session(ReceiverStream::new(receiver))
         .await
-        .map_err(|status| status_message(&status))?
+        .map_err(|status| status_message(&status, server, tls))?
         .into_inner();
-    Ok((Outgoing(sender), Incoming(inbound)))
+    Ok((
+        Outgoing(sender),
+        Incoming {
+            stream: inbound,
+            server: server.to_owned(),
+            tls: tls.clone(),
+        },
+    ))
 }
 
 /// Messages as a server would send them, decoded: for the session's tests, which see no
