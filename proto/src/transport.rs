@@ -290,20 +290,27 @@ pub fn describe_failure(
     while let Some(source) = innermost.source() {
         innermost = source;
     }
+    if let Some(alert) = alert_in_text(&innermost.to_string()) {
+        return Failure::Tls(describe_tls(&rustls::Error::AlertReceived(alert)));
+    }
     // In TLS 1.3 the client's side of the handshake is done before the server checks the
     // client's certificate, so a server that wants one usually shows up as a connection
     // closed under the first call, its alert unread.
-    let closed = innermost
-        .downcast_ref::<std::io::Error>()
-        .is_some_and(|io_error| {
-            matches!(
-                io_error.kind(),
-                std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::UnexpectedEof
-            )
-        });
+    // Depending on which side notices first, that is an I/O error (broken pipe, reset) or
+    // hyper's request canceled because "connection closed" (hyper's error is not reachable
+    // from here, only its words).
+    let closed = innermost.to_string() == "connection closed"
+        || innermost
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io_error| {
+                matches!(
+                    io_error.kind(),
+                    std::io::ErrorKind::BrokenPipe
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::UnexpectedEof
+                )
+            });
     if closed && url.starts_with("https://") && tls.identity.is_none() {
         return Failure::Tls(format!(
             "the server closed the connection ({innermost}); if it requires client \
@@ -336,6 +343,26 @@ fn find_rustls_error<'a>(
         current = error.source();
     }
     None
+}
+
+/// The alert a server sent, from rustls's words for it ("received fatal alert: NAME") when
+/// the error itself did not survive: h2 keeps only the kind and text of an I/O error it
+/// passes on to every stream of the connection.
+fn alert_in_text(text: &str) -> Option<rustls::AlertDescription> {
+    use rustls::AlertDescription;
+    let name = text.split("received fatal alert: ").nth(1)?;
+    let name = name.split(|c: char| !c.is_ascii_alphanumeric()).next()?;
+    [
+        AlertDescription::CertificateRequired,
+        AlertDescription::BadCertificate,
+        AlertDescription::UnknownCA,
+        AlertDescription::CertificateUnknown,
+        AlertDescription::CertificateExpired,
+        AlertDescription::DecryptError,
+        AlertDescription::HandshakeFailure,
+    ]
+    .into_iter()
+    .find(|alert| format!("{alert:?}") == name)
 }
 
 fn describe_tls(error: &rustls::Error) -> String {
@@ -571,5 +598,18 @@ mod tests {
             describe_failure(&closed, "http://h:1", &tls),
             Failure::Other(_)
         ));
+        // The server's alert, as h2 passes it on: only its text is left.
+        let alert = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "received fatal alert: CertificateRequired",
+        );
+        let Failure::Tls(message) = describe_failure(&alert, "https://h:1", &tls) else {
+            panic!("the alert's text should be recognized");
+        };
+        assert!(
+            message.contains("requires a client certificate")
+                && message.contains("HERD_CLIENT_KEY"),
+            "{message}"
+        );
     }
 }

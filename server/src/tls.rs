@@ -107,3 +107,53 @@ fn refuse_exposed_key(path: &Path) -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(cert: &Path, key: &Path) -> String {
+        crate::chain(&Tls::from_files(cert, key, None).expect_err("the files are refused"))
+    }
+
+    #[test]
+    fn unusable_files_are_named_with_their_flag() {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let missing = directory.path().join("missing.pem");
+        let key = directory.path().join("key.pem");
+        std::fs::write(&key, "not a key").expect("write");
+        let message = refusal(&missing, &key);
+        assert!(
+            message.contains("--tls-cert") && message.contains(&*missing.to_string_lossy()),
+            "{message}"
+        );
+
+        let garbage = directory.path().join("garbage.pem");
+        std::fs::write(&garbage, "hello").expect("write");
+        let message = refusal(&garbage, &key);
+        assert!(
+            message.contains("--tls-cert") && message.contains("holds no certificate"),
+            "{message}"
+        );
+
+        // A syntactically valid certificate block, so that the key is what is judged.
+        let cert = directory.path().join("cert.pem");
+        std::fs::write(
+            &cert,
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let message = refusal(&cert, &key);
+        assert!(
+            message.contains("--tls-key") && message.contains("no private key"),
+            "{message}"
+        );
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let message = refusal(&cert, &key);
+        assert!(
+            message.contains("other users") && message.contains("mode 644"),
+            "{message}"
+        );
+    }
+}
