@@ -492,7 +492,8 @@ fn parse_env_name(text: &str) -> Result<String, String> {
 /// `herd server`
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    /// Address to listen on; 0.0.0.0:4373 serves other hosts, port 0 picks a free port.
+    /// Address to listen on; 0.0.0.0:4373 serves other hosts (with --tls-cert, or --insecure),
+    /// port 0 picks a free port.
     #[arg(long = "listen", value_name = "ADDR", env = "HERD_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: String,
 
@@ -557,7 +558,8 @@ pub struct ServerArgs {
 /// `herd up`
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Address to listen on; 0.0.0.0:4373 serves other hosts, port 0 picks a free port.
+    /// Address to listen on (loopback unless --insecure: `herd up` has no TLS); port 0 picks a
+    /// free port.
     #[arg(long = "listen", value_name = "ADDR", env = "HERD_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: String,
 
