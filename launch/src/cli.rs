@@ -24,7 +24,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:4373";
 #[derive(Debug, Parser)]
 #[command(name = "herd", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
-    /// The herd server to talk to: a URL such as http://host:4373, or host:port.
+    /// The herd server to talk to: a URL such as http://host:4373 (https:// for a server with
+    /// TLS; HERD_CA_BUNDLE, HERD_CLIENT_CERT, HERD_CLIENT_KEY and HERD_INSECURE set how), or
+    /// host:port.
     #[arg(short = 's', long = "server", env = "HERD_SERVER", default_value = DEFAULT_SERVER, global = true, display_order = 900)]
     pub server: String,
 
@@ -584,7 +586,8 @@ fn parse_env_name(text: &str) -> Result<String, String> {
 /// `herd server`
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    /// Address to listen on; 0.0.0.0:4373 serves other hosts, port 0 picks a free port.
+    /// Address to listen on; 0.0.0.0:4373 serves other hosts (with --tls-cert, or --insecure),
+    /// port 0 picks a free port.
     #[arg(long = "listen", value_name = "ADDR", env = "HERD_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: String,
 
@@ -615,12 +618,47 @@ pub struct ServerArgs {
     /// when every admin token is lost or revoked.
     #[arg(long = "new-admin-token")]
     pub new_admin_token: bool,
+
+    /// Serve TLS with this certificate (PEM, with its chain); needs --tls-key. Clients then
+    /// use https:// URLs.
+    #[arg(
+        long = "tls-cert",
+        value_name = "FILE",
+        env = "HERD_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM); refused when other users can read it.
+    #[arg(
+        long = "tls-key",
+        value_name = "FILE",
+        env = "HERD_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: every client (workers included) must present a certificate signed by a CA
+    /// in this PEM file (HERD_CLIENT_CERT and HERD_CLIENT_KEY on their side).
+    #[arg(
+        long = "tls-client-ca",
+        value_name = "FILE",
+        env = "HERD_TLS_CLIENT_CA",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Serve without TLS on an address other hosts can reach (refused otherwise): requests,
+    /// with their tokens and task secrets, travel in clear. Only on a network you trust.
+    #[arg(long = "insecure")]
+    pub insecure: bool,
 }
 
 /// `herd up`
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Address to listen on; 0.0.0.0:4373 serves other hosts, port 0 picks a free port.
+    /// Address to listen on (loopback unless --insecure: `herd up` has no TLS); port 0 picks a
+    /// free port.
     #[arg(long = "listen", value_name = "ADDR", env = "HERD_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: String,
 
@@ -645,6 +683,12 @@ pub struct UpArgs {
     /// Once listening, write the bound address to this file (for scripts).
     #[arg(long = "port-file", value_name = "PATH")]
     pub port_file: Option<PathBuf>,
+
+    /// Listen on an address other hosts can reach (refused otherwise): `herd up` has no TLS,
+    /// so requests travel in clear. Only on a network you trust; use `herd server` with
+    /// --tls-cert for anything else.
+    #[arg(long = "insecure")]
+    pub insecure: bool,
 
     /// What tasks may take of this host.
     #[command(flatten)]

@@ -12,10 +12,11 @@ use herd_proto::pb::access_client::AccessClient;
 use herd_proto::pb::queue_client::QueueClient;
 use herd_proto::request::{BatchAction, LogRequest, TaskFilter};
 use herd_proto::session::LogChunk;
+use herd_proto::transport::{self, ClientTls, Failure};
 use herd_proto::view::{BatchView, TaskView, WorkerView};
 use herd_proto::{BatchName, TaskId, TaskSpec, WorkerId, pb};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 use crate::exit;
@@ -34,12 +35,14 @@ pub struct Connection {
     queue: QueueClient<InterceptedService<Channel, Bearer>>,
     access: AccessClient<InterceptedService<Channel, Bearer>>,
     server: String,
+    tls: ClientTls,
 }
 
 /// A stream of items from the server (log chunks, batch summaries), decoded as they come.
 pub struct Items<M, T> {
     stream: Streaming<M>,
     server: String,
+    tls: ClientTls,
     decode: fn(M) -> anyhow::Result<T>,
 }
 
@@ -49,7 +52,7 @@ impl<M, T> Items<M, T> {
         match self.stream.message().await {
             Ok(Some(message)) => Some((self.decode)(message)),
             Ok(None) => None,
-            Err(status) => Some(Err(status_error(status, &self.server))),
+            Err(status) => Some(Err(status_error(status, &self.server, &self.tls))),
         }
     }
 }
@@ -61,7 +64,7 @@ impl Connection {
     }
 
     fn error(&self, status: Status) -> anyhow::Error {
-        status_error(status, &self.server)
+        status_error(status, &self.server, &self.tls)
     }
 
     /// Queues `specs` atomically; their ids, in order.
@@ -133,6 +136,7 @@ impl Connection {
         Ok(Items {
             stream: reply.map_err(|status| self.error(status))?.into_inner(),
             server: self.server.clone(),
+            tls: self.tls.clone(),
             decode: |chunk| {
                 LogChunk::try_from(chunk).context("the server sent an unreadable log chunk")
             },
@@ -174,6 +178,7 @@ impl Connection {
         Ok(Items {
             stream: reply.map_err(|status| self.error(status))?.into_inner(),
             server: self.server.clone(),
+            tls: self.tls.clone(),
             decode: |summary| Ok(BatchView::from(summary)),
         })
     }
@@ -265,13 +270,13 @@ fn task_view(task: pb::Task) -> anyhow::Result<TaskView> {
     TaskView::try_from(task).with_context(|| format!("the server sent an unreadable task {id}"))
 }
 
-/// Normalizes a server address: `host:port` gets `http://`, an address without a port gets
-/// herd's default port.
+/// Normalizes a server address: `host:port` gets `http://` (an `https://` URL stays as given),
+/// an address without a port gets herd's default port.
 pub fn server_url(text: &str) -> Result<String, exit::Error> {
     let trimmed = text.trim().trim_end_matches('/');
     if trimmed.is_empty() {
         return Err(exit::Error::usage(
-            "the server address is empty; give --server http://HOST:4373 or set HERD_SERVER",
+            "the server address is empty; give --server http://HOST:4373 (https:// for a server with TLS) or set HERD_SERVER",
         ));
     }
     let with_scheme = if trimmed.contains("://") {
@@ -281,7 +286,7 @@ pub fn server_url(text: &str) -> Result<String, exit::Error> {
     };
     let invalid = || {
         exit::Error::usage(format!(
-            "`{text}` is not a server address; give http://HOST:PORT or HOST:PORT, e.g. http://127.0.0.1:{}",
+            "`{text}` is not a server address; give http://HOST:PORT, https://HOST:PORT or HOST:PORT, e.g. http://127.0.0.1:{}",
             herd_proto::DEFAULT_PORT
         ))
     };
@@ -303,8 +308,10 @@ pub fn server_url(text: &str) -> Result<String, exit::Error> {
     ))
 }
 
-/// Connects to the server named by `--server`/`HERD_SERVER`. An unreachable server is an
-/// [`exit::Kind::Unreachable`] error (exit code 3).
+/// Connects to the server named by `--server`/`HERD_SERVER`, secured as the environment
+/// says (`HERD_CA_BUNDLE`, `HERD_CLIENT_CERT`/`HERD_CLIENT_KEY`, `HERD_INSECURE`; see
+/// [`herd_proto::transport`]). An unreachable server is an [`exit::Kind::Unreachable`] error
+/// (exit code 3); settings that cannot work are usage errors (exit code 2).
 pub async fn connect(server: &str) -> anyhow::Result<Connection> {
     let url = server_url(server)?;
     let token = crate::credentials::token_for(&url)?;
@@ -314,15 +321,13 @@ pub async fn connect(server: &str) -> anyhow::Result<Connection> {
 /// Connects to the server at `url` (as normalised by [`server_url`]) with `token`.
 pub async fn connect_with(url: &str, token: Option<&Secret>) -> anyhow::Result<Connection> {
     let url = url.to_owned();
-    let server = url.as_str();
     let bearer = match token {
         Some(token) => Bearer::new(token).map_err(|error| exit::Error::usage(error.to_string()))?,
         None => Bearer::anonymous(),
     };
-    let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|error| {
-            exit::Error::usage(format!("`{server}` is not a server address: {error}"))
-        })?
+    let tls = ClientTls::from_env().map_err(|error| exit::Error::usage(error.to_string()))?;
+    let endpoint = transport::endpoint(&url, &tls)
+        .map_err(|error| exit::Error::usage(error.to_string()))?
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_while_idle(true)
@@ -331,7 +336,7 @@ pub async fn connect_with(url: &str, token: Option<&Secret>) -> anyhow::Result<C
     let channel = endpoint
         .connect()
         .await
-        .map_err(|error| exit::Error::unreachable(unreachable_message(&url, &error)))?;
+        .map_err(|error| exit::Error::unreachable(unreachable_message(&url, &tls, &error)))?;
     let queue = QueueClient::with_interceptor(channel.clone(), bearer.clone())
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -340,31 +345,48 @@ pub async fn connect_with(url: &str, token: Option<&Secret>) -> anyhow::Result<C
         queue,
         access,
         server: url,
+        tls,
     })
 }
 
-/// The message for a server that does not answer, naming the innermost cause (e.g.
-/// "Connection refused") rather than tonic's layers of wrapping.
-fn unreachable_message(url: &str, error: &(dyn std::error::Error + 'static)) -> String {
-    let mut innermost = error;
-    while let Some(source) = innermost.source() {
-        innermost = source;
+/// The message for a server that does not answer: a failed TLS handshake says why and what to
+/// set (e.g. `HERD_CA_BUNDLE`); anything else names the innermost cause (e.g. "Connection
+/// refused") rather than tonic's layers of wrapping.
+fn unreachable_message(
+    url: &str,
+    tls: &ClientTls,
+    error: &(dyn std::error::Error + 'static),
+) -> String {
+    match transport::describe_failure(error, url, tls) {
+        Failure::Tls(reason) => {
+            format!("cannot connect securely to the herd server at {url}: {reason}")
+        }
+        Failure::Other(reason) => format!(
+            "cannot reach the herd server at {url}: {reason}; start one with `herd server` or `herd up`, \
+             or set HERD_SERVER (or --server) to its address"
+        ),
     }
-    format!(
-        "cannot reach the herd server at {url}: {innermost}; start one with `herd server` or `herd up`, \
-         or set HERD_SERVER (or --server) to its address"
-    )
 }
 
-/// The one mapping from a gRPC status to a CLI error: the server's own message, classified.
-pub fn status_error(status: Status, server: &str) -> anyhow::Error {
+/// The one mapping from a gRPC status to a CLI error: the server's own message, classified
+/// (`tls`: how the client connected to `server`, for the hints of a failed handshake).
+pub fn status_error(status: Status, server: &str, tls: &ClientTls) -> anyhow::Error {
     let message = status.message().to_owned();
+    // A TLS handshake the server broke off after the client's side completed (TLS 1.3: a
+    // server that wants a client certificate) ends the first call, whatever its code.
+    if let Some(source) = std::error::Error::source(&status)
+        && let Failure::Tls(_) = transport::describe_failure(source, server, tls)
+    {
+        return anyhow::Error::new(exit::Error::unreachable(unreachable_message(
+            server, tls, source,
+        )));
+    }
     let error = match status.code() {
         Code::Unavailable => {
             // A status built by tonic from a transport failure carries the failure as its
             // source; one sent by the server (e.g. "shutting down") does not.
             if let Some(source) = std::error::Error::source(&status) {
-                exit::Error::unreachable(unreachable_message(server, source))
+                exit::Error::unreachable(unreachable_message(server, tls, source))
             } else {
                 exit::Error::unreachable(format!(
                     "the herd server at {server} is unavailable: {message}"
@@ -414,12 +436,24 @@ mod tests {
 
     #[test]
     fn statuses_keep_the_server_message_and_their_class() {
-        let error = status_error(Status::not_found("task 9 does not exist"), "http://h:1");
+        let error = status_error(
+            Status::not_found("task 9 does not exist"),
+            "http://h:1",
+            &ClientTls::default(),
+        );
         assert_eq!(error.to_string(), "task 9 does not exist");
         assert_eq!(crate::exit::classify(&error).0, crate::exit::FAILURE);
-        let error = status_error(Status::invalid_argument("bad"), "http://h:1");
+        let error = status_error(
+            Status::invalid_argument("bad"),
+            "http://h:1",
+            &ClientTls::default(),
+        );
         assert_eq!(crate::exit::classify(&error).0, crate::exit::USAGE);
-        let error = status_error(Status::unavailable("shutting down"), "http://h:1");
+        let error = status_error(
+            Status::unavailable("shutting down"),
+            "http://h:1",
+            &ClientTls::default(),
+        );
         assert_eq!(crate::exit::classify(&error).0, crate::exit::UNREACHABLE);
     }
 }

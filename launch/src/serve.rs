@@ -6,10 +6,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use herd_proto::transport::ClientTls;
 use herd_server::queue::QueueConfig;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::cli::{ServerArgs, UpArgs};
 use crate::credentials;
@@ -26,7 +27,16 @@ pub async fn server(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Re
         ))
         .into());
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            herd_server::Tls::from_files(cert, key, args.tls_client_ca.as_deref())
+                .map_err(|error| exit::Error::usage(herd_server::chain(&error)))?,
+        ),
+        // clap requires both or neither.
+        _ => None,
+    };
     let data_dir = local::data_dir(args.data_dir)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let config = herd_server::Config {
         database: args.database,
         data_dir: data_dir.clone(),
@@ -36,11 +46,21 @@ pub async fn server(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Re
         },
         worker_token_file: None,
         new_admin_token: args.new_admin_token,
+        tls,
     };
+    // An address is judged before binding when it is one; a host name once resolved and bound
+    // (the listener is dropped with the error, before anything is accepted).
+    // (With --insecure the one check after binding warns.)
+    if let Some(address) = literal_address(&args.listen)
+        && !args.insecure
+    {
+        check_exposure(address, config.tls.is_some(), false, "herd server")?;
+    }
     let listener = bind(&args.listen).await?;
     let address = listener
         .local_addr()
         .context("cannot read the address the server listens on")?;
+    check_exposure(address, config.tls.is_some(), args.insecure, "herd server")?;
     let queue = herd_server::open(&config)
         .await
         .context("the herd server cannot start")?;
@@ -51,10 +71,10 @@ pub async fn server(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Re
     }
     info!(
         data_dir = %data_dir.display(),
-        "listening on {address}; clients use --server http://{}",
+        "listening on {address}; clients use --server {scheme}://{}",
         client_address(address)
     );
-    herd_server::serve(queue, listener, shutdown)
+    herd_server::serve(queue, listener, config.tls.as_ref(), shutdown)
         .await
         .context("the herd server stopped")?;
     Ok(Outcome::Success)
@@ -66,10 +86,16 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Out
     let data_dir = local::data_dir(args.data_dir)?;
     let (cores, memory_bytes) = herd_worker::host_resources();
     let concurrency = args.concurrency.unwrap_or(cores.max(1));
+    if let Some(address) = literal_address(&args.listen)
+        && !args.insecure
+    {
+        check_exposure(address, false, false, "herd up")?;
+    }
     let listener = bind(&args.listen).await?;
     let address = listener
         .local_addr()
         .context("cannot read the address the server listens on")?;
+    check_exposure(address, false, args.insecure, "herd up")?;
     let server_url = format!("http://{}", client_address(address));
     let worker_token_file = data_dir.join(LOCAL_WORKER_TOKEN_FILE);
     let server_config = herd_server::Config {
@@ -78,6 +104,7 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Out
         queue: QueueConfig::default(),
         worker_token_file: Some(worker_token_file.clone()),
         new_admin_token: false,
+        tls: None,
     };
     let queue = herd_server::open(&server_config)
         .await
@@ -89,6 +116,8 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Out
     }
     let worker_config = herd_worker::Config {
         server: server_url.clone(),
+        // The local worker talks to this process's own server over loopback.
+        tls: ClientTls::default(),
         name: local::host_name(),
         batch: args.batch.clone(),
         concurrency,
@@ -109,7 +138,10 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Out
         args.batch
     );
 
-    let mut server = tokio::spawn(herd_server::serve(queue, listener, shutdown.clone()));
+    let mut server = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { herd_server::serve(queue, listener, None, shutdown).await }
+    });
     let mut worker = tokio::spawn(herd_worker::run(worker_config, shutdown.clone()));
     // Whichever stops first (an error, or the shutdown) stops the other.
     let (server_result, worker_result) = tokio::select! {
@@ -187,6 +219,52 @@ pub async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
     })
 }
 
+/// `listen` when it is an IP address (with or without a port), not a host name.
+fn literal_address(listen: &str) -> Option<SocketAddr> {
+    let listen = listen.trim();
+    if let Ok(address) = listen.parse::<SocketAddr>() {
+        return Some(address);
+    }
+    let ip = listen.trim_start_matches('[').trim_end_matches(']');
+    ip.parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, herd_proto::DEFAULT_PORT))
+}
+
+/// Refuses to serve plaintext on an address other hosts can reach (a wildcard, a LAN address):
+/// every request, with its token and its tasks' secrets, would cross the network in clear.
+/// With `--insecure` the server starts anyway, with a warning.
+fn check_exposure(
+    address: SocketAddr,
+    tls: bool,
+    insecure: bool,
+    command: &str,
+) -> anyhow::Result<()> {
+    if tls || address.ip().is_loopback() {
+        return Ok(());
+    }
+    if insecure {
+        warn!(
+            %address,
+            "serving WITHOUT TLS on an address other hosts can reach (--insecure): requests, with \
+             their tokens and task secrets, travel in clear; use this only on a network you trust"
+        );
+        return Ok(());
+    }
+    let remedy = if command == "herd up" {
+        "listen on 127.0.0.1 (`herd up` has no TLS; run `herd server --tls-cert FILE --tls-key FILE` \
+         and `herd worker` to serve other hosts), or add --insecure if the network is trusted"
+    } else {
+        "give --tls-cert FILE and --tls-key FILE (clients then use https://), listen on 127.0.0.1, \
+         or add --insecure if the network is trusted"
+    };
+    Err(exit::Error::usage(format!(
+        "{command} refuses to listen on {address} without TLS: other hosts can reach it, and \
+         their requests (with their tokens and task secrets) would travel in clear; {remedy}"
+    ))
+    .into())
+}
+
 /// The address a client on this host uses: a wildcard listen address becomes loopback.
 pub fn client_address(address: SocketAddr) -> SocketAddr {
     match address.ip() {
@@ -221,6 +299,33 @@ mod tests {
         assert!(error.contains("already in use"), "{error}");
         let error = bind("not an address:x").await.unwrap_err();
         assert_eq!(exit::classify(&error).0, exit::USAGE, "{error}");
+    }
+
+    #[test]
+    fn plaintext_beyond_loopback_needs_insecure() {
+        let wildcard: SocketAddr = "0.0.0.0:4373".parse().unwrap();
+        let error = check_exposure(wildcard, false, false, "herd server").unwrap_err();
+        assert_eq!(exit::classify(&error).0, exit::USAGE);
+        let message = error.to_string();
+        assert!(
+            message.contains("--tls-cert")
+                && message.contains("--insecure")
+                && message.contains("in clear"),
+            "{message}"
+        );
+        let lan: SocketAddr = "[2001:db8::1]:4373".parse().unwrap();
+        assert!(check_exposure(lan, false, false, "herd up").is_err());
+        assert!(check_exposure(wildcard, false, true, "herd server").is_ok());
+        assert!(check_exposure(wildcard, true, false, "herd server").is_ok());
+        assert_eq!(
+            literal_address("0.0.0.0"),
+            Some("0.0.0.0:4373".parse().unwrap())
+        );
+        assert_eq!(literal_address("[::]:0"), Some("[::]:0".parse().unwrap()));
+        assert_eq!(literal_address("myhost:4373"), None);
+        for loopback in ["127.0.0.1:1", "127.0.0.2:1", "[::1]:1"] {
+            assert!(check_exposure(loopback.parse().unwrap(), false, false, "herd up").is_ok());
+        }
     }
 
     #[test]

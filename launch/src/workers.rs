@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use herd_proto::Timestamp;
+use herd_proto::transport::ClientTls;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -53,8 +54,10 @@ pub fn worker_config(server: &str, args: WorkerRunArgs) -> anyhow::Result<herd_w
             )
         })?,
     };
+    let tls = ClientTls::from_env().map_err(|error| exit::Error::usage(error.to_string()))?;
     Ok(herd_worker::Config {
         server,
+        tls,
         name,
         batch: args.batch,
         concurrency: args.concurrency.unwrap_or(cores.max(1)),

@@ -77,6 +77,27 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A TLS file (`--tls-cert`, `--tls-key`, `--tls-client-ca`) cannot be used.
+    #[error(transparent)]
+    TlsFile(#[from] herd_proto::pem::FileError),
+    /// The TLS key file can be read by any user.
+    #[error(
+        "--tls-key {path} can be read by other users (mode {mode:03o}); run `chmod 600 {path}` \
+         (or 640, for a group that needs it)",
+        path = path.display()
+    )]
+    KeyExposed {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The certificate, key and client CA do not make a working TLS setup (rustls's reason).
+    #[error(
+        "--tls-cert, --tls-key and --tls-client-ca cannot be used together ({0}); check that the \
+         key is the certificate's"
+    )]
+    TlsSetup(String),
     /// Serving failed.
     #[error("the gRPC server failed")]
     Transport(#[from] tonic::transport::Error),

@@ -8,6 +8,7 @@
 //! - [`logs`]: task output, in files under the data directory.
 //! - [`private`]: the data directory `0700`, its files `0600`.
 //! - [`service`]: the gRPC services, thin: convert, call the queue, convert back.
+//! - [`tls`]: the server's certificate, key and client CA, checked at start.
 //! - [`run`]: wires them together and serves until shutdown.
 //! - [`Error`]: the crate's one error type; [`chain`] renders one with its causes.
 
@@ -18,6 +19,7 @@ pub mod queue;
 pub mod service;
 pub mod store;
 mod stored_spec;
+pub mod tls;
 
 mod server;
 
@@ -25,3 +27,4 @@ pub use error::{Error, chain};
 pub use server::{
     ADMIN_TOKEN_FILE, Config, MAX_MESSAGE_BYTES, MAX_REQUEST_BYTES, open, run, serve,
 };
+pub use tls::Tls;

@@ -14,6 +14,7 @@ use crate::private;
 use crate::queue::{BOOTSTRAP_ADMIN, Queue, QueueConfig, new_secret};
 use crate::service;
 use crate::store::{SqlStore, Store};
+use crate::tls::Tls;
 use herd_proto::access::TokenKind;
 
 /// The largest answer of the `Queue` service (and what clients accept): a listing of a
@@ -41,6 +42,8 @@ pub struct Config {
     /// Make a new admin token at start and write it to `DATA_DIR/admin-token`, even if the
     /// server has users already (`herd server --new-admin-token`).
     pub new_admin_token: bool,
+    /// TLS (`--tls-cert`, `--tls-key`, `--tls-client-ca`); `None` serves plaintext.
+    pub tls: Option<Tls>,
 }
 
 /// The file, in the data directory, where the server writes the admin token it creates on
@@ -64,7 +67,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let queue = open(&config).await?;
-    serve(queue, listener, shutdown).await
+    serve(queue, listener, config.tls.as_ref(), shutdown).await
 }
 
 /// Opens the store and loads the queue; on a server with no user yet, creates the admin and
@@ -139,13 +142,28 @@ async fn ensure_worker_token(queue: &Queue, path: &Path) -> Result<(), Error> {
     })
 }
 
-/// Serves an opened queue on `listener` until `shutdown` fires.
+/// Serves an opened queue on `listener` (with TLS when `tls` is given) until `shutdown`
+/// fires.
 pub async fn serve(
     queue: Arc<Queue>,
     listener: TcpListener,
+    tls: Option<&Tls>,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let address = listener.local_addr().ok();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        crate::tls::install_crypto_provider();
+        builder = match builder.tls_config(tls.server_config()) {
+            Ok(builder) => builder,
+            Err(error) => {
+                // Checked by `Tls::from_files`, so not expected; the queue still closes cleanly.
+                queue.close();
+                queue.shutdown().await;
+                return Err(error.into());
+            }
+        };
+    }
     let reaper = queue.spawn_reaper(shutdown.clone());
     // Long-lived streams (worker sessions, log follows, batch watches) end when shutdown
     // begins; otherwise the graceful shutdown would wait for them forever.
@@ -159,9 +177,14 @@ pub async fn serve(
     });
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     if let Some(address) = address {
-        info!(%address, "herd server listening");
+        info!(
+            %address,
+            tls = tls.is_some(),
+            client_certificates = tls.is_some_and(Tls::requires_client_certificates),
+            "herd server listening"
+        );
     }
-    let served = tonic::transport::Server::builder()
+    let served = builder
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
         .add_routes(service::routes(queue.clone()))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
@@ -189,6 +212,7 @@ mod tests {
             queue: QueueConfig::default(),
             worker_token_file: None,
             new_admin_token: false,
+            tls: None,
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
         let shutdown = CancellationToken::new();

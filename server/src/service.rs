@@ -50,9 +50,13 @@ pub fn status_of(error: Error) -> Status {
         Error::Forbidden(_) => Status::permission_denied(message),
         Error::AlreadyExists(_) => Status::already_exists(message),
         Error::Store(_) | Error::ShuttingDown => Status::unavailable(message),
-        Error::Refused(_) | Error::DataDir { .. } | Error::Transport(_) | Error::Entropy(_) => {
-            Status::internal(message)
-        }
+        Error::Refused(_)
+        | Error::DataDir { .. }
+        | Error::Transport(_)
+        | Error::Entropy(_)
+        | Error::TlsFile(_)
+        | Error::KeyExposed { .. }
+        | Error::TlsSetup(_) => Status::internal(message),
     }
 }
 

@@ -27,6 +27,7 @@ use herd_proto::access::{Bearer, Secret, TokenKind, TokenRequest};
 use herd_proto::pb::access_client::AccessClient;
 use herd_proto::pb::queue_client::QueueClient;
 use herd_proto::pb::workers_client::WorkersClient;
+use herd_proto::transport::{self, ClientTls};
 use herd_proto::view::TaskView;
 use herd_proto::{BatchName, TaskId, TaskRequest, TaskSpec, pb};
 use herd_server::queue::QueueConfig;
@@ -122,6 +123,8 @@ pub struct WorkerOptions {
     pub policy: herd_proto::policy::Policy,
     /// Its worker token; a cluster's workers get the cluster's when `None`.
     pub token: Option<Secret>,
+    /// How the worker secures its connection; the default is plaintext to loopback.
+    pub tls: ClientTls,
 }
 
 impl Default for WorkerOptions {
@@ -134,6 +137,7 @@ impl Default for WorkerOptions {
             allow_privileged: false,
             policy: herd_proto::policy::Policy::default(),
             token: None,
+            tls: ClientTls::default(),
         }
     }
 }
@@ -224,6 +228,7 @@ impl Cluster {
             queue: self.options.queue.clone(),
             worker_token_file: None,
             new_admin_token: false,
+            tls: None,
         };
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
@@ -262,7 +267,7 @@ impl Cluster {
         wait_for("the server to accept connections", WAIT, || {
             let url = url.clone();
             async move {
-                tonic::transport::Endpoint::from_shared(url)
+                transport::endpoint(&url, &ClientTls::default())
                     .ok()?
                     .connect()
                     .await
@@ -476,6 +481,7 @@ pub async fn start_worker(
     let (cores, memory_bytes) = herd_worker::host_resources();
     let config = herd_worker::Config {
         server: server_url.to_owned(),
+        tls: options.tls,
         name: format!(
             "test-worker-{}",
             work_dir

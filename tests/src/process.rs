@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// The settings a `herd` child process never inherits.
-pub const CLEARED_VARIABLES: [&str; 10] = [
+pub const CLEARED_VARIABLES: [&str; 17] = [
     "HERD_SERVER",
     "HERD_TOKEN",
     "HERD_TOKEN_FILE",
@@ -16,6 +16,13 @@ pub const CLEARED_VARIABLES: [&str; 10] = [
     "HERD_DATA_DIR",
     "HERD_WORKER_TIMEOUT",
     "HERD_HEARTBEAT",
+    "HERD_TLS_CERT",
+    "HERD_TLS_KEY",
+    "HERD_TLS_CLIENT_CA",
+    "HERD_CA_BUNDLE",
+    "HERD_CLIENT_CERT",
+    "HERD_CLIENT_KEY",
+    "HERD_INSECURE",
     "RUST_LOG",
 ];
 

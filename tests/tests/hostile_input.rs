@@ -596,7 +596,7 @@ async fn a_change_the_database_refuses_is_refused_to_its_caller_and_the_queue_go
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(herd_server::serve(queue, listener, shutdown.clone()));
+    let server = tokio::spawn(herd_server::serve(queue, listener, None, shutdown.clone()));
     let channel = tonic::transport::Endpoint::from_shared(url)?
         .connect()
         .await?;

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use herd_proto::BatchName;
 use herd_proto::access::Secret;
 use herd_proto::policy::Policy;
+use herd_proto::transport::ClientTls;
 use tokio_util::sync::CancellationToken;
 
 mod error;
@@ -48,8 +49,12 @@ pub enum ExecutorKind {
 /// Everything a worker needs, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The server's URL, e.g. `http://127.0.0.1:4373`.
+    /// The server's URL, e.g. `http://127.0.0.1:4373` or `https://herd.example.org:4373`.
     pub server: String,
+    /// How the connection is secured: the CAs trusted besides the system's, the client
+    /// certificate presented, whether plaintext beyond loopback is allowed
+    /// ([`herd_proto::transport::ClientTls::from_env`] reads them from `HERD_*` variables).
+    pub tls: ClientTls,
     /// The worker's name (the host name by default).
     pub name: String,
     /// The batch it serves.
@@ -144,6 +149,10 @@ pub async fn run_with(
     if config.concurrency == 0 {
         return Err(Error::Config("--concurrency must be at least 1".to_owned()));
     }
+    // A URL or TLS setting that can never work stops the worker now, rather than failing
+    // every reconnection.
+    herd_proto::transport::endpoint(&config.server, &config.tls)
+        .map_err(|error| Error::Config(error.to_string()))?;
     std::fs::create_dir_all(&config.work_dir).map_err(|source| Error::WorkDir {
         path: config.work_dir.clone(),
         source,

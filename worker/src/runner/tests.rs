@@ -195,6 +195,7 @@ fn refused() -> Error {
 fn config(work_dir: &Path) -> Config {
     Config {
         server: "http://127.0.0.1:1".to_owned(),
+        tls: herd_proto::transport::ClientTls::default(),
         name: "test".to_owned(),
         batch: BatchName::default_batch(),
         concurrency: 1,

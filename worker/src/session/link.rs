@@ -12,6 +12,7 @@ use herd_proto::access::{Bearer, Secret};
 use herd_proto::convert::UndecodableMessage;
 use herd_proto::pb;
 use herd_proto::session::{FromWorker, ToWorker};
+use herd_proto::transport::{self, ClientTls};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -48,17 +49,30 @@ impl Outgoing {
     }
 }
 
-/// The receiving half of a connection.
-pub(super) struct Incoming(tonic::Streaming<pb::ServerMessage>);
+/// The receiving half of a connection (with what it connected to, to describe a break).
+pub(super) struct Incoming {
+    stream: tonic::Streaming<pb::ServerMessage>,
+    server: String,
+    tls: ClientTls,
+}
 
 impl Incoming {
     /// The next message from the server, decoded; `None` when the server closed the stream;
     /// an error (the status's message) when the stream broke.
     pub async fn next(&mut self) -> Result<Option<Result<ToWorker, UndecodableMessage>>, String> {
-        match self.0.message().await {
+        match self.stream.message().await {
             Ok(message) => Ok(message.map(decode)),
-            Err(status) => Err(status.message().to_owned()),
+            Err(status) => Err(status_message(&status, &self.server, &self.tls)),
         }
+    }
+}
+
+/// What a failed call says: the server's own message, or for a failure of the transport
+/// (e.g. a server that wants a client certificate refusing the handshake) its cause.
+fn status_message(status: &tonic::Status, server: &str, tls: &ClientTls) -> String {
+    match std::error::Error::source(status) {
+        Some(source) => transport::describe_failure(source, server, tls).to_string(),
+        None => status.message().to_owned(),
     }
 }
 
@@ -72,32 +86,29 @@ pub(super) enum ConnectError {
     /// The server refused the worker's token (unknown, revoked, the wrong kind or batch):
     /// trying again cannot help.
     Refused(String),
-    /// Anything else (unreachable, closed): for a log line, and a retry.
+    /// Anything else (unreachable, closed, a TLS handshake that failed): for a log line, and
+    /// a retry. A TLS failure says what to set (`HERD_CA_BUNDLE`...).
     Failed(String),
 }
 
-/// Connects to `server` with `token` and opens the session, `hello` first.
+/// Connects to `server` (with `tls`'s settings) with `token` and opens the session, `hello`
+/// first.
 pub(super) async fn connect(
     server: &str,
+    tls: &ClientTls,
     token: &Secret,
     hello: &FromWorker,
 ) -> Result<(Outgoing, Incoming), ConnectError> {
     let bearer = Bearer::new(token).map_err(|error| ConnectError::Refused(error.to_string()))?;
-    let endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
-        .map_err(|error| {
-            ConnectError::Refused(format!(
-                "invalid server URL: {}",
-                herd_fetch::error_chain(&error)
-            ))
-        })?
+    let endpoint = transport::endpoint(server, tls)
+        .map_err(|error| ConnectError::Refused(error.to_string()))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(20));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|error| ConnectError::Failed(herd_fetch::error_chain(&error)))?;
+    let channel = endpoint.connect().await.map_err(|error| {
+        ConnectError::Failed(transport::describe_failure(&error, server, tls).to_string())
+    })?;
     let mut client = pb::workers_client::WorkersClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(herd_proto::session::MAX_SESSION_MESSAGE_BYTES);
     let (sender, receiver) = mpsc::channel::<pb::WorkerMessage>(OUTGOING_CAPACITY);
@@ -111,10 +122,17 @@ pub(super) async fn connect(
             tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => ConnectError::Refused(
                 format!("the server refused this worker: {}", status.message()),
             ),
-            _ => ConnectError::Failed(status.message().to_owned()),
+            _ => ConnectError::Failed(status_message(&status, server, tls)),
         })?
         .into_inner();
-    Ok((Outgoing(sender), Incoming(inbound)))
+    Ok((
+        Outgoing(sender),
+        Incoming {
+            stream: inbound,
+            server: server.to_owned(),
+            tls: tls.clone(),
+        },
+    ))
 }
 
 /// Messages as a server would send them, decoded: for the session's tests, which see no

@@ -277,7 +277,7 @@ fn broken(error: impl Into<String>, was_connected: bool) -> Outcome {
 async fn connect_and_serve(session: &Arc<Session>, shutdown: &CancellationToken) -> Outcome {
     let config = &session.config;
     let (link, mut incoming) =
-        match link::connect(&config.server, &config.token, &session.hello()).await {
+        match link::connect(&config.server, &config.tls, &config.token, &session.hello()).await {
             Ok(connection) => connection,
             Err(link::ConnectError::Refused(reason)) => return Outcome::Refused(reason),
             Err(link::ConnectError::Failed(error)) => return broken(error, false),
@@ -385,6 +385,7 @@ mod tests {
     fn session(work_dir: &std::path::Path) -> Arc<Session> {
         let config = Config {
             server: "http://127.0.0.1:1".to_owned(),
+            tls: herd_proto::transport::ClientTls::default(),
             name: "test".to_owned(),
             batch: herd_proto::BatchName::default_batch(),
             concurrency: 1,

@@ -335,9 +335,10 @@ impl HerdWorker {
 
 /// A `Queue` client on `url`, once it answers (messages as large as the server takes).
 pub async fn queue_client(url: &str, token: &Secret) -> anyhow::Result<Client> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(5));
+    let endpoint =
+        herd_proto::transport::endpoint(url, &herd_proto::transport::ClientTls::default())?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5));
     let deadline = Instant::now() + Duration::from_secs(30);
     let channel = loop {
         match endpoint.connect().await {

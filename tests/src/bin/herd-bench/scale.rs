@@ -201,14 +201,15 @@ async fn simulated_worker(
     interval_ms: Arc<AtomicU64>,
 ) -> anyhow::Result<()> {
     let session = async {
-        let channel = tonic::transport::Endpoint::from_shared(url)?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .connect()
-            .await
-            .context("cannot connect")?;
+        let channel =
+            herd_proto::transport::endpoint(&url, &herd_proto::transport::ClientTls::default())?
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(20))
+                .connect()
+                .await
+                .context("cannot connect")?;
         let mut client =
             pb::workers_client::WorkersClient::with_interceptor(channel, Bearer::new(&token)?);
         let (sender, receiver) = mpsc::channel::<pb::WorkerMessage>(16);
