@@ -28,6 +28,8 @@ struct ClientSettings<'a> {
     ca_bundle: Option<&'a Path>,
     /// `HERD_CLIENT_CERT` and `HERD_CLIENT_KEY`.
     identity: Option<(&'a Path, &'a Path)>,
+    /// `HERD_TOKEN_FILE`.
+    token: Option<&'a Path>,
 }
 
 /// `herd --server URL ARGS` with the environment `settings` describe: the one function that
@@ -42,6 +44,9 @@ fn client(server_url: &str, settings: ClientSettings<'_>, args: &[&str]) -> Comm
         command
             .env("HERD_CLIENT_CERT", cert)
             .env("HERD_CLIENT_KEY", key);
+    }
+    if let Some(token) = settings.token {
+        command.env("HERD_TOKEN_FILE", token);
     }
     command
 }
@@ -125,6 +130,10 @@ struct Certificates {
     server_key: PathBuf,
     client_cert: PathBuf,
     client_key: PathBuf,
+    /// The admin token the server (data directory `data` here) makes on its first start.
+    admin_token: PathBuf,
+    /// A token no server knows, for clients that fail before any server reads it.
+    unknown_token: PathBuf,
 }
 
 impl Certificates {
@@ -151,6 +160,8 @@ impl Certificates {
             server_key: write("server.key", &server_key),
             client_cert: write("client.pem", &client_cert),
             client_key: write("client.key", &client_key),
+            admin_token: path("data").join("admin-token"),
+            unknown_token: write("unknown-token", "herd_unknown"),
             directory,
         }
     }
@@ -164,7 +175,21 @@ impl Certificates {
         ClientSettings {
             ca_bundle: Some(&self.ca),
             identity: None,
+            token: Some(&self.admin_token),
         }
+    }
+
+    /// A worker token made on `server` with `settings` (as the admin), in a file.
+    fn worker_token(&self, server: &TlsServer, settings: ClientSettings<'_>) -> PathBuf {
+        let created = run(&mut client(
+            &server.url,
+            settings,
+            &["token", "create", "--worker"],
+        ));
+        assert_eq!(created.code, 0, "{created:?}");
+        let path = self.path("worker-token");
+        std::fs::write(&path, &created.stdout).expect("write the worker token");
+        path
     }
 
     /// [`trusting`](Self::trusting), presenting the client certificate.
@@ -172,6 +197,7 @@ impl Certificates {
         ClientSettings {
             ca_bundle: Some(&self.ca),
             identity: Some((&self.client_cert, &self.client_key)),
+            token: Some(&self.admin_token),
         }
     }
 }
@@ -266,6 +292,7 @@ fn a_client_that_trusts_the_ca_connects_and_one_that_does_not_is_told_about_herd
         ClientSettings {
             ca_bundle: Some(&certificates.other_ca),
             identity: None,
+            token: Some(&certificates.admin_token),
         },
     ] {
         let untrusted = run(&mut client(&server.url, settings, &["task", "list"]));
@@ -323,11 +350,15 @@ fn a_worker_runs_a_task_over_mutual_tls() {
     let certificates = Certificates::generate();
     let server = TlsServer::start(&certificates, Some(&certificates.ca));
     let settings = certificates.trusting_with_certificate();
+    let worker_token = certificates.worker_token(&server, settings);
 
     let mut worker = KillOnDrop::spawn(
         client(
             &server.url,
-            settings,
+            ClientSettings {
+                token: Some(&worker_token),
+                ..settings
+            },
             &[
                 "worker",
                 "--executor",
@@ -377,7 +408,10 @@ fn a_worker_that_does_not_trust_the_server_says_to_set_herd_ca_bundle() {
     let mut worker = KillOnDrop::spawn(
         client(
             &server.url,
-            ClientSettings::default(),
+            ClientSettings {
+                token: Some(&certificates.unknown_token),
+                ..ClientSettings::default()
+            },
             &["worker", "--executor", "bare", "--batch", "tls"],
         )
         .arg("--work-dir")
@@ -436,7 +470,10 @@ fn a_client_refuses_plaintext_to_another_host_before_connecting() {
     let certificates = Certificates::generate();
     let worker = run(client(
         "http://192.0.2.1:4373",
-        ClientSettings::default(),
+        ClientSettings {
+            token: Some(&certificates.unknown_token),
+            ..ClientSettings::default()
+        },
         &["worker", "--executor", "bare"],
     )
     .arg("--work-dir")
