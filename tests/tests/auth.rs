@@ -426,3 +426,77 @@ async fn tokens_are_stored_hashed_and_shown_once() -> anyhow::Result<()> {
     assert!(Secret::new(&format!("{} ", secret.expose())).is_ok());
     Ok(())
 }
+
+#[tokio::test]
+async fn a_session_cannot_take_over_a_connected_worker_s_identity() -> anyhow::Result<()> {
+    use herd_proto::pb::{server_message, worker_message};
+    let cluster = Cluster::start().await?;
+    let worker = cluster.add_worker(WorkerOptions::default()).await?;
+    let mut client = cluster.client().await?;
+    let victim = wait_for("the worker to connect", WAIT, || {
+        let mut client = client.clone();
+        async move {
+            let workers = client.list_workers(pb::Empty {}).await.ok()?.into_inner();
+            workers
+                .workers
+                .iter()
+                .find(|worker| worker.status == "connected")
+                .map(|worker| worker.id)
+        }
+    })
+    .await?;
+    // A session with the same worker token names the victim's id, without its resume key.
+    let mut workers = cluster.workers_client().await?;
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    sender
+        .send(pb::WorkerMessage {
+            kind: Some(worker_message::Kind::Hello(pb::Hello {
+                worker_id: Some(victim),
+                resume_key: Some("herd_guessed".to_owned()),
+                name: "intruder".to_owned(),
+                batch: "default".to_owned(),
+                concurrency: 1,
+                ..Default::default()
+            })),
+        })
+        .await?;
+    let mut inbound = workers
+        .session(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await?
+        .into_inner();
+    let Some(server_message::Kind::Welcome(welcome)) =
+        inbound.message().await?.and_then(|message| message.kind)
+    else {
+        anyhow::bail!("no welcome");
+    };
+    assert_ne!(
+        welcome.worker_id, victim,
+        "a new identity, not the victim's"
+    );
+    assert!(welcome.resume_key.starts_with("herd_"));
+    let listed = client
+        .list_workers(pb::Empty {})
+        .await?
+        .into_inner()
+        .workers;
+    let original = listed
+        .iter()
+        .find(|listed| listed.id == victim)
+        .expect("the victim is still listed");
+    assert_eq!(
+        original.status, "connected",
+        "the victim keeps its connection"
+    );
+    assert_ne!(original.name, "intruder");
+    // The victim still works.
+    let ids = cluster
+        .submit(vec![shell_task("default", "echo still mine")])
+        .await?;
+    let done = cluster
+        .wait_task(ids[0], "ended", |task| task.state.is_terminal())
+        .await?;
+    assert_eq!(done.state, herd_proto::TaskState::Succeeded);
+    drop(sender);
+    worker.stop().await;
+    Ok(())
+}
