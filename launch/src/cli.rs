@@ -279,6 +279,12 @@ pub struct LaunchArgs {
     #[arg(long = "retry", value_name = "N", default_value_t = 0)]
     pub retry: u32,
 
+    /// Fail the task once N of its attempts were lost with their worker (a crash: the worker
+    /// fell silent), rather than run it on worker after worker; 0 for no limit. Lost attempts
+    /// do not count against --retry.
+    #[arg(long = "crash-limit", value_name = "N", default_value_t = herd_proto::spec::DEFAULT_CRASH_LIMIT)]
+    pub crash_limit: u32,
+
     /// Kill the command after this long: seconds, or a duration such as 90m or 2h.
     #[arg(long = "run-timeout", value_name = "SECONDS", value_parser = parse_duration)]
     pub run_timeout: Option<Duration>,
@@ -608,6 +614,12 @@ pub struct ServerArgs {
     /// Seconds between worker heartbeats; must be shorter than --worker-timeout.
     #[arg(long = "heartbeat", value_name = "SECONDS", env = "HERD_HEARTBEAT", default_value = "5", value_parser = parse_seconds)]
     pub heartbeat: Duration,
+
+    /// Quarantine a worker (no task for 30 s, doubling up to 10 min, reset by a success) once
+    /// its last N attempts failed within a minute for reasons that blame it (input, output,
+    /// executor); 0 never quarantines.
+    #[arg(long = "quarantine-after", value_name = "N", env = "HERD_QUARANTINE_AFTER", default_value_t = 5)]
+    pub quarantine_after: u32,
 
     /// Once listening, write the bound address (e.g. 127.0.0.1:41234) to this file. Meant for
     /// scripts and tests that start a server with --listen 127.0.0.1:0.

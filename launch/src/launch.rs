@@ -107,6 +107,7 @@ impl SharedOptions {
             resources,
             output,
             retry: args.retry,
+            crash_limit: Some(args.crash_limit),
             run_timeout_secs: args.run_timeout.map(|duration| duration.as_secs()),
             download_timeout_secs: args.download_timeout.map(|duration| duration.as_secs()),
         };
@@ -392,6 +393,10 @@ pub fn describe_spec(spec: &TaskSpec, indent: &str) -> String {
     }
     if spec.retry() > 0 {
         fields.push(("retry", spec.retry().to_string()));
+    }
+    if spec.crash_limit() != Some(herd_proto::spec::DEFAULT_CRASH_LIMIT) {
+        let limit = spec.crash_limit().map_or("none".to_owned(), |limit| limit.to_string());
+        fields.push(("crash limit", limit));
     }
     if let Some(timeout) = spec.run_timeout() {
         fields.push((

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use herd_proto::transport::ClientTls;
-use herd_server::queue::QueueConfig;
+use herd_server::queue::{QuarantinePolicy, QueueConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -43,6 +43,10 @@ pub async fn server(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Re
         queue: QueueConfig {
             worker_timeout: args.worker_timeout,
             heartbeat_interval: args.heartbeat,
+            quarantine: QuarantinePolicy {
+                after: args.quarantine_after,
+                ..QuarantinePolicy::default()
+            },
         },
         worker_token_file: None,
         new_admin_token: args.new_admin_token,

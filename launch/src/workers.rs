@@ -118,7 +118,14 @@ async fn list(connection: &mut Connection, args: JsonArgs) -> anyhow::Result<Out
             worker.id.to_string(),
             worker.name.clone(),
             worker.batch.clone(),
-            worker.status.clone(),
+            match worker.quarantined_until {
+                Some(until) => format!(
+                    "{} ({} left)",
+                    worker.status,
+                    output::duration(until.since(now))
+                ),
+                None => worker.status.clone(),
+            },
             worker.tasks.len().to_string(),
             worker.concurrency.to_string(),
             if worker.docker { "yes" } else { "no" }.to_owned(),
@@ -126,5 +133,13 @@ async fn list(connection: &mut Connection, args: JsonArgs) -> anyhow::Result<Out
         ]);
     }
     table.print()?;
+    for worker in &workers {
+        if let Some(reason) = &worker.quarantine_reason {
+            output::print(&format!(
+                "worker {} ({}) is quarantined: {reason}\n",
+                worker.id, worker.name
+            ))?;
+        }
+    }
     Ok(Outcome::Success)
 }

@@ -86,6 +86,7 @@ impl From<pb::TaskSpec> for TaskRequest {
             resources: message.resources,
             output: message.output,
             retry: message.retry,
+            crash_limit: message.crash_limit,
             run_timeout_secs: message.run_timeout_secs,
             download_timeout_secs: message.download_timeout_secs,
         }
@@ -106,6 +107,7 @@ impl From<TaskRequest> for pb::TaskSpec {
             resources: request.resources,
             output: request.output,
             retry: request.retry,
+            crash_limit: request.crash_limit,
             run_timeout_secs: request.run_timeout_secs,
             download_timeout_secs: request.download_timeout_secs,
         }
@@ -302,6 +304,8 @@ impl From<&WorkerView> for pb::Worker {
             registered_at_ms: worker.registered_at.0,
             last_seen_ms: worker.last_seen.0,
             version: worker.version.clone(),
+            quarantine_reason: worker.quarantine_reason.clone(),
+            quarantined_until_ms: worker.quarantined_until.map(|until| until.0),
         }
     }
 }
@@ -322,6 +326,8 @@ impl From<pb::Worker> for WorkerView {
             registered_at: Timestamp(worker.registered_at_ms),
             last_seen: Timestamp(worker.last_seen_ms),
             version: worker.version,
+            quarantine_reason: worker.quarantine_reason,
+            quarantined_until: worker.quarantined_until_ms.map(Timestamp),
         }
     }
 }
@@ -564,6 +570,7 @@ impl From<&FromWorker> for pb::WorkerMessage {
             }),
             FromWorker::Log(chunk) => Kind::Log(pb::LogChunk::from(chunk)),
             FromWorker::Heartbeat => Kind::Heartbeat(pb::Heartbeat {}),
+            FromWorker::Goodbye => Kind::Goodbye(pb::Goodbye {}),
         };
         pb::WorkerMessage { kind: Some(kind) }
     }
@@ -593,6 +600,7 @@ impl TryFrom<pb::WorkerMessage> for FromWorker {
             Kind::Updates(updates) => FromWorker::Reports(reports_from(updates.updates)?),
             Kind::Log(chunk) => FromWorker::Log(LogChunk::try_from(chunk)?),
             Kind::Heartbeat(_) => FromWorker::Heartbeat,
+            Kind::Goodbye(_) => FromWorker::Goodbye,
         })
     }
 }

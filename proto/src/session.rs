@@ -217,6 +217,9 @@ pub enum FromWorker {
     Log(LogChunk),
     /// Still alive.
     Heartbeat,
+    /// The worker is stopping (a signal, `herd worker` told to stop): the attempts it holds
+    /// are not a crash; the server queues them again and closes the stream.
+    Goodbye,
 }
 
 /// A message from the server to one worker.

@@ -47,6 +47,11 @@ pub struct TaskRequest {
     /// Automatic retries after a failed attempt.
     #[serde(default)]
     pub retry: u32,
+    /// Attempts lost with their worker (crashes) before the task fails with reason
+    /// `crash_limit`; `None` is [`DEFAULT_CRASH_LIMIT`], 0 is no limit. Absent from rows
+    /// stored before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crash_limit: Option<u32>,
     /// Kill the command after this many seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_timeout_secs: Option<u64>,
@@ -94,6 +99,7 @@ pub struct TaskSpec {
     resources: Vec<String>,
     output: Option<String>,
     retry: u32,
+    crash_limit: Option<u32>,
     #[serde(serialize_with = "serialize_seconds")]
     run_timeout: Option<Duration>,
     #[serde(serialize_with = "serialize_seconds")]
@@ -131,6 +137,11 @@ pub const MAX_ID: u32 = i32::MAX as u32;
 pub const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
 /// The most automatic retries of a task.
 pub const MAX_RETRY: u32 = 100;
+/// How many attempts a task may lose with their worker before it fails, unless it says
+/// otherwise (`herd launch --crash-limit`).
+pub const DEFAULT_CRASH_LIMIT: u32 = 3;
+/// The highest `--crash-limit` accepted (0, no limit, aside).
+pub const MAX_CRASH_LIMIT: u32 = 100;
 /// The most tasks one submit may carry.
 pub const MAX_TASKS_PER_SUBMIT: usize = 100_000;
 
@@ -164,6 +175,15 @@ impl TaskSpec {
                 format!("{} retries asked; the limit is {MAX_RETRY}", request.retry),
             ));
         }
+        if request.crash_limit.is_some_and(|limit| limit > MAX_CRASH_LIMIT) {
+            return Err(Error::invalid(
+                "crash limit",
+                format!(
+                    "a crash limit of {} asked; the limit is {MAX_CRASH_LIMIT} (0 means no limit)",
+                    request.crash_limit.unwrap_or_default()
+                ),
+            ));
+        }
         let docker = match request.docker_image {
             Some(image) => Some(Box::new(docker_spec(image, request.docker_options)?)),
             None if !request.docker_options.trim().is_empty() => {
@@ -186,6 +206,7 @@ impl TaskSpec {
             resources: request.resources,
             output: request.output,
             retry: request.retry,
+            crash_limit: request.crash_limit,
             run_timeout,
             download_timeout,
         })
@@ -233,6 +254,7 @@ impl TaskSpec {
             resources: self.resources.clone(),
             output: self.output.clone(),
             retry: self.retry,
+            crash_limit: self.crash_limit,
             run_timeout_secs: self.run_timeout.map(|duration| duration.as_secs()),
             download_timeout_secs: self.download_timeout.map(|duration| duration.as_secs()),
         }
@@ -286,6 +308,15 @@ impl TaskSpec {
     /// Automatic retries after a failed attempt.
     pub fn retry(&self) -> u32 {
         self.retry
+    }
+
+    /// How many attempts lost with their worker fail the task (reason `crash_limit`); `None`
+    /// means no limit (asked with `--crash-limit 0`).
+    pub fn crash_limit(&self) -> Option<u32> {
+        match self.crash_limit.unwrap_or(DEFAULT_CRASH_LIMIT) {
+            0 => None,
+            limit => Some(limit),
+        }
     }
 
     /// Kill the command after this long (at least a second).

@@ -130,17 +130,21 @@ pub enum Reason {
     Output,
     /// The executor could not start or watch the command (Docker error, missing program...).
     Executor,
-    /// The worker stopped answering; the task was given to another attempt.
+    /// The worker stopped answering (a crash); the task was given to another attempt.
     WorkerLost,
     /// A user killed the task.
     Killed,
     /// A user stopped the task's batch.
     BatchStopped,
+    /// The worker was stopped or deleted (not a crash); the task was given to another attempt.
+    WorkerStopped,
+    /// The task's attempts were lost with their worker `--crash-limit` times.
+    CrashLimit,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 10] = [
         Reason::ExitCode,
         Reason::Timeout,
         Reason::Input,
@@ -149,6 +153,8 @@ impl Reason {
         Reason::WorkerLost,
         Reason::Killed,
         Reason::BatchStopped,
+        Reason::WorkerStopped,
+        Reason::CrashLimit,
     ];
 
     /// The snake_case name used in the CLI, JSON and the database.
@@ -162,7 +168,22 @@ impl Reason {
             Reason::WorkerLost => "worker_lost",
             Reason::Killed => "killed",
             Reason::BatchStopped => "batch_stopped",
+            Reason::WorkerStopped => "worker_stopped",
+            Reason::CrashLimit => "crash_limit",
         }
+    }
+
+    /// Whether a failed attempt ending so uses up one of the task's `--retry`: not when its
+    /// worker was lost (that counts against `--crash-limit`) or stopped.
+    pub fn counts_against_retry(self) -> bool {
+        !matches!(self, Reason::WorkerLost | Reason::WorkerStopped)
+    }
+
+    /// Whether an attempt ending so says something is wrong with the worker rather than the
+    /// task: staging, uploading or the executor failed. Such failures in a row quarantine the
+    /// worker.
+    pub fn blames_worker(self) -> bool {
+        matches!(self, Reason::Input | Reason::Output | Reason::Executor)
     }
 }
 

@@ -141,8 +141,15 @@ pub struct WorkerView {
     pub concurrency: u32,
     /// Extra tasks staged ahead.
     pub prefetch: u32,
-    /// `connected`, `disconnected` (may come back) or `lost`.
+    /// `connected`, `quarantined` (connected, but given no task for now), `stopped` (said
+    /// goodbye), `disconnected` (may come back) or `lost`.
     pub status: String,
+    /// Why it is quarantined, while it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine_reason: Option<String>,
+    /// When its quarantine ends, while it is quarantined.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantined_until: Option<Timestamp>,
     /// Whether it runs Docker tasks.
     pub docker: bool,
     /// CPU cores of its host.

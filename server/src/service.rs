@@ -567,6 +567,9 @@ impl pb::workers_server::Workers for WorkersService {
                             break;
                         }
                     }
+                    // The worker is stopping: the queue closes the stream once its attempts
+                    // are queued again; this loop ends when the worker's side closes.
+                    Ok(FromWorker::Goodbye) => queue.goodbye(worker_id, serial),
                     Ok(FromWorker::Hello(_)) => {
                         warn!(%worker_id, "a second hello on a worker session ignored");
                     }

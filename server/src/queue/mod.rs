@@ -41,7 +41,7 @@ mod state;
 pub use access::new_secret;
 use change::{Change, Effect};
 use journal::{Journal, Refusals, take_refusal, wait_durable};
-pub use state::{BOOTSTRAP_ADMIN, Caller, UserId};
+pub use state::{BOOTSTRAP_ADMIN, Caller, QuarantinePolicy, UserId};
 use state::{State, SystemClock, require_admin};
 
 /// Something watchers may want to look at again.
@@ -62,6 +62,9 @@ pub struct QueueConfig {
     pub worker_timeout: Duration,
     /// How often workers send a heartbeat.
     pub heartbeat_interval: Duration,
+    /// When a worker whose attempts keep failing for reasons that are not their tasks' own
+    /// is given no task for a while.
+    pub quarantine: QuarantinePolicy,
 }
 
 impl Default for QueueConfig {
@@ -69,6 +72,7 @@ impl Default for QueueConfig {
         QueueConfig {
             worker_timeout: Duration::from_secs(20),
             heartbeat_interval: Duration::from_secs(5),
+            quarantine: QuarantinePolicy::default(),
         }
     }
 }
@@ -156,6 +160,7 @@ impl Queue {
     ) -> Result<Arc<Queue>, Error> {
         let snapshot = store.load().await?;
         let mut state = State::new(Box::new(SystemClock));
+        state.quarantine_policy = config.quarantine;
         let mut repairs = Change::default();
         state.restore(snapshot, &mut repairs)?;
         info!(
@@ -509,6 +514,16 @@ impl Queue {
             return;
         }
         let _ = self.shared.events.send(Event::Log(task_id));
+    }
+
+    /// The worker on connection `serial` is stopping on purpose: its tasks are queued again
+    /// without counting as a crash, and its stream is closed once that is durable.
+    pub fn goodbye(&self, worker_id: WorkerId, serial: u64) {
+        let _ = self.mutate(|state, change| {
+            state.goodbye(worker_id, serial, change);
+            Ok(())
+        });
+        info!(%worker_id, serial, "worker said goodbye; its tasks are queued again");
     }
 
     /// The worker's connection `serial` ended.

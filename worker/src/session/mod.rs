@@ -38,6 +38,10 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How long a worker with queued work gathers its updates before sending them in one message.
 const GATHER_UPDATES: Duration = Duration::from_millis(5);
 
+/// How long a stopping worker waits for the server to take its goodbye (and close the stream)
+/// before it leaves anyway.
+const GOODBYE_WAIT: Duration = Duration::from_secs(5);
+
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -214,10 +218,8 @@ pub(crate) async fn run(
     let mut backoff = MIN_BACKOFF;
     let mut warned = false;
     loop {
-        let outcome = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            outcome = connect_and_serve(&session, &shutdown) => outcome,
-        };
+        // Watches `shutdown` itself, to say goodbye when connected.
+        let outcome = connect_and_serve(&session, &shutdown).await;
         session.set_link(None);
         match outcome {
             Outcome::Shutdown(reason) => {
@@ -276,13 +278,22 @@ fn broken(error: impl Into<String>, was_connected: bool) -> Outcome {
 
 async fn connect_and_serve(session: &Arc<Session>, shutdown: &CancellationToken) -> Outcome {
     let config = &session.config;
-    let (link, mut incoming) =
-        match link::connect(&config.server, &config.tls, &config.token, &session.hello()).await {
-            Ok(connection) => connection,
-            Err(link::ConnectError::Refused(reason)) => return Outcome::Refused(reason),
-            Err(link::ConnectError::Failed(error)) => return broken(error, false),
-        };
-    let heartbeat = match welcome(session, &mut incoming).await {
+    let hello = session.hello();
+    let connecting = link::connect(&config.server, &config.tls, &config.token, &hello);
+    let connected = tokio::select! {
+        _ = shutdown.cancelled() => return Outcome::Stopped,
+        connected = connecting => connected,
+    };
+    let (link, mut incoming) = match connected {
+        Ok(connection) => connection,
+        Err(link::ConnectError::Refused(reason)) => return Outcome::Refused(reason),
+        Err(link::ConnectError::Failed(error)) => return broken(error, false),
+    };
+    let welcomed = tokio::select! {
+        _ = shutdown.cancelled() => return Outcome::Stopped,
+        welcomed = welcome(session, &mut incoming) => welcomed,
+    };
+    let heartbeat = match welcomed {
         Ok(heartbeat) => heartbeat,
         Err(error) => return broken(error, false),
     };
@@ -293,7 +304,10 @@ async fn connect_and_serve(session: &Arc<Session>, shutdown: &CancellationToken)
     ticker.tick().await;
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return Outcome::Stopped,
+            _ = shutdown.cancelled() => {
+                say_goodbye(session, &link, &mut incoming).await;
+                return Outcome::Stopped;
+            }
             () = &mut flusher => return broken("the stream closed", true),
             _ = ticker.tick() => {
                 if link.send(FromWorker::Heartbeat).await.is_err() {
@@ -310,6 +324,39 @@ async fn connect_and_serve(session: &Arc<Session>, shutdown: &CancellationToken)
                 Err(error) => return broken(error, true),
             },
         }
+    }
+}
+
+/// Tells the server this worker is stopping, after the reports not sent yet, and waits (at
+/// most [`GOODBYE_WAIT`]) for it to close the stream, which it does once the attempts this
+/// worker held are queued again: they are then not taken for a crash. Acknowledgements that
+/// arrive meanwhile are applied.
+async fn say_goodbye(session: &Session, link: &Outgoing, incoming: &mut Incoming) {
+    let mut reports = Vec::new();
+    session.outbox.drain_into(&mut reports);
+    if !reports.is_empty() && link.send_reports(&mut reports).await.is_err() {
+        return;
+    }
+    if link.send(FromWorker::Goodbye).await.is_err() {
+        return;
+    }
+    let closed = async {
+        loop {
+            match incoming.next().await {
+                Ok(Some(Ok(ToWorker::Ack { task_id, attempt }))) => {
+                    session.outbox.ack(task_id, attempt)
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return,
+            }
+        }
+    };
+    if tokio::time::timeout(GOODBYE_WAIT, closed).await.is_err() {
+        warn!(
+            "the server did not take this worker's goodbye in time; it will queue the attempts this worker held again once it declares the worker lost"
+        );
+    } else {
+        info!("said goodbye to the server; the attempts this worker held are queued again");
     }
 }
 

@@ -14,6 +14,7 @@
 //!   counts right; [`State::end_attempt`], the one way an attempt is ended by the server);
 //! - `scheduling.rs`: submit, and handing pending tasks to workers (slots, then pipelines);
 //! - `workers.rs`: a worker's connection, reports, disconnection, loss and deletion;
+//! - `reliability.rs`: the crash limit, the quarantine of broken workers, where retries go;
 //! - `actions.rs`: what users do to tasks and batches (kill, retry, delete, pause, stop);
 //! - `rows.rs`: row images for the journal, and the restore from rows at start-up;
 //! - `views.rs`: read-only views for listings.
@@ -33,9 +34,12 @@ use super::change::{Address, Change};
 
 pub use access::{BOOTSTRAP_ADMIN, Caller, UserId, digest, require_admin};
 use access::{Token, User};
+pub use reliability::QuarantinePolicy;
+use reliability::Health;
 
 mod access;
 mod actions;
+mod reliability;
 mod rows;
 mod scheduling;
 mod views;
@@ -180,6 +184,11 @@ pub(crate) struct Worker {
     /// Monotonic time of the last message (or of the server's start for reloaded workers).
     pub last_heard: Instant,
     pub lost: bool,
+    /// It said goodbye (it is stopping on purpose): no task for it, and it is not reaped.
+    /// Until its next hello; not stored.
+    pub leaving: bool,
+    /// Its recent failures that blame it, and its quarantine. Not stored.
+    pub health: Health,
     /// The serial of its current connection, if connected.
     pub connection: Option<u64>,
     /// Tasks this worker holds (any active state).
@@ -208,6 +217,10 @@ impl Worker {
     fn status(&self) -> &'static str {
         if self.lost {
             "lost"
+        } else if self.leaving {
+            "stopped"
+        } else if self.connection.is_some() && self.health.quarantine.is_some() {
+            "quarantined"
         } else if self.connection.is_some() {
             "connected"
         } else {
@@ -231,6 +244,8 @@ pub(crate) struct State {
     pub tokens: BTreeMap<u64, Token>,
     /// Token ids by the SHA-256 (hex) of their secret.
     pub token_index: HashMap<Arc<str>, u64>,
+    /// When workers are quarantined (a server setting).
+    pub quarantine_policy: QuarantinePolicy,
 }
 
 fn state_index(state: TaskState) -> usize {
@@ -251,6 +266,7 @@ impl State {
             users: BTreeMap::new(),
             tokens: BTreeMap::new(),
             token_index: HashMap::new(),
+            quarantine_policy: QuarantinePolicy::default(),
         }
     }
 
@@ -314,7 +330,8 @@ impl State {
     }
 
     /// Ends the current attempt of an active task as failed and queues a new attempt, first in
-    /// line (the task was not at fault: its worker was lost, deleted or forgot it).
+    /// line (the task was not at fault: its worker stopped, was deleted or forgot it). A lost
+    /// worker's attempts go through [`State::lose_attempt`] instead, which counts crashes.
     fn requeue(&mut self, task_id: TaskId, reason: Reason, message: &str, change: &mut Change) {
         if !self
             .tasks
@@ -324,7 +341,14 @@ impl State {
             return;
         }
         self.end_attempt(task_id, TaskState::Failed, reason, message, change);
-        let task = self.tasks.get_mut(&task_id).expect("present above");
+        self.queue_next_attempt(task_id, change);
+    }
+
+    /// Queues a task whose attempt the server ended as a new attempt, first in line.
+    fn queue_next_attempt(&mut self, task_id: TaskId, change: &mut Change) {
+        let Some(task) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
         task.attempt += 1;
         self.set_state(task_id, TaskState::Pending, change);
         self.enqueue(task_id, true);

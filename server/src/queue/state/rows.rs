@@ -88,6 +88,8 @@ impl State {
                 last_seen: Timestamp(row.last_seen),
                 last_heard: self.clock.instant(),
                 lost: row.lost,
+                leaving: false,
+                health: Default::default(),
                 connection: None,
                 tasks: BTreeSet::new(),
                 token: row.token_id.map(|id| id as u64),

@@ -4,7 +4,9 @@
 //! that are not uploading) are filled first, then their pipelines (see
 //! [`PIPELINE_HORIZON_MS`](super::PIPELINE_HORIZON_MS)), so no task waits behind another
 //! while a slot is free anywhere. Within a batch, a worker takes the oldest pending task among
-//! the requirements it can serve (a bare worker never gets a Docker task).
+//! the requirements it can serve (a bare worker never gets a Docker task), except one that
+//! already failed there while another worker could take it (see `reliability.rs`). A
+//! quarantined or stopping worker gets nothing.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -12,6 +14,7 @@ use std::sync::Arc;
 use herd_proto::session::ToWorker;
 use herd_proto::{BatchName, TaskId, TaskSpec, TaskState, WorkerId};
 
+use super::reliability::{MAX_PASSED_OVER, better_left_to_another};
 use super::{Attempt, Caller, Change, State, Task, Worker, state_index};
 use crate::Error;
 use crate::queue::Event;
@@ -132,7 +135,7 @@ impl State {
         let Some(worker) = self.workers.get(&worker_id) else {
             return;
         };
-        if worker.connection.is_none() || worker.lost {
+        if !worker.takes_tasks() {
             return;
         }
         let mut free = self.free_slots(worker, pipeline);
@@ -145,29 +148,48 @@ impl State {
         }
     }
 
+    /// The oldest pending task `worker_id` can serve, taken off its queue. Tasks that failed
+    /// on this worker and that another worker could take are passed over (at most
+    /// [`MAX_PASSED_OVER`]) and put back where they were.
     fn pop_pending(&mut self, worker_id: WorkerId) -> Option<TaskId> {
         let worker = self.workers.get(&worker_id)?;
         let batch = self.batches.get_mut(&worker.batch)?;
         if batch.paused {
             return None;
         }
-        loop {
+        let mut passed_over = Vec::new();
+        let found = loop {
             // The oldest head among the queues this worker can serve.
-            let requirement = batch
+            let Some(requirement) = batch
                 .queues
                 .iter()
                 .filter(|(requirement, queue)| worker.can_serve(**requirement) && !queue.is_empty())
                 .min_by_key(|(_, queue)| queue.front().copied())
-                .map(|(requirement, _)| *requirement)?;
-            let id = batch.queues.get_mut(&requirement)?.pop_front()?;
-            if self
-                .tasks
-                .get(&id)
-                .is_some_and(|task| task.state == TaskState::Pending)
-            {
-                return Some(id);
+                .map(|(requirement, _)| *requirement)
+            else {
+                break None;
+            };
+            let Some(id) = batch.queues.get_mut(&requirement)?.pop_front() else {
+                break None;
+            };
+            let Some(task) = self.tasks.get(&id) else {
+                continue;
+            };
+            if task.state != TaskState::Pending {
+                continue;
             }
+            if !better_left_to_another(task, worker_id, &self.workers) {
+                break Some(id);
+            }
+            passed_over.push((requirement, id));
+            if passed_over.len() >= MAX_PASSED_OVER {
+                break None;
+            }
+        };
+        for (requirement, id) in passed_over.into_iter().rev() {
+            batch.queues.entry(requirement).or_default().push_front(id);
         }
+        found
     }
 
     fn assign(&mut self, task_id: TaskId, worker_id: WorkerId, change: &mut Change) {

@@ -97,6 +97,16 @@ impl State {
                 registered_at: worker.registered_at,
                 last_seen: worker.last_seen,
                 version: worker.version.clone(),
+                quarantine_reason: worker
+                    .health
+                    .quarantine
+                    .as_ref()
+                    .map(|quarantine| quarantine.reason.clone()),
+                quarantined_until: worker
+                    .health
+                    .quarantine
+                    .as_ref()
+                    .map(|quarantine| quarantine.until_wall),
             })
             .collect()
     }

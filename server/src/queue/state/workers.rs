@@ -74,6 +74,8 @@ impl State {
             last_seen: now,
             last_heard: heard,
             lost: false,
+            leaving: false,
+            health: Default::default(),
             connection: None,
             tasks: BTreeSet::new(),
             token: None,
@@ -95,6 +97,7 @@ impl State {
         worker.last_seen = now;
         worker.last_heard = heard;
         worker.lost = false;
+        worker.leaving = false;
         worker.connection = Some(serial);
         worker.token = Some(caller.token);
         change.worker(worker_id);
@@ -185,14 +188,49 @@ impl State {
         });
     }
 
-    /// Declares lost every worker not heard from within `timeout`; their tasks get a new
-    /// attempt, first in line. Returns the workers declared lost.
+    /// The worker on connection `serial` is stopping on purpose: it gets no more tasks, the
+    /// attempts it holds get a new attempt first in line (reason `worker_stopped`, neither a
+    /// crash nor a retry), and its stream is closed once that is durable.
+    pub fn goodbye(&mut self, worker_id: WorkerId, serial: u64, change: &mut Change) {
+        let Some(worker) = self.workers.get_mut(&worker_id) else {
+            return;
+        };
+        if worker.connection != Some(serial) {
+            return;
+        }
+        worker.leaving = true;
+        worker.connection = None;
+        worker.last_seen = self.clock.now();
+        let batch = worker.batch.clone();
+        let tasks: Vec<TaskId> = worker.tasks.iter().copied().collect();
+        for task_id in tasks {
+            self.requeue(
+                task_id,
+                Reason::WorkerStopped,
+                "its worker stopped before it ended",
+                change,
+            );
+        }
+        change.worker(worker_id);
+        change.hangup(Address {
+            worker: worker_id,
+            serial,
+        });
+        self.schedule_batch(&batch, change);
+    }
+
+    /// Declares lost every worker not heard from within `timeout` (a crash for the attempts
+    /// it held: they get a new attempt first in line, within their crash limit), and ends the
+    /// quarantines that are over. Returns the workers declared lost.
     pub fn reap(&mut self, timeout: Duration, change: &mut Change) -> Vec<WorkerId> {
+        self.release_quarantines(change);
         let now = self.clock.instant();
         let silent: Vec<WorkerId> = self
             .workers
             .iter()
-            .filter(|(_, worker)| !worker.lost && now.duration_since(worker.last_heard) > timeout)
+            .filter(|(_, worker)| {
+                !worker.lost && !worker.leaving && now.duration_since(worker.last_heard) > timeout
+            })
             .map(|(id, _)| *id)
             .collect();
         for worker_id in &silent {
@@ -209,7 +247,7 @@ impl State {
             worker.connection = None;
             let tasks: Vec<TaskId> = worker.tasks.iter().copied().collect();
             for task_id in tasks {
-                self.requeue(task_id, Reason::WorkerLost, &message, change);
+                self.lose_attempt(task_id, &message, change);
             }
             change.worker(*worker_id);
         }
@@ -307,7 +345,8 @@ impl State {
             .attempts
             .iter()
             .filter(|attempt| {
-                attempt.state == TaskState::Failed && attempt.reason != Some(Reason::WorkerLost)
+                attempt.state == TaskState::Failed
+                    && attempt.reason.is_none_or(Reason::counts_against_retry)
             })
             .count();
         let retry =
@@ -320,6 +359,9 @@ impl State {
         {
             batch.record_slot_time(slot_ms);
         }
+        let (state, reason) = (report.state, report.reason);
+        let message = task.message.clone();
+        self.record_outcome(worker_id, state, reason, message.as_deref(), change);
         if let Some(address) = address {
             change.send(
                 address,
@@ -362,7 +404,7 @@ impl State {
         for task_id in tasks {
             self.requeue(
                 task_id,
-                Reason::WorkerLost,
+                Reason::WorkerStopped,
                 "its worker was deleted",
                 change,
             );
