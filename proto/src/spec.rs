@@ -567,6 +567,23 @@ mod tests {
         let mut task = request(&["true"]);
         task.download_timeout_secs = Some(MAX_TIMEOUT_SECS);
         assert!(TaskSpec::new(task).is_ok());
+        let mut task = request(&["true"]);
+        task.crash_limit = Some(MAX_CRASH_LIMIT + 1);
+        assert!(refused(task).starts_with("invalid crash limit: "));
+        let mut task = request(&["true"]);
+        task.crash_limit = Some(MAX_CRASH_LIMIT);
+        assert_eq!(TaskSpec::new(task).unwrap().crash_limit(), Some(MAX_CRASH_LIMIT));
+    }
+
+    #[test]
+    fn the_crash_limit_defaults_to_three_and_zero_means_none() {
+        assert_eq!(
+            TaskSpec::new(request(&["true"])).unwrap().crash_limit(),
+            Some(DEFAULT_CRASH_LIMIT)
+        );
+        let mut task = request(&["true"]);
+        task.crash_limit = Some(0);
+        assert_eq!(TaskSpec::new(task).unwrap().crash_limit(), None);
     }
 
     #[test]
@@ -621,6 +638,7 @@ mod tests {
             resources: vec!["s3://b/ref.tar.gz|untar".into()],
             output: Some("/out/".into()),
             retry: 2,
+            crash_limit: Some(5),
             run_timeout_secs: Some(30),
             download_timeout_secs: Some(60),
         };

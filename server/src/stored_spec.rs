@@ -119,10 +119,16 @@ mod tests {
         let stored = r#"{"batch":"b","command":["true"],"docker_image":"busybox","docker_options":"-e X=1","retry":2,"run_timeout_secs":5}"#;
         let spec = decode(stored).unwrap();
         assert_eq!(spec.retry(), 2);
+        // From before `--crash-limit`: the default limit.
+        assert_eq!(spec.crash_limit(), Some(3));
         assert_eq!(
             spec.docker().map(|docker| docker.image.as_str()),
             Some("busybox")
         );
         assert_eq!(encode(&spec), stored);
+        let unlimited = r#"{"batch":"b","command":["true"],"retry":0,"crash_limit":0}"#;
+        let spec = decode(unlimited).unwrap();
+        assert_eq!(spec.crash_limit(), None);
+        assert_eq!(encode(&spec), unlimited);
     }
 }
