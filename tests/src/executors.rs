@@ -29,6 +29,30 @@ impl Executor for InstantExecutor {
     }
 }
 
+/// Fails every attempt at once with an executor error, as a worker whose container engine
+/// is broken would: tests the quarantine of broken workers.
+#[derive(Debug, Default)]
+pub struct BrokenExecutor;
+
+impl Executor for BrokenExecutor {
+    fn run<'a>(
+        &'a self,
+        _job: &'a Job,
+        _logs: LogSink,
+        _cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<Exit, Error>> {
+        Box::pin(async {
+            Err(Error::Start(
+                "this test executor is broken on purpose".to_owned(),
+            ))
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "broken"
+    }
+}
+
 /// Wraps an executor and reports the moment each attempt starts running.
 pub struct ClockedExecutor {
     inner: Arc<dyn Executor>,
