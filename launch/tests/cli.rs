@@ -123,6 +123,11 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server started with `extra` flags.
+    fn start_with(extra: &[&str]) -> Self {
         let directory = tempfile::tempdir().expect("create a temporary directory");
         let port_file = directory.path().join("server.addr");
         let mut server = KillOnDrop::spawn(
@@ -130,7 +135,8 @@ impl Cluster {
                 .args(["server", "--listen", "127.0.0.1:0", "--port-file"])
                 .arg(&port_file)
                 .arg("--data-dir")
-                .arg(directory.path().join("data")),
+                .arg(directory.path().join("data"))
+                .args(extra),
             directory.path().join("server.log"),
         );
         let mut address = String::new();
@@ -178,6 +184,29 @@ impl Cluster {
 
     fn herd(&self, args: &[&str]) -> Finished {
         run(&mut self.command(args))
+    }
+
+    /// Starts a bare-process worker with one slot for `batch` named `name`, without waiting
+    /// for it (it may die at once).
+    fn spawn_worker(&self, batch: &str, name: &str) -> KillOnDrop {
+        KillOnDrop::spawn(
+            self.command(&[
+                "worker",
+                "--executor",
+                "bare",
+                "--concurrency",
+                "1",
+                "--batch",
+                batch,
+                "--name",
+                name,
+            ])
+            .arg("--work-dir")
+            .arg(self.path(&format!("work-{name}")))
+            .arg("--token-file")
+            .arg(self.worker_token_file()),
+            self.path(&format!("worker-{name}.log")),
+        )
     }
 
     /// Starts a bare-process worker for `batch` and waits until the server lists it connected.
@@ -1108,4 +1137,72 @@ fn herd_up_logs_the_local_user_in_so_the_quickstart_needs_no_token() {
         !log.contains("herd_"),
         "no token in the server's log: {log}"
     );
+}
+
+#[test]
+fn a_task_that_kills_its_worker_stops_at_the_crash_limit_and_others_still_run() {
+    let cluster = Cluster::start_with(&["--worker-timeout", "2", "--heartbeat", "1"]);
+    let launched = cluster.herd(&["launch", "-b", "poison", "sh", "-c", "kill -9 $PPID"]);
+    assert_eq!(launched.code, 0, "{launched:?}");
+    let poison = launched.stdout.trim().to_owned();
+    // Each worker takes the poison task first (a lost attempt goes first in line) and dies.
+    for round in 1..=3 {
+        let mut worker = cluster.spawn_worker("poison", &format!("victim-{round}"));
+        let code = worker.wait_for_exit();
+        assert_eq!(code, None, "killed by a signal; its log:\n{}", worker.log());
+        wait_until("the lost attempt to be counted", || {
+            let task = cluster.task(&poison);
+            task["attempts"].as_array().is_some_and(|attempts| {
+                attempts.len() == round && attempts[round - 1]["state"] == "failed"
+            })
+        });
+    }
+    let task = cluster.task(&poison);
+    assert_eq!(task["state"], "failed", "{task:#}");
+    assert_eq!(task["reason"], "crash_limit", "{task:#}");
+    let message = task["message"].as_str().unwrap_or_default();
+    for round in 1..=3 {
+        assert!(message.contains(&format!("(victim-{round})")), "{message}");
+    }
+    // A healthy worker runs the other tasks; the poison one is not given to it.
+    let launched = cluster.herd(&["launch", "-b", "poison", "true"]);
+    assert_eq!(launched.code, 0, "{launched:?}");
+    let mut healthy = cluster.spawn_worker("poison", "healthy");
+    let waited = cluster.herd(&["batch", "wait", "poison"]);
+    healthy.assert_running("the healthy worker");
+    assert!(waited.stdout.contains("1 succeeded"), "{waited:?}");
+    assert_eq!(cluster.task(&poison)["attempts"].as_array().map(Vec::len), Some(3));
+}
+
+#[test]
+fn a_worker_stopped_with_sigterm_hands_its_task_back_without_a_crash() {
+    let cluster = Cluster::start();
+    let marker = cluster.path("ran");
+    let script = format!(
+        "if [ -e {marker} ]; then exit 0; fi; touch {marker}; sleep 600",
+        marker = marker.display()
+    );
+    let launched = cluster.herd(&[
+        "launch", "-b", "stop", "--crash-limit", "1", "sh", "-c", &script,
+    ]);
+    assert_eq!(launched.code, 0, "{launched:?}");
+    let id = launched.stdout.trim().to_owned();
+    let mut stopping = cluster.spawn_worker("stop", "stopping");
+    wait_until("the task to run", || cluster.task(&id)["state"] == "running");
+    let pid = stopping.child.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    assert_eq!(stopping.wait_for_exit(), Some(0), "{}", stopping.log());
+    // Queued again at once (the worker timeout is 20 s), as a stopped worker's task.
+    let task = cluster.task(&id);
+    assert_eq!(task["state"], "pending", "{task:#}");
+    assert_eq!(task["attempts"][0]["reason"], "worker_stopped", "{task:#}");
+    let listed = cluster.herd(&["worker", "list"]);
+    assert!(listed.stdout.contains("stopped"), "{listed:?}");
+    let _next = cluster.spawn_worker("stop", "next");
+    let waited = cluster.herd(&["batch", "wait", "stop"]);
+    assert!(waited.stdout.contains("1 succeeded"), "{waited:?}");
 }
