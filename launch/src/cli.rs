@@ -618,7 +618,12 @@ pub struct ServerArgs {
     /// Quarantine a worker (no task for 30 s, doubling up to 10 min, reset by a success) once
     /// its last N attempts failed within a minute for reasons that blame it (input, output,
     /// executor); 0 never quarantines.
-    #[arg(long = "quarantine-after", value_name = "N", env = "HERD_QUARANTINE_AFTER", default_value_t = 5)]
+    #[arg(
+        long = "quarantine-after",
+        value_name = "N",
+        env = "HERD_QUARANTINE_AFTER",
+        default_value_t = 5
+    )]
     pub quarantine_after: u32,
 
     /// Once listening, write the bound address (e.g. 127.0.0.1:41234) to this file. Meant for

@@ -395,7 +395,9 @@ pub fn describe_spec(spec: &TaskSpec, indent: &str) -> String {
         fields.push(("retry", spec.retry().to_string()));
     }
     if spec.crash_limit() != Some(herd_proto::spec::DEFAULT_CRASH_LIMIT) {
-        let limit = spec.crash_limit().map_or("none".to_owned(), |limit| limit.to_string());
+        let limit = spec
+            .crash_limit()
+            .map_or("none".to_owned(), |limit| limit.to_string());
         fields.push(("crash limit", limit));
     }
     if let Some(timeout) = spec.run_timeout() {

@@ -1171,7 +1171,10 @@ fn a_task_that_kills_its_worker_stops_at_the_crash_limit_and_others_still_run() 
     let waited = cluster.herd(&["batch", "wait", "poison"]);
     healthy.assert_running("the healthy worker");
     assert!(waited.stdout.contains("1 succeeded"), "{waited:?}");
-    assert_eq!(cluster.task(&poison)["attempts"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        cluster.task(&poison)["attempts"].as_array().map(Vec::len),
+        Some(3)
+    );
 }
 
 #[test]
@@ -1183,12 +1186,21 @@ fn a_worker_stopped_with_sigterm_hands_its_task_back_without_a_crash() {
         marker = marker.display()
     );
     let launched = cluster.herd(&[
-        "launch", "-b", "stop", "--crash-limit", "1", "sh", "-c", &script,
+        "launch",
+        "-b",
+        "stop",
+        "--crash-limit",
+        "1",
+        "sh",
+        "-c",
+        &script,
     ]);
     assert_eq!(launched.code, 0, "{launched:?}");
     let id = launched.stdout.trim().to_owned();
     let mut stopping = cluster.spawn_worker("stop", "stopping");
-    wait_until("the task to run", || cluster.task(&id)["state"] == "running");
+    wait_until("the task to run", || {
+        cluster.task(&id)["state"] == "running"
+    });
     let pid = stopping.child.id().to_string();
     let killed = Command::new("kill")
         .args(["-TERM", &pid])

@@ -175,7 +175,10 @@ impl TaskSpec {
                 format!("{} retries asked; the limit is {MAX_RETRY}", request.retry),
             ));
         }
-        if request.crash_limit.is_some_and(|limit| limit > MAX_CRASH_LIMIT) {
+        if request
+            .crash_limit
+            .is_some_and(|limit| limit > MAX_CRASH_LIMIT)
+        {
             return Err(Error::invalid(
                 "crash limit",
                 format!(
@@ -572,7 +575,10 @@ mod tests {
         assert!(refused(task).starts_with("invalid crash limit: "));
         let mut task = request(&["true"]);
         task.crash_limit = Some(MAX_CRASH_LIMIT);
-        assert_eq!(TaskSpec::new(task).unwrap().crash_limit(), Some(MAX_CRASH_LIMIT));
+        assert_eq!(
+            TaskSpec::new(task).unwrap().crash_limit(),
+            Some(MAX_CRASH_LIMIT)
+        );
     }
 
     #[test]

@@ -91,8 +91,7 @@ async fn a_task_that_takes_its_workers_down_fails_at_its_crash_limit() -> anyhow
 }
 
 #[tokio::test]
-async fn a_worker_stopped_on_purpose_hands_its_task_back_without_a_crash() -> anyhow::Result<()>
-{
+async fn a_worker_stopped_on_purpose_hands_its_task_back_without_a_crash() -> anyhow::Result<()> {
     // A timeout longer than the wait: only the goodbye can queue the task again in time.
     let cluster = Cluster::start_with(options(Duration::from_secs(120))).await?;
     let marker = tempfile::tempdir()?;
@@ -114,7 +113,11 @@ async fn a_worker_stopped_on_purpose_hands_its_task_back_without_a_crash() -> an
     let task = cluster
         .wait_task(ids[0], "queued again", |task| task.attempt == 2)
         .await?;
-    assert_eq!(task.attempts[0].reason, Some(Reason::WorkerStopped), "{task:?}");
+    assert_eq!(
+        task.attempts[0].reason,
+        Some(Reason::WorkerStopped),
+        "{task:?}"
+    );
     let listed = workers(&cluster).await?;
     assert_eq!(listed[0].status, "stopped", "{listed:?}");
     let _next = cluster.add_worker(one_slot()).await?;

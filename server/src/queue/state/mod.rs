@@ -34,8 +34,8 @@ use super::change::{Address, Change};
 
 pub use access::{BOOTSTRAP_ADMIN, Caller, UserId, digest, require_admin};
 use access::{Token, User};
-pub use reliability::QuarantinePolicy;
 use reliability::Health;
+pub use reliability::QuarantinePolicy;
 
 mod access;
 mod actions;

@@ -165,23 +165,23 @@ impl State {
         state: TaskState,
         reason: Option<Reason>,
         message: Option<&str>,
-        change: &mut Change,
     ) {
         let policy = self.quarantine_policy;
-        let now = self.clock.instant();
-        let wall_now = self.clock.now();
         let Some(worker) = self.workers.get_mut(&worker_id) else {
             return;
         };
         let health = &mut worker.health;
         let blamed = state == TaskState::Failed && reason.is_some_and(Reason::blames_worker);
         if !blamed || policy.after == 0 {
+            // The common case, on the hot path: no clock read.
             health.strikes.clear();
             if state == TaskState::Succeeded {
                 health.next_quarantine = Duration::ZERO;
             }
             return;
         }
+        let now = self.clock.instant();
+        let wall_now = self.clock.now();
         health.strikes.push_back(now);
         while health.strikes.len() > policy.after as usize {
             health.strikes.pop_front();
@@ -219,7 +219,6 @@ impl State {
             until_wall: Timestamp(wall_now.0 + length.as_millis() as i64),
             reason,
         });
-        change.notify(super::Event::Batch(worker.batch.clone()));
     }
 
     /// Ends the quarantines that are over, and gives those workers tasks again.

@@ -361,7 +361,7 @@ impl State {
         }
         let (state, reason) = (report.state, report.reason);
         let message = task.message.clone();
-        self.record_outcome(worker_id, state, reason, message.as_deref(), change);
+        self.record_outcome(worker_id, state, reason, message.as_deref());
         if let Some(address) = address {
             change.send(
                 address,

@@ -56,10 +56,7 @@ fn with_crash_limit(crash_limit: Option<u32>) -> TaskRequest {
 }
 
 fn with_retry(retry: u32) -> TaskRequest {
-    TaskRequest {
-        retry,
-        ..task("b")
-    }
+    TaskRequest { retry, ..task("b") }
 }
 
 #[test]
@@ -97,10 +94,7 @@ fn a_task_lost_with_three_workers_fails_with_crash_limit_naming_them() {
     );
     let message = task.message.as_deref().expect("a message");
     for (worker, name) in &crashed {
-        assert!(
-            message.contains(&format!("{worker} ({name})")),
-            "{message}"
-        );
+        assert!(message.contains(&format!("{worker} ({name})")), "{message}");
     }
     assert!(message.contains("--crash-limit 3"), "{message}");
     assert!(env.last_rows.dirty.tasks.contains(&ids[0]));
@@ -109,7 +103,11 @@ fn a_task_lost_with_three_workers_fails_with_crash_limit_naming_them() {
     assert_eq!(assigned(&mut env, healthy), vec![(ids[1], 1)]);
     run_to_success(&mut env, healthy, ids[1], Duration::from_secs(1));
     assert_eq!(env.task_state(ids[1]), TaskState::Succeeded);
-    assert!(assigned(&mut env, healthy).iter().all(|(id, _)| *id != ids[0]));
+    assert!(
+        assigned(&mut env, healthy)
+            .iter()
+            .all(|(id, _)| *id != ids[0])
+    );
 }
 
 #[test]
@@ -127,7 +125,11 @@ fn the_crash_limit_is_the_task_s_own_and_zero_means_none() {
     assert_eq!(strict.attempts.len(), 1);
     let unlimited = &env.state.tasks[&ids[1]];
     assert_eq!(unlimited.state, TaskState::Pending);
-    assert!(unlimited.attempts.len() >= 4, "{}", unlimited.attempts.len());
+    assert!(
+        unlimited.attempts.len() >= 4,
+        "{}",
+        unlimited.attempts.len()
+    );
 }
 
 #[test]
