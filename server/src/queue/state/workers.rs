@@ -360,7 +360,11 @@ impl State {
             batch.record_slot_time(slot_ms);
         }
         let (state, reason) = (report.state, report.reason);
-        let message = task.message.clone();
+        // Copied only when it may be quoted in a quarantine's reason.
+        let message = reason
+            .is_some_and(Reason::blames_worker)
+            .then(|| task.message.clone())
+            .flatten();
         self.record_outcome(worker_id, state, reason, message.as_deref());
         if let Some(address) = address {
             change.send(
