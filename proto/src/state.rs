@@ -136,11 +136,14 @@ pub enum Reason {
     Killed,
     /// A user stopped the task's batch.
     BatchStopped,
+    /// The stored specification could not be read or no longer passes this version's checks
+    /// (found at start-up): the task is not run, its stored text is kept as it was.
+    InvalidSpec,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::ExitCode,
         Reason::Timeout,
         Reason::Input,
@@ -149,6 +152,7 @@ impl Reason {
         Reason::WorkerLost,
         Reason::Killed,
         Reason::BatchStopped,
+        Reason::InvalidSpec,
     ];
 
     /// The snake_case name used in the CLI, JSON and the database.
@@ -162,6 +166,7 @@ impl Reason {
             Reason::WorkerLost => "worker_lost",
             Reason::Killed => "killed",
             Reason::BatchStopped => "batch_stopped",
+            Reason::InvalidSpec => "invalid_spec",
         }
     }
 }
