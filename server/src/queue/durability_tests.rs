@@ -47,7 +47,7 @@ async fn shutdown_waits_for_the_last_commit() -> Result<(), Box<dyn std::error::
         command: vec!["true".to_owned()],
         ..TaskRequest::default()
     })?;
-    let ids = queue.submit(&admin, vec![spec]).await?;
+    let ids = queue.submit(&admin, None, vec![spec]).await?;
     // The assignment is sent once committed.
     loop {
         match receiver.recv().await {

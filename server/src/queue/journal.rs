@@ -254,6 +254,7 @@ async fn commit_one_by_one(
         }
         error!(error = %reason, tasks = created.len(), "the database refused a submit; its tasks are removed");
         let mut locked = queue.lock();
+        locked.state.forget_submissions_of(&created);
         let mut removal = Change::default();
         for id in created {
             if let Err(removal_error) = locked.state.delete_task(id, &mut removal) {
@@ -286,6 +287,7 @@ fn build_writes(state: &State, entries: &[Entry]) -> WriteSet {
     let mut workers = BTreeSet::new();
     let mut users = BTreeSet::new();
     let mut tokens = BTreeSet::new();
+    let mut submissions = BTreeSet::new();
     let mut counters = false;
     for entry in entries {
         let dirty = &entry.change.dirty;
@@ -295,6 +297,7 @@ fn build_writes(state: &State, entries: &[Entry]) -> WriteSet {
         workers.extend(dirty.workers.iter().copied());
         users.extend(dirty.users.iter().copied());
         tokens.extend(dirty.tokens.iter().copied());
+        submissions.extend(dirty.submissions.iter().cloned());
         counters |= dirty.counters;
     }
     let mut writes = WriteSet::default();
@@ -327,6 +330,12 @@ fn build_writes(state: &State, entries: &[Entry]) -> WriteSet {
     writes
         .tokens
         .extend(tokens.into_iter().filter_map(|id| state.token_row(id)));
+    for key in submissions {
+        match state.submission_row(&key) {
+            Some(row) => writes.submissions.push(row),
+            None => writes.deleted_submissions.push(key),
+        }
+    }
     if counters {
         writes.counters = state.counter_rows();
     }

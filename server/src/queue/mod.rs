@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use herd_proto::request::IdempotencyKey;
 use herd_proto::session::{Hello, LogChunk, ToWorker};
 use herd_proto::view::{BatchView, TaskView, WorkerView};
 use herd_proto::{BatchName, Reason, TaskId, TaskReport, TaskSpec, TaskState, WorkerId};
@@ -276,10 +277,13 @@ impl Queue {
         result
     }
 
-    /// Queues tasks as the caller's; all of them are durable when this returns.
+    /// Queues tasks as the caller's; all of them are durable when this returns. With `key`, a
+    /// repeat of the same user's submit within 24 hours returns the first one's ids and
+    /// queues nothing.
     pub async fn submit(
         &self,
         caller: &Caller,
+        key: Option<&IdempotencyKey>,
         specs: Vec<TaskSpec>,
     ) -> Result<Vec<TaskId>, Error> {
         let started = std::time::Instant::now();
@@ -294,7 +298,7 @@ impl Queue {
             .collect();
         let encoded_at = started.elapsed();
         let ids = self
-            .mutate_durably(|state, change| state.submit(caller, encoded, change))
+            .mutate_durably(|state, change| state.submit_once(caller, key, encoded, change))
             .await?;
         tracing::debug!(
             tasks = count,
@@ -539,7 +543,10 @@ impl Queue {
                 let Some(queue) = queue.upgrade() else {
                     return;
                 };
-                let (lost, _) = queue.mutate(|state, change| Ok(state.reap(timeout, change)));
+                let (lost, _) = queue.mutate(|state, change| {
+                    state.prune_submissions(change);
+                    Ok(state.reap(timeout, change))
+                });
                 for worker_id in lost.unwrap_or_default() {
                     warn!(%worker_id, timeout_secs = timeout.as_secs(), "worker lost; its tasks are queued again");
                 }

@@ -33,11 +33,13 @@ use super::change::{Address, Change};
 
 pub use access::{BOOTSTRAP_ADMIN, Caller, UserId, digest, require_admin};
 use access::{Token, User};
+use submissions::Submission;
 
 mod access;
 mod actions;
 mod rows;
 mod scheduling;
+mod submissions;
 mod views;
 mod workers;
 
@@ -231,6 +233,8 @@ pub(crate) struct State {
     pub tokens: BTreeMap<u64, Token>,
     /// Token ids by the SHA-256 (hex) of their secret.
     pub token_index: HashMap<Arc<str>, u64>,
+    /// Submits made with an idempotency key, by `USER_ID:KEY`.
+    pub submissions: HashMap<String, Submission>,
 }
 
 fn state_index(state: TaskState) -> usize {
@@ -251,6 +255,7 @@ impl State {
             users: BTreeMap::new(),
             tokens: BTreeMap::new(),
             token_index: HashMap::new(),
+            submissions: HashMap::new(),
         }
     }
 

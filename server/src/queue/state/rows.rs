@@ -36,6 +36,7 @@ impl State {
             }
         }
         self.restore_access(snapshot.users, snapshot.tokens)?;
+        self.restore_submissions(snapshot.submissions)?;
         for row in snapshot.batches {
             let what = format!("batch row `{}`", row.name);
             let name =

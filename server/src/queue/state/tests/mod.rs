@@ -14,6 +14,7 @@ use super::Clock;
 
 mod access;
 mod env;
+mod submissions;
 
 use env::*;
 
