@@ -741,6 +741,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(duration.as_secs()))
 }
 
+fn parse_idempotency_key(text: &str) -> Result<IdempotencyKey, String> {
+    IdempotencyKey::new(text).map_err(|error| error.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -856,8 +860,4 @@ mod tests {
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("soon").is_err());
     }
-}
-
-fn parse_idempotency_key(text: &str) -> Result<IdempotencyKey, String> {
-    IdempotencyKey::new(text).map_err(|error| error.to_string())
 }
