@@ -49,7 +49,9 @@ pub fn status_of(error: Error) -> Status {
         Error::Unauthenticated(_) => Status::unauthenticated(message),
         Error::Forbidden(_) => Status::permission_denied(message),
         Error::AlreadyExists(_) => Status::already_exists(message),
-        Error::Store(_) | Error::ShuttingDown => Status::unavailable(message),
+        Error::Store(_) | Error::ShuttingDown | Error::NotDurableYet(_) => {
+            Status::unavailable(message)
+        }
         Error::Refused(_)
         | Error::DataDir { .. }
         | Error::Transport(_)

@@ -19,6 +19,7 @@ fn options(engine: Engine) -> ClusterOptions {
         queue: QueueConfig {
             worker_timeout: Duration::from_secs(2),
             heartbeat_interval: Duration::from_millis(200),
+            ..QueueConfig::default()
         },
     }
 }
@@ -710,6 +711,7 @@ fn patient() -> ClusterOptions {
         queue: QueueConfig {
             worker_timeout: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(1),
+            ..QueueConfig::default()
         },
     }
 }

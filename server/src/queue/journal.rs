@@ -124,7 +124,17 @@ impl Journal {
     /// The sequence number of the last change pushed.
     #[cfg(test)]
     pub fn pushed(&self) -> u64 {
+        self.last_pushed()
+    }
+
+    /// The sequence number of the last change pushed (0: none yet).
+    pub fn last_pushed(&self) -> u64 {
         self.next_sequence - 1
+    }
+
+    /// How many changes were pushed and are not committed.
+    pub fn pushed_not_committed(&self, committed: &watch::Receiver<u64>) -> u64 {
+        (self.next_sequence - 1).saturating_sub(*committed.borrow())
     }
 
     /// Accepts no more changes: the writer commits what it has, runs its effects, and stops.

@@ -63,6 +63,10 @@ pub struct QueueConfig {
     pub worker_timeout: Duration,
     /// How often workers send a heartbeat.
     pub heartbeat_interval: Duration,
+    /// How long an answer that promises durability waits for its commit while the database
+    /// is unavailable, before the caller is told so (the change stays queued and is committed
+    /// once the database is back); also how long a shutdown waits for the last commit.
+    pub commit_timeout: Duration,
 }
 
 impl Default for QueueConfig {
@@ -70,6 +74,7 @@ impl Default for QueueConfig {
         QueueConfig {
             worker_timeout: Duration::from_secs(20),
             heartbeat_interval: Duration::from_secs(5),
+            commit_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -218,10 +223,25 @@ impl Queue {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
-        if let Some(writer) = writer
-            && let Err(error) = writer.await
-        {
-            warn!(%error, "the journal writer failed");
+        let Some(mut writer) = writer else {
+            return;
+        };
+        match tokio::time::timeout(self.config.commit_timeout, &mut writer).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!(%error, "the journal writer failed"),
+            Err(_) => {
+                writer.abort();
+                let pending = self
+                    .shared
+                    .lock()
+                    .journal
+                    .pushed_not_committed(&self.committed);
+                tracing::error!(
+                    changes = pending,
+                    timeout_secs = self.config.commit_timeout.as_secs(),
+                    "stopping without committing the last changes: the database is unavailable; none of them was acknowledged"
+                );
+            }
         }
     }
 
@@ -264,10 +284,23 @@ impl Queue {
         mutation: impl FnOnce(&mut State, &mut Change) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let (result, sequence) = self.mutate(mutation);
-        if let Some(sequence) = sequence
-            && !wait_durable(self.committed.clone(), sequence).await
-        {
-            return Err(Error::ShuttingDown);
+        // A change that wrote nothing (a submit repeated with its key) may answer with what an
+        // earlier change did: it waits for everything pushed before it to be durable too.
+        let sequence = sequence.or_else(|| {
+            let last = self.shared.lock().journal.last_pushed();
+            (last > *self.committed.borrow()).then_some(last)
+        });
+        if let Some(sequence) = sequence {
+            let waited = tokio::time::timeout(
+                self.config.commit_timeout,
+                wait_durable(self.committed.clone(), sequence),
+            )
+            .await;
+            match waited {
+                Ok(true) => {}
+                Ok(false) => return Err(Error::ShuttingDown),
+                Err(_) => return Err(Error::NotDurableYet(self.config.commit_timeout)),
+            }
         }
         if let Some(sequence) = sequence
             && let Some(reason) = take_refusal(&self.refused, sequence)
