@@ -64,6 +64,14 @@ if [[ $status -eq 0 ]]; then
     fi
 fi
 
+# The chaos suite at CI size: a seeded schedule of kill -9s and network cuts over real herd
+# processes, on SQLite and PostgreSQL; the seed is printed so that a failure can be replayed.
+if [[ $status -eq 0 ]]; then
+    step "chaos suite, CI size (herd-chaos --events 20)"
+    cargo run --locked -p herd-tests --bin herd-chaos -- --events 20 --tasks 150 --engine both \
+        || status=$?
+fi
+
 # One closing line for the whole workspace (cargo prints one per test binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) passed += $i; if ($(i+1) ~ /^failed/) failed += $i } }
      END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use herd_proto::policy::{DockerOption, Policy};
+use herd_proto::request::IdempotencyKey;
 use herd_proto::{BatchName, TaskId, TaskState, WorkerId};
 
 /// The server address clients use when neither `--server` nor `HERD_SERVER` is given.
@@ -274,6 +275,12 @@ pub struct LaunchArgs {
     /// Print what would be queued and queue nothing.
     #[arg(short = 't', long = "test")]
     pub test: bool,
+
+    /// Make the launch safe to repeat: the same key (and user) within 24 hours returns the
+    /// first launch's ids and queues nothing. Without it, herd makes one for this launch, so
+    /// its own retries (after a lost answer) never queue twice.
+    #[arg(long = "idempotency-key", value_name = "KEY", value_parser = parse_idempotency_key)]
+    pub idempotency_key: Option<IdempotencyKey>,
 
     /// Retry a failed attempt up to N times.
     #[arg(long = "retry", value_name = "N", default_value_t = 0)]
@@ -749,6 +756,10 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         );
     }
     Ok(Duration::from_secs(duration.as_secs()))
+}
+
+fn parse_idempotency_key(text: &str) -> Result<IdempotencyKey, String> {
+    IdempotencyKey::new(text).map_err(|error| error.to_string())
 }
 
 #[cfg(test)]

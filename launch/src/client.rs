@@ -10,7 +10,7 @@ use herd_proto::access::{
 };
 use herd_proto::pb::access_client::AccessClient;
 use herd_proto::pb::queue_client::QueueClient;
-use herd_proto::request::{BatchAction, LogRequest, TaskFilter};
+use herd_proto::request::{BatchAction, IdempotencyKey, LogRequest, TaskFilter};
 use herd_proto::session::LogChunk;
 use herd_proto::transport::{self, ClientTls, Failure};
 use herd_proto::view::{BatchView, TaskView, WorkerView};
@@ -68,9 +68,14 @@ impl Connection {
     }
 
     /// Queues `specs` atomically; their ids, in order.
-    pub async fn submit(&mut self, specs: &[TaskSpec]) -> anyhow::Result<Vec<TaskId>> {
+    pub async fn submit(
+        &mut self,
+        specs: &[TaskSpec],
+        key: Option<&IdempotencyKey>,
+    ) -> anyhow::Result<Vec<TaskId>> {
         let request = pb::SubmitRequest {
             tasks: specs.iter().map(pb::TaskSpec::from).collect(),
+            idempotency_key: key.map(|key| key.as_str().to_owned()),
         };
         let reply = self.queue.submit(request).await;
         let ids = reply.map_err(|status| self.error(status))?.into_inner().ids;

@@ -7,9 +7,11 @@
 
 use std::io::Read;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
 use herd_proto::redact::redact_text;
+use herd_proto::request::IdempotencyKey;
 use herd_proto::spec::MAX_TASKS_PER_SUBMIT;
 use herd_proto::{TaskId, TaskRequest, TaskSpec};
 use serde::Serialize;
@@ -62,12 +64,66 @@ pub async fn run(server: &str, args: LaunchArgs) -> anyhow::Result<Outcome> {
         .iter()
         .map(|candidate| candidate.spec.clone())
         .collect();
-    let ids = connection.submit(&specs).await?;
+    let key = match args.idempotency_key.clone() {
+        Some(key) => key,
+        None => launch_key()?,
+    };
+    let ids = submit_retrying(&mut connection, &specs, &key).await?;
     print_ids(&candidates, &ids, from_file, args.json)?;
     if from_file {
         note!("queued {} tasks in batch `{}`", ids.len(), args.batch);
     }
     Ok(Outcome::Success)
+}
+
+/// How long `herd launch` keeps retrying a submit whose answer it did not get.
+const SUBMIT_RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// A key for this launch: random, so that its retries are the same submit and no other
+/// launch's.
+fn launch_key() -> anyhow::Result<IdempotencyKey> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|error| {
+        anyhow::anyhow!(
+            "cannot make an idempotency key: the system's random source failed: {error}"
+        )
+    })?;
+    let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    Ok(IdempotencyKey::new(format!("launch-{hex}"))?)
+}
+
+/// Submits, and submits again with the same key while the server cannot be reached (it was
+/// restarted, the network dropped the answer), for up to [`SUBMIT_RETRY_FOR`]: the key makes
+/// a repeat return the ids of a submit that did go through, so nothing is queued twice.
+pub(crate) async fn submit_retrying(
+    connection: &mut client::Connection,
+    specs: &[TaskSpec],
+    key: &IdempotencyKey,
+) -> anyhow::Result<Vec<TaskId>> {
+    let started = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    let mut told = false;
+    loop {
+        let error = match connection.submit(specs, Some(key)).await {
+            Ok(ids) => return Ok(ids),
+            Err(error) => error,
+        };
+        let unreachable = error
+            .downcast_ref::<exit::Error>()
+            .is_some_and(|classified| classified.kind == exit::Kind::Unreachable);
+        if !unreachable || started.elapsed() + backoff > SUBMIT_RETRY_FOR {
+            return Err(error);
+        }
+        if !told {
+            note!(
+                "no answer to the launch ({error:#}); retrying with the same idempotency key for up to {}s, so nothing is queued twice",
+                SUBMIT_RETRY_FOR.as_secs()
+            );
+            told = true;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
 }
 
 /// The options shared by every task of one `herd launch`, already checked.
@@ -552,5 +608,33 @@ mod tests {
             .to_string();
         assert!(error.contains("commands.txt:2: cannot split"), "{error}");
         assert!(error.contains("nothing was queued"), "{error}");
+    }
+
+    /// A submit whose connection was lost (the server stopped after the connection was made)
+    /// is sent again with the same key once the server is back: queued once, ids returned.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_submit_rides_out_a_server_restart_and_queues_once() -> anyhow::Result<()> {
+        let mut cluster = herd_tests::Cluster::start().await?;
+        let admin = cluster.admin_token().await?;
+        let mut connection = client::connect_with(&cluster.url, Some(&admin)).await?;
+        connection.who_am_i().await?;
+        cluster.stop_server().await?;
+        let specs = vec![TaskSpec::new(herd_tests::shell_task("default", "true"))?];
+        let key = launch_key()?;
+        let submitting = tokio::spawn(async move {
+            let ids = submit_retrying(&mut connection, &specs, &key).await;
+            (ids, connection, specs, key)
+        });
+        cluster.restart_server().await?;
+        let (ids, mut connection, specs, key) = submitting.await?;
+        let ids = ids?;
+        assert_eq!(ids.len(), 1);
+        // The same key again: the same id, nothing more queued.
+        assert_eq!(connection.submit(&specs, Some(&key)).await?, ids);
+        let listed = connection
+            .tasks(&herd_proto::request::TaskFilter::default())
+            .await?;
+        assert_eq!(listed.len(), 1);
+        Ok(())
     }
 }

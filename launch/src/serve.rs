@@ -47,6 +47,7 @@ pub async fn server(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Re
                 after: args.quarantine_after,
                 ..QuarantinePolicy::default()
             },
+            ..QueueConfig::default()
         },
         worker_token_file: None,
         new_admin_token: args.new_admin_token,

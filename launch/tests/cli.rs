@@ -679,12 +679,22 @@ fn a_task_runs_on_a_real_worker_from_launch_to_logs() {
 impl Cluster {
     /// `kill -9` the server, then start it again on the same address and data directory.
     fn kill_and_restart_server(&mut self) {
+        self.kill_server();
+        self.start_server_again();
+    }
+
+    /// `kill -9` the server.
+    fn kill_server(&mut self) {
         self.server.child.kill().expect("SIGKILL the server");
         let status = self.server.child.wait().expect("reap the server");
         assert!(
             !status.success(),
             "the server was killed, not stopped: {status}"
         );
+    }
+
+    /// Starts the server again on its address and data directory.
+    fn start_server_again(&mut self) {
         let address = self.server_url.trim_start_matches("http://").to_owned();
         let port_file = self.path("server.addr");
         std::fs::remove_file(&port_file).expect("remove the old port file");
@@ -1217,4 +1227,17 @@ fn a_worker_stopped_with_sigterm_hands_its_task_back_without_a_crash() {
     let _next = cluster.spawn_worker("stop", "next");
     let waited = cluster.herd(&["batch", "wait", "stop"]);
     assert!(waited.stdout.contains("1 succeeded"), "{waited:?}");
+}
+
+#[test]
+fn a_launch_repeated_with_its_key_queues_once() {
+    let cluster = Cluster::start();
+    let first = cluster.herd(&["launch", "--idempotency-key", "run-42", "--", "true"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    let again = cluster.herd(&["launch", "--idempotency-key", "run-42", "--", "true"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(again.stdout, first.stdout, "the same id");
+    assert_eq!(cluster.task_count(), 1, "queued once");
+    let bad = cluster.herd(&["launch", "--idempotency-key", "has space", "--", "true"]);
+    assert_eq!(bad.code, 2, "{bad:?}");
 }

@@ -4,6 +4,38 @@
 use crate::session::LogStream;
 use crate::{BatchName, TaskId, TaskState};
 
+/// The key that makes a submit safe to repeat: 1 to 128 printable ASCII characters, no
+/// spaces.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+/// The longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 128;
+
+impl IdempotencyKey {
+    /// Checks `text` and wraps it.
+    pub fn new(text: impl Into<String>) -> Result<Self, crate::Error> {
+        let text = text.into();
+        if text.is_empty()
+            || text.len() > MAX_IDEMPOTENCY_KEY_CHARS
+            || !text.bytes().all(|byte| byte.is_ascii_graphic())
+        {
+            return Err(crate::Error::invalid(
+                "idempotency key",
+                format!(
+                    "an idempotency key has 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters and no spaces"
+                ),
+            ));
+        }
+        Ok(IdempotencyKey(text))
+    }
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Which tasks to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TaskFilter {

@@ -140,11 +140,14 @@ pub enum Reason {
     WorkerStopped,
     /// The task's attempts were lost with their worker `--crash-limit` times.
     CrashLimit,
+    /// The stored specification could not be read or no longer passes this version's checks
+    /// (found at start-up): the task is not run, its stored text is kept as it was.
+    InvalidSpec,
 }
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::ExitCode,
         Reason::Timeout,
         Reason::Input,
@@ -155,6 +158,7 @@ impl Reason {
         Reason::BatchStopped,
         Reason::WorkerStopped,
         Reason::CrashLimit,
+        Reason::InvalidSpec,
     ];
 
     /// The snake_case name used in the CLI, JSON and the database.
@@ -170,6 +174,7 @@ impl Reason {
             Reason::BatchStopped => "batch_stopped",
             Reason::WorkerStopped => "worker_stopped",
             Reason::CrashLimit => "crash_limit",
+            Reason::InvalidSpec => "invalid_spec",
         }
     }
 

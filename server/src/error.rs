@@ -65,6 +65,13 @@ pub enum Error {
     /// not made. Carries the database's reason.
     #[error("the database refused this change, so it was not made: {0}")]
     Refused(String),
+    /// The change is made in memory and queued, but the database did not confirm it within the
+    /// commit timeout (it is unavailable): it is committed once the database is back.
+    #[error(
+        "the database is unavailable (no commit for {}s): this change is not confirmed yet; the server keeps retrying and commits it once the database is back. `herd launch` retries with its idempotency key; otherwise check (`herd task list`) before doing it again",
+        .0.as_secs()
+    )]
+    NotDurableYet(std::time::Duration),
     /// The server is shutting down.
     #[error("the server is shutting down; try again when it is back")]
     ShuttingDown,

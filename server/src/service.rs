@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures::Stream;
 use herd_proto::access::TokenKind;
 use herd_proto::pb;
-use herd_proto::request::{BatchAction, LogRequest, TaskFilter};
+use herd_proto::request::{BatchAction, IdempotencyKey, LogRequest, TaskFilter};
 use herd_proto::session::{FromWorker, LogChunk, LogStream, MAX_SESSION_MESSAGE_BYTES};
 use herd_proto::spec::MAX_TASKS_PER_SUBMIT;
 use herd_proto::view::TaskView;
@@ -49,7 +49,9 @@ pub fn status_of(error: Error) -> Status {
         Error::Unauthenticated(_) => Status::unauthenticated(message),
         Error::Forbidden(_) => Status::permission_denied(message),
         Error::AlreadyExists(_) => Status::already_exists(message),
-        Error::Store(_) | Error::ShuttingDown => Status::unavailable(message),
+        Error::Store(_) | Error::ShuttingDown | Error::NotDurableYet(_) => {
+            Status::unavailable(message)
+        }
         Error::Refused(_)
         | Error::DataDir { .. }
         | Error::Transport(_)
@@ -177,7 +179,13 @@ impl pb::queue_server::Queue for QueueService {
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
         let caller = caller(&request)?;
-        let tasks = request.into_inner().tasks;
+        let request = request.into_inner();
+        let key = request
+            .idempotency_key
+            .map(IdempotencyKey::new)
+            .transpose()
+            .map_err(invalid)?;
+        let tasks = request.tasks;
         if tasks.is_empty() {
             return Err(Status::invalid_argument("no task to queue"));
         }
@@ -201,7 +209,11 @@ impl pb::queue_server::Queue for QueueService {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let ids = self.queue.submit(&caller, specs).await.map_err(status_of)?;
+        let ids = self
+            .queue
+            .submit(&caller, key.as_ref(), specs)
+            .await
+            .map_err(status_of)?;
         Ok(Response::new(pb::SubmitResponse {
             ids: ids.into_iter().map(|id| id.0).collect(),
         }))

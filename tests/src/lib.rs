@@ -380,6 +380,7 @@ impl Cluster {
             .collect::<Result<Vec<_>, _>>()?;
         let request = pb::SubmitRequest {
             tasks: specs.iter().map(pb::TaskSpec::from).collect(),
+            idempotency_key: None,
         };
         let response = self.client().await?.submit(request).await?;
         Ok(response.into_inner().ids.into_iter().map(TaskId).collect())

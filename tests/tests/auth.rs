@@ -203,6 +203,7 @@ async fn a_user_cannot_see_change_or_read_the_logs_of_another_user_s_task() -> a
     let id = as_alice
         .submit(pb::SubmitRequest {
             tasks: vec![task.clone()],
+            idempotency_key: None,
         })
         .await?
         .into_inner()
@@ -249,7 +250,10 @@ async fn a_user_cannot_see_change_or_read_the_logs_of_another_user_s_task() -> a
             .await
             .map(|_| ()),
         as_bob
-            .submit(pb::SubmitRequest { tasks: vec![task] })
+            .submit(pb::SubmitRequest {
+                tasks: vec![task],
+                idempotency_key: None,
+            })
             .await
             .map(|_| ()),
     ];
@@ -314,7 +318,10 @@ async fn a_worker_token_cannot_submit_and_a_revoked_worker_stops() -> anyhow::Re
     let mut as_worker = cluster.client_with(Some(&token)).await?;
     let task = pb::TaskSpec::from(&herd_proto::TaskSpec::new(shell_task("only", "true"))?);
     let status = as_worker
-        .submit(pb::SubmitRequest { tasks: vec![task] })
+        .submit(pb::SubmitRequest {
+            tasks: vec![task],
+            idempotency_key: None,
+        })
         .await
         .expect_err("a worker token cannot submit");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");

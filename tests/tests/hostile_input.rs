@@ -20,7 +20,10 @@ async fn submit_raw(
 ) -> Result<Vec<u64>, tonic::Status> {
     let mut client = cluster.client().await.expect("a client");
     client
-        .submit(pb::SubmitRequest { tasks })
+        .submit(pb::SubmitRequest {
+            tasks,
+            idempotency_key: None,
+        })
         .await
         .map(|response| response.into_inner().ids)
 }
@@ -609,6 +612,7 @@ async fn a_change_the_database_refuses_is_refused_to_its_caller_and_the_queue_go
         task.name = Some(name.to_owned());
         pb::SubmitRequest {
             tasks: vec![wire(task)],
+            idempotency_key: None,
         }
     };
     let (bad, good) = tokio::time::timeout(WAIT, async {

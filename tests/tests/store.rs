@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use anyhow::{Context, ensure};
 use herd_server::store::{
-    AttemptRow, BatchRow, Snapshot, SqlStore, Store, StoreError, TaskRow, TokenRow, UserRow,
-    WorkerRow, WriteSet,
+    AttemptRow, BatchRow, Snapshot, SqlStore, Store, StoreError, SubmissionRow, TaskRow, TokenRow,
+    UserRow, WorkerRow, WriteSet,
 };
 use herd_tests::postgres::TestDatabase;
 use sqlx::{AnyConnection, Connection};
@@ -239,6 +239,22 @@ fn varied_write_set() -> WriteSet {
             token(2, 1, "worker", Some("ünïcode batch")),
             token(3, 2, "user", None),
         ],
+        submissions: vec![
+            SubmissionRow {
+                key: "2:retry-1".to_owned(),
+                user_id: 2,
+                first_task_id: 1,
+                task_count: 3,
+                created_at: 1_700_000_000_000,
+            },
+            SubmissionRow {
+                key: "1:ünïcode 'key'".to_owned(),
+                user_id: 1,
+                first_task_id: 2,
+                task_count: 100_000,
+                created_at: i64::MAX,
+            },
+        ],
         counters: vec![counter("next_task_id", 4), counter("next_worker_id", 10)],
         ..WriteSet::default()
     }
@@ -253,6 +269,7 @@ fn snapshot_of(writes: &WriteSet) -> Snapshot {
         workers: writes.workers.clone(),
         users: writes.users.clone(),
         tokens: writes.tokens.clone(),
+        submissions: writes.submissions.clone(),
         counters: writes.counters.clone(),
     };
     snapshot.tasks.sort_by_key(|task| task.id);
@@ -263,6 +280,7 @@ fn snapshot_of(writes: &WriteSet) -> Snapshot {
     snapshot.workers.sort_by_key(|worker| worker.id);
     snapshot.users.sort_by_key(|user| user.id);
     snapshot.tokens.sort_by_key(|token| token.id);
+    snapshot.submissions.sort_by(|a, b| a.key.cmp(&b.key));
     snapshot.counters.sort();
     snapshot
 }

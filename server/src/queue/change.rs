@@ -29,6 +29,8 @@ pub(crate) struct Dirty {
     pub workers: Vec<WorkerId>,
     pub users: Vec<UserId>,
     pub tokens: Vec<u64>,
+    /// Submits remembered or forgotten, by stored key.
+    pub submissions: Vec<String>,
     pub counters: bool,
 }
 
@@ -40,6 +42,7 @@ impl Dirty {
             && self.workers.is_empty()
             && self.users.is_empty()
             && self.tokens.is_empty()
+            && self.submissions.is_empty()
             && !self.counters
     }
 }
@@ -98,6 +101,10 @@ impl Change {
 
     pub fn token(&mut self, id: u64) {
         self.dirty.tokens.push(id);
+    }
+
+    pub fn submission(&mut self, key: String) {
+        self.dirty.submissions.push(key);
     }
 
     pub fn counters(&mut self) {

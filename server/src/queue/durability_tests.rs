@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use super::{Queue, QueueConfig};
 use crate::logs::LogStore;
-use crate::store::{SqlStore, Store};
+use crate::store::{SqlStore, Store, StoreError};
 
 fn hello() -> Hello {
     Hello {
@@ -47,7 +47,7 @@ async fn shutdown_waits_for_the_last_commit() -> Result<(), Box<dyn std::error::
         command: vec!["true".to_owned()],
         ..TaskRequest::default()
     })?;
-    let ids = queue.submit(&admin, vec![spec]).await?;
+    let ids = queue.submit(&admin, None, vec![spec]).await?;
     // The assignment is sent once committed.
     loop {
         match receiver.recv().await {
@@ -87,5 +87,95 @@ async fn shutdown_waits_for_the_last_commit() -> Result<(), Box<dyn std::error::
     // Once shut down, a change is refused rather than lost silently.
     let refused = queue.retry(&admin, ids[0]).await;
     assert!(refused.is_err());
+    Ok(())
+}
+
+/// A store that can be made unavailable, as a PostgreSQL being restarted or a full disk is.
+struct FlakyStore {
+    inner: SqlStore,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl Store for FlakyStore {
+    fn load(&self) -> futures::future::BoxFuture<'_, Result<crate::store::Snapshot, StoreError>> {
+        self.inner.load()
+    }
+
+    fn commit<'a>(
+        &'a self,
+        writes: &'a crate::store::WriteSet,
+    ) -> futures::future::BoxFuture<'a, Result<(), StoreError>> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(async { Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)) });
+        }
+        self.inner.commit(writes)
+    }
+
+    fn describe(&self) -> String {
+        "flaky test store".to_owned()
+    }
+}
+
+/// While the database is down, an answer that promises durability says so after the commit
+/// timeout instead of hanging; the change is committed once the database is back, a repeat
+/// with the same key then returns its ids, and a shutdown while it is down ends in bounded
+/// time.
+#[tokio::test]
+async fn a_database_outage_is_reported_then_ridden_out() -> Result<(), Box<dyn std::error::Error>> {
+    use std::sync::atomic::Ordering;
+    let directory = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", directory.path().join("herd.db").display());
+    let store = Arc::new(FlakyStore {
+        inner: SqlStore::open(&url).await?,
+        down: false.into(),
+    });
+    let config = QueueConfig {
+        commit_timeout: std::time::Duration::from_millis(300),
+        ..QueueConfig::default()
+    };
+    let logs = LogStore::new(directory.path().join("logs"));
+    let queue = Queue::open(store.clone(), logs, config).await?;
+    let secret = super::new_secret()?;
+    queue.bootstrap(&secret).await?;
+    let admin = queue.authenticate(Some(&secret))?;
+    let key = herd_proto::request::IdempotencyKey::new("outage-1")?;
+    let spec = || {
+        TaskSpec::new(TaskRequest {
+            command: vec!["true".to_owned()],
+            ..TaskRequest::default()
+        })
+    };
+
+    store.down.store(true, Ordering::SeqCst);
+    for _ in 0..2 {
+        let refused = queue
+            .submit(&admin, Some(&key), vec![spec()?])
+            .await
+            .expect_err("not durable while the database is down");
+        assert!(
+            matches!(refused, crate::Error::NotDurableYet(_)),
+            "{refused}"
+        );
+        assert!(
+            refused.to_string().contains("database is unavailable"),
+            "{refused}"
+        );
+    }
+
+    store.down.store(false, Ordering::SeqCst);
+    let ids = queue.submit(&admin, Some(&key), vec![spec()?]).await?;
+    assert_eq!(ids.len(), 1);
+    let stored = store.inner.load().await?;
+    assert_eq!(
+        stored.tasks.len(),
+        1,
+        "queued once, committed once the database was back"
+    );
+
+    // A shutdown while the database is down does not hang.
+    store.down.store(true, Ordering::SeqCst);
+    let _ = queue.submit(&admin, None, vec![spec()?]).await;
+    queue.close();
+    tokio::time::timeout(std::time::Duration::from_secs(10), queue.shutdown()).await?;
     Ok(())
 }

@@ -9,6 +9,14 @@
 //! the effects in order. Callers that must not answer before durability wait for their
 //! sequence number.
 //!
+//! **Every commit is a state that existed.** The rows are read under the state lock, and
+//! under that same lock the writer first takes every entry pushed so far ([`take_group`]):
+//! since changes are pushed under the lock, the rows it reads are then exactly the state after
+//! the last entry of its group, with every row those entries touched. A change made between
+//! receiving entries and reading rows can no longer reach the database in part (say a task row
+//! moved to its next attempt without that attempt's row), which a `kill -9` right after the
+//! commit would have left behind.
+//!
 //! A *lazy* change is one nobody waits for and that sends nothing to a worker (a task started
 //! downloading, running or uploading): it promises nothing, so it need not be durable at once.
 //! Lazy entries alone wait up to [`LAZY_DELAY`] for company; the next urgent entry (a final
@@ -25,6 +33,7 @@ use tracing::{debug, error, warn};
 
 use super::Shared;
 use super::change::{Change, Effect};
+use super::state::State;
 use crate::chain;
 use crate::store::{Store, StoreError, WriteSet};
 
@@ -115,7 +124,17 @@ impl Journal {
     /// The sequence number of the last change pushed.
     #[cfg(test)]
     pub fn pushed(&self) -> u64 {
+        self.last_pushed()
+    }
+
+    /// The sequence number of the last change pushed (0: none yet).
+    pub fn last_pushed(&self) -> u64 {
         self.next_sequence - 1
+    }
+
+    /// How many changes were pushed and are not committed.
+    pub fn pushed_not_committed(&self, committed: &watch::Receiver<u64>) -> u64 {
+        (self.next_sequence - 1).saturating_sub(*committed.borrow())
     }
 
     /// Accepts no more changes: the writer commits what it has, runs its effects, and stops.
@@ -159,13 +178,13 @@ async fn write_loop(
                 }
             }
         }
-        let last_sequence = entries.last().map_or(0, |entry| entry.sequence);
         let Some(queue) = shared.upgrade() else {
             break;
         };
         let started = std::time::Instant::now();
-        let writes = collect_writes(&queue, &entries);
+        let writes = take_group(&queue, &mut receiver, &mut entries);
         drop(queue);
+        let last_sequence = entries.last().map_or(0, |entry| entry.sequence);
         let built = started.elapsed();
         if !writes.is_empty()
             && let Err(refusal) = commit_retrying(store.as_ref(), &writes).await
@@ -221,7 +240,7 @@ async fn commit_one_by_one(
         let Some(queue) = shared.upgrade() else {
             return;
         };
-        let writes = collect_writes(&queue, std::slice::from_ref(entry));
+        let writes = build_writes(&queue.lock().state, std::slice::from_ref(entry));
         drop(queue);
         if writes.is_empty() {
             continue;
@@ -245,6 +264,7 @@ async fn commit_one_by_one(
         }
         error!(error = %reason, tasks = created.len(), "the database refused a submit; its tasks are removed");
         let mut locked = queue.lock();
+        locked.state.forget_submissions_of(&created);
         let mut removal = Change::default();
         for id in created {
             if let Err(removal_error) = locked.state.delete_task(id, &mut removal) {
@@ -255,13 +275,29 @@ async fn commit_one_by_one(
     }
 }
 
-fn collect_writes(shared: &Shared, entries: &[Entry]) -> WriteSet {
+/// Under the state lock: adds every entry pushed so far to `entries`, then builds the write set
+/// of the whole group from the rows as they are, which is the state after its last entry.
+fn take_group(
+    shared: &Shared,
+    receiver: &mut mpsc::UnboundedReceiver<Entry>,
+    entries: &mut Vec<Entry>,
+) -> WriteSet {
+    let locked = shared.lock();
+    while let Ok(entry) = receiver.try_recv() {
+        entries.push(entry);
+    }
+    build_writes(&locked.state, entries)
+}
+
+/// The rows `entries` touched, as they are in `state` now.
+fn build_writes(state: &State, entries: &[Entry]) -> WriteSet {
     let mut tasks = BTreeSet::new();
     let mut attempts = BTreeSet::new();
     let mut batches = BTreeSet::new();
     let mut workers = BTreeSet::new();
     let mut users = BTreeSet::new();
     let mut tokens = BTreeSet::new();
+    let mut submissions = BTreeSet::new();
     let mut counters = false;
     for entry in entries {
         let dirty = &entry.change.dirty;
@@ -271,10 +307,9 @@ fn collect_writes(shared: &Shared, entries: &[Entry]) -> WriteSet {
         workers.extend(dirty.workers.iter().copied());
         users.extend(dirty.users.iter().copied());
         tokens.extend(dirty.tokens.iter().copied());
+        submissions.extend(dirty.submissions.iter().cloned());
         counters |= dirty.counters;
     }
-    let locked = shared.lock();
-    let state = &locked.state;
     let mut writes = WriteSet::default();
     for id in tasks {
         match state.task_row(id) {
@@ -305,8 +340,142 @@ fn collect_writes(shared: &Shared, entries: &[Entry]) -> WriteSet {
     writes
         .tokens
         .extend(tokens.into_iter().filter_map(|id| state.token_row(id)));
+    for key in submissions {
+        match state.submission_row(&key) {
+            Some(row) => writes.submissions.push(row),
+            None => writes.deleted_submissions.push(key),
+        }
+    }
     if counters {
         writes.counters = state.counter_rows();
     }
     writes
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use herd_proto::access::{TokenKind, TokenRequest};
+    use herd_proto::session::Hello;
+    use herd_proto::{BatchName, TaskRequest, TaskSpec, TaskState};
+
+    use super::*;
+    use crate::logs::LogStore;
+    use crate::queue::state::digest;
+    use crate::queue::{Queue, QueueConfig};
+    use crate::store::SqlStore;
+    use crate::stored_spec;
+
+    /// A change made after the writer received its entries, but before it read the rows,
+    /// joins the group: the task row it moved on never reaches the database without the
+    /// attempt row it made.
+    #[tokio::test]
+    async fn a_change_made_before_the_rows_are_read_joins_the_group()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let directory = tempfile::tempdir()?;
+        let url = format!("sqlite://{}", directory.path().join("herd.db").display());
+        let store: Arc<dyn Store> = Arc::new(SqlStore::open(&url).await?);
+        let queue = Queue::open(
+            store,
+            LogStore::new(directory.path().join("logs")),
+            QueueConfig::default(),
+        )
+        .await?;
+        let (sender, mut receiver) = mpsc::unbounded_channel();
+        let push = |sequence: u64, change: Change| {
+            sender
+                .send(Entry {
+                    sequence,
+                    change,
+                    lazy: false,
+                })
+                .expect("the test channel is open");
+        };
+        // Change 1: a task is queued (no worker yet). The writer has received it.
+        let task_id = {
+            let mut locked = queue.shared.lock();
+            let state = &mut locked.state;
+            let mut setup = Change::default();
+            state.bootstrap(&digest("herd_admin"), &mut setup);
+            let admin = state
+                .authenticate(&digest("herd_admin"))
+                .expect("the admin");
+            let request = TokenRequest {
+                user: None,
+                kind: TokenKind::Worker,
+                batch: None,
+                label: String::new(),
+            };
+            state.create_token(&admin, request, &digest("herd_worker"), &mut setup)?;
+            let spec = TaskSpec::new(TaskRequest {
+                batch: "b".to_owned(),
+                command: vec!["true".to_owned()],
+                ..TaskRequest::default()
+            })?;
+            let json = stored_spec::encode(&spec);
+            let mut change = Change::default();
+            let ids = state.submit(&admin, vec![(spec, json)], &mut change)?;
+            push(1, change);
+            ids[0]
+        };
+        let mut entries = vec![receiver.try_recv().expect("the first entry")];
+        // Change 2, before the writer reads the rows: a worker connects and takes the task.
+        {
+            let mut locked = queue.shared.lock();
+            let state = &mut locked.state;
+            let worker = state
+                .authenticate(&digest("herd_worker"))
+                .expect("a worker token");
+            let hello = Hello {
+                worker_id: None,
+                resume_key: None,
+                name: "w".to_owned(),
+                batch: BatchName::new("b")?,
+                concurrency: 1,
+                prefetch: 0,
+                docker: false,
+                bare: true,
+                allow_privileged: false,
+                cores: 1,
+                memory_bytes: 1 << 30,
+                version: "test".to_owned(),
+                tasks: Vec::new(),
+            };
+            let mut change = Change::default();
+            state.connect(
+                &worker,
+                hello,
+                "herd_key",
+                1,
+                Duration::from_secs(5),
+                &mut change,
+            )?;
+            push(2, change);
+        }
+        let writes = take_group(&queue.shared, &mut receiver, &mut entries);
+        assert_eq!(
+            entries
+                .iter()
+                .map(|entry| entry.sequence)
+                .collect::<Vec<_>>(),
+            vec![1, 2],
+            "the later change is in the group"
+        );
+        let task = writes
+            .tasks
+            .iter()
+            .find(|row| row.id == task_id.0 as i64)
+            .expect("the task row");
+        assert_eq!(task.state, TaskState::Assigned.as_str());
+        assert!(
+            writes
+                .attempts
+                .iter()
+                .any(|row| row.task_id == task.id && row.number == task.attempt),
+            "the assigned task's attempt row is in the same commit: {writes:?}"
+        );
+        assert_eq!(writes.workers.len(), 1, "and its worker's row");
+        Ok(())
+    }
 }

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use herd_proto::request::IdempotencyKey;
 use herd_proto::session::{Hello, LogChunk, ToWorker};
 use herd_proto::view::{BatchView, TaskView, WorkerView};
 use herd_proto::{BatchName, Reason, TaskId, TaskReport, TaskSpec, TaskState, WorkerId};
@@ -65,6 +66,10 @@ pub struct QueueConfig {
     /// When a worker whose attempts keep failing for reasons that are not their tasks' own
     /// is given no task for a while.
     pub quarantine: QuarantinePolicy,
+    /// How long an answer that promises durability waits for its commit while the database
+    /// is unavailable, before the caller is told so (the change stays queued and is committed
+    /// once the database is back); also how long a shutdown waits for the last commit.
+    pub commit_timeout: Duration,
 }
 
 impl Default for QueueConfig {
@@ -73,6 +78,7 @@ impl Default for QueueConfig {
             worker_timeout: Duration::from_secs(20),
             heartbeat_interval: Duration::from_secs(5),
             quarantine: QuarantinePolicy::default(),
+            commit_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -222,10 +228,25 @@ impl Queue {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
-        if let Some(writer) = writer
-            && let Err(error) = writer.await
-        {
-            warn!(%error, "the journal writer failed");
+        let Some(mut writer) = writer else {
+            return;
+        };
+        match tokio::time::timeout(self.config.commit_timeout, &mut writer).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => warn!(%error, "the journal writer failed"),
+            Err(_) => {
+                writer.abort();
+                let pending = self
+                    .shared
+                    .lock()
+                    .journal
+                    .pushed_not_committed(&self.committed);
+                tracing::error!(
+                    changes = pending,
+                    timeout_secs = self.config.commit_timeout.as_secs(),
+                    "stopping without committing the last changes: the database is unavailable; none of them was acknowledged"
+                );
+            }
         }
     }
 
@@ -268,10 +289,23 @@ impl Queue {
         mutation: impl FnOnce(&mut State, &mut Change) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let (result, sequence) = self.mutate(mutation);
-        if let Some(sequence) = sequence
-            && !wait_durable(self.committed.clone(), sequence).await
-        {
-            return Err(Error::ShuttingDown);
+        // A change that wrote nothing (a submit repeated with its key) may answer with what an
+        // earlier change did: it waits for everything pushed before it to be durable too.
+        let sequence = sequence.or_else(|| {
+            let last = self.shared.lock().journal.last_pushed();
+            (last > *self.committed.borrow()).then_some(last)
+        });
+        if let Some(sequence) = sequence {
+            let waited = tokio::time::timeout(
+                self.config.commit_timeout,
+                wait_durable(self.committed.clone(), sequence),
+            )
+            .await;
+            match waited {
+                Ok(true) => {}
+                Ok(false) => return Err(Error::ShuttingDown),
+                Err(_) => return Err(Error::NotDurableYet(self.config.commit_timeout)),
+            }
         }
         if let Some(sequence) = sequence
             && let Some(reason) = take_refusal(&self.refused, sequence)
@@ -281,10 +315,13 @@ impl Queue {
         result
     }
 
-    /// Queues tasks as the caller's; all of them are durable when this returns.
+    /// Queues tasks as the caller's; all of them are durable when this returns. With `key`, a
+    /// repeat of the same user's submit within 24 hours returns the first one's ids and
+    /// queues nothing.
     pub async fn submit(
         &self,
         caller: &Caller,
+        key: Option<&IdempotencyKey>,
         specs: Vec<TaskSpec>,
     ) -> Result<Vec<TaskId>, Error> {
         let started = std::time::Instant::now();
@@ -299,7 +336,7 @@ impl Queue {
             .collect();
         let encoded_at = started.elapsed();
         let ids = self
-            .mutate_durably(|state, change| state.submit(caller, encoded, change))
+            .mutate_durably(|state, change| state.submit_once(caller, key, encoded, change))
             .await?;
         tracing::debug!(
             tasks = count,
@@ -554,7 +591,10 @@ impl Queue {
                 let Some(queue) = queue.upgrade() else {
                     return;
                 };
-                let (lost, _) = queue.mutate(|state, change| Ok(state.reap(timeout, change)));
+                let (lost, _) = queue.mutate(|state, change| {
+                    state.prune_submissions(change);
+                    Ok(state.reap(timeout, change))
+                });
                 for worker_id in lost.unwrap_or_default() {
                     warn!(%worker_id, timeout_secs = timeout.as_secs(), "worker lost; its tasks are queued again");
                 }

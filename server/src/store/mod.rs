@@ -159,6 +159,21 @@ pub struct TokenRow {
     pub revoked_at: Option<i64>,
 }
 
+/// A submit made with an idempotency key, as stored in table `submissions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmissionRow {
+    /// `USER_ID:KEY`.
+    pub key: String,
+    /// The user who made it.
+    pub user_id: i64,
+    /// Its first task (its ids are consecutive).
+    pub first_task_id: i64,
+    /// How many tasks it queued.
+    pub task_count: i64,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+}
+
 /// Everything the store holds, read once at start-up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -174,6 +189,8 @@ pub struct Snapshot {
     pub users: Vec<UserRow>,
     /// Every token.
     pub tokens: Vec<TokenRow>,
+    /// Submits made with an idempotency key, not yet expired.
+    pub submissions: Vec<SubmissionRow>,
     /// Named counters (`next_task_id`, `next_worker_id`).
     pub counters: Vec<(String, i64)>,
 }
@@ -200,6 +217,10 @@ pub struct WriteSet {
     pub users: Vec<UserRow>,
     /// Tokens to insert or replace (tokens are revoked, never deleted).
     pub tokens: Vec<TokenRow>,
+    /// Submits to remember.
+    pub submissions: Vec<SubmissionRow>,
+    /// Expired submits to forget, by key.
+    pub deleted_submissions: Vec<String>,
     /// Counters to set.
     pub counters: Vec<(String, i64)>,
 }
@@ -216,6 +237,8 @@ impl WriteSet {
             && self.deleted_workers.is_empty()
             && self.users.is_empty()
             && self.tokens.is_empty()
+            && self.submissions.is_empty()
+            && self.deleted_submissions.is_empty()
             && self.counters.is_empty()
     }
 }

@@ -132,6 +132,12 @@ const MIGRATIONS: &[EmbeddedMigration] = &[
         sqlite: include_str!("../../../migrations/sqlite/0002_access.sql"),
         postgres: include_str!("../../../migrations/postgres/0002_access.sql"),
     },
+    EmbeddedMigration {
+        version: 3,
+        description: "submissions",
+        sqlite: include_str!("../../../migrations/sqlite/0003_submissions.sql"),
+        postgres: include_str!("../../../migrations/postgres/0003_submissions.sql"),
+    },
 ];
 
 /// The durable store on SQLite or PostgreSQL, reached through `sqlx::Any`.
@@ -281,6 +287,17 @@ impl SqlStore {
         .map(decode_token)
         .collect::<Result<Vec<_>, _>>()?;
 
+        let submissions = sqlx::query(
+            "SELECT key, user_id, first_task_id, task_count, created_at FROM submissions \
+             ORDER BY key",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?
+        .iter()
+        .map(decode_submission)
+        .collect::<Result<Vec<_>, _>>()?;
+
         let counters = sqlx::query("SELECT name, value FROM counters ORDER BY name")
             .fetch_all(&self.pool)
             .await
@@ -296,6 +313,7 @@ impl SqlStore {
             workers,
             users,
             tokens,
+            submissions,
             counters,
         })
     }
@@ -363,6 +381,14 @@ impl SqlStore {
         writer.delete(&BATCHES, "name", &deleted_batches).await?;
         let deleted_workers = last_per_key(&writes.deleted_workers, |id| *id);
         writer.delete(&WORKERS, "id", &deleted_workers).await?;
+        let submissions = last_per_key(&writes.submissions, |row| row.key.as_str());
+        writer
+            .rows(&SUBMISSIONS, &submissions, bind_submission, Write::Upsert)
+            .await?;
+        let deleted_submissions = last_per_key(&writes.deleted_submissions, |key| key.as_str());
+        writer
+            .delete(&SUBMISSIONS, "key", &deleted_submissions)
+            .await?;
 
         transaction.commit().await.map_err(StoreError::from_sqlx)
     }

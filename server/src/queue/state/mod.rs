@@ -36,12 +36,14 @@ pub use access::{BOOTSTRAP_ADMIN, Caller, UserId, digest, require_admin};
 use access::{Token, User};
 use reliability::Health;
 pub use reliability::QuarantinePolicy;
+use submissions::Submission;
 
 mod access;
 mod actions;
 mod reliability;
 mod rows;
 mod scheduling;
+mod submissions;
 mod views;
 mod workers;
 
@@ -246,6 +248,8 @@ pub(crate) struct State {
     pub token_index: HashMap<Arc<str>, u64>,
     /// When workers are quarantined (a server setting).
     pub quarantine_policy: QuarantinePolicy,
+    /// Submits made with an idempotency key, by `USER_ID:KEY`.
+    pub submissions: HashMap<String, Submission>,
 }
 
 fn state_index(state: TaskState) -> usize {
@@ -267,6 +271,7 @@ impl State {
             tokens: BTreeMap::new(),
             token_index: HashMap::new(),
             quarantine_policy: QuarantinePolicy::default(),
+            submissions: HashMap::new(),
         }
     }
 

@@ -4,14 +4,17 @@
 //! explain. An active task (`assigned` to `uploading`) whose current attempt has no row, or
 //! whose worker has no row or was declared lost, holds no slot anywhere that anyone will ever
 //! report on: it is queued again, first in line, with the next attempt number, and its
-//! message says why (the repair is journaled like any change). A value that cannot be read (a
-//! spec, a state, a reason, a negative counter) refuses the start with an error naming the
-//! row: guessing there would lose or rerun work silently.
+//! message says why (the repair is journaled like any change). A task whose stored spec cannot
+//! be read, or no longer passes this version's checks (a limit that tightened, an option no
+//! worker may allow any more), is failed with reason `invalid_spec` and never run; its stored
+//! text is kept as it was, and the server starts. Any other value that cannot be read (a
+//! state, a reason, a negative counter) refuses the start with an error naming the row:
+//! guessing there would lose or rerun work silently.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use herd_proto::{BatchName, Reason, TaskId, TaskState, Timestamp, WorkerId};
+use herd_proto::{BatchName, Reason, TaskId, TaskSpec, TaskState, Timestamp, WorkerId};
 
 use super::{Attempt, Change, State, Task, Worker, state_index};
 use crate::store::{AttemptRow, BatchRow, Snapshot, StoreError, TaskRow, WorkerRow};
@@ -33,6 +36,7 @@ impl State {
             }
         }
         self.restore_access(snapshot.users, snapshot.tokens)?;
+        self.restore_submissions(snapshot.submissions)?;
         for row in snapshot.batches {
             let what = format!("batch row `{}`", row.name);
             let name =
@@ -51,11 +55,17 @@ impl State {
             attempts_by_task.entry(row.task_id).or_default().push(row);
         }
         let mut orphans = Vec::new();
+        let mut invalid = Vec::new();
         for row in snapshot.tasks {
             let attempts = attempts_by_task.remove(&row.id).unwrap_or_default();
-            if let Some(orphan) = self.restore_task(row, attempts)? {
-                orphans.push(orphan);
+            match self.restore_task(row, attempts)? {
+                Restored::Fine => {}
+                Restored::Orphan(task_id, why) => orphans.push((task_id, why)),
+                Restored::InvalidSpec(task_id, why) => invalid.push((task_id, why)),
             }
+        }
+        for (task_id, why) in invalid {
+            self.fail_invalid_spec(task_id, &why, change);
         }
         // Each goes to the front of its queue: in reverse, so they keep their order there.
         for (task_id, why) in orphans.into_iter().rev() {
@@ -99,18 +109,20 @@ impl State {
         Ok(())
     }
 
-    /// Restores one task; returns it with the reason when it is active but orphaned (see the
-    /// module's documentation), to be queued again once everything is loaded.
+    /// Restores one task; says whether it needs a repair once everything is loaded (see the
+    /// module's documentation).
     fn restore_task(
         &mut self,
         row: TaskRow,
         attempt_rows: Vec<AttemptRow>,
-    ) -> Result<Option<(TaskId, String)>, StoreError> {
+    ) -> Result<Restored, StoreError> {
         let id = TaskId(row.id as u64);
         let column = |name: &str| format!("task row {id}, column {name}");
         self.next_task_id = self.next_task_id.max(id.0 + 1);
-        let spec = stored_spec::decode(&row.spec)
-            .map_err(|error| StoreError::corrupt(column("spec"), error))?;
+        let (spec, invalid) = match stored_spec::decode(&row.spec) {
+            Ok(spec) => (spec, None),
+            Err(error) => (placeholder_spec(&row.batch), Some(crate::chain(&error))),
+        };
         let state: TaskState = row
             .state
             .parse()
@@ -175,7 +187,38 @@ impl State {
                 .push_back(id);
         }
         self.tasks.insert(id, Box::new(task));
-        Ok(orphan.map(|why| (id, why)))
+        Ok(match (invalid, orphan) {
+            (Some(why), _) => Restored::InvalidSpec(id, why),
+            (None, Some(why)) => Restored::Orphan(id, why),
+            (None, None) => Restored::Fine,
+        })
+    }
+
+    /// Fails, at start-up, a task whose stored spec cannot be used; its row keeps the stored
+    /// text (the journal writes `spec_json`, which is the row's own).
+    fn fail_invalid_spec(&mut self, task_id: TaskId, why: &str, change: &mut Change) {
+        let Some(task) = self.tasks.get(&task_id) else {
+            return;
+        };
+        if task.state.is_terminal() {
+            return;
+        }
+        let message = format!(
+            "its stored specification cannot be run by this herd version ({why}); it was not started again: fix the row or queue the task anew"
+        );
+        if task.state.is_active() {
+            self.end_attempt(
+                task_id,
+                TaskState::Failed,
+                Reason::InvalidSpec,
+                &message,
+                change,
+            );
+        }
+        let task = self.tasks.get_mut(&task_id).expect("present above");
+        task.reason = Some(Reason::InvalidSpec);
+        task.message = Some(message);
+        self.set_state(task_id, TaskState::Failed, change);
     }
 
     /// Queues again, first in line and as a new attempt, an active task that no worker holds.
@@ -288,6 +331,29 @@ impl State {
             ("next_token_id".to_owned(), self.next_token_id as i64),
         ]
     }
+}
+
+/// What restoring one task row found.
+enum Restored {
+    Fine,
+    /// Active, but its attempt or worker is gone: queued again.
+    Orphan(TaskId, String),
+    /// Its spec cannot be read or checked: failed, not run.
+    InvalidSpec(TaskId, String),
+}
+
+/// The spec kept in memory for a task whose stored one cannot be used: it is never run (the
+/// task is failed at once), and the stored text stays in the database as it was.
+fn placeholder_spec(batch: &str) -> TaskSpec {
+    let batch = BatchName::new(batch)
+        .map(|name| name.to_string())
+        .unwrap_or_else(|_| BatchName::default_batch().to_string());
+    TaskSpec::new(herd_proto::TaskRequest {
+        batch,
+        command: vec!["false".to_owned()],
+        ..herd_proto::TaskRequest::default()
+    })
+    .expect("a minimal spec is valid")
 }
 
 fn attempt_from_row(row: AttemptRow) -> Result<Attempt, StoreError> {

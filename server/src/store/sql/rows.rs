@@ -10,7 +10,9 @@ use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, AssertSqlSafe, Row};
 
 use super::{Engine, MAX_ROWS_PER_STATEMENT, SPLIT_NEW_ROWS_FROM};
-use crate::store::{AttemptRow, BatchRow, StoreError, TaskRow, TokenRow, UserRow, WorkerRow};
+use crate::store::{
+    AttemptRow, BatchRow, StoreError, SubmissionRow, TaskRow, TokenRow, UserRow, WorkerRow,
+};
 
 /// A query on the Any driver with its arguments.
 pub(super) type AnyQuery = Query<'static, Any, AnyArguments>;
@@ -90,6 +92,18 @@ pub(super) const WORKERS: Table = Table {
         "resume_hash",
     ],
     key: &["id"],
+};
+
+pub(super) const SUBMISSIONS: Table = Table {
+    name: "submissions",
+    columns: &[
+        "key",
+        "user_id",
+        "first_task_id",
+        "task_count",
+        "created_at",
+    ],
+    key: &["key"],
 };
 
 pub(super) const USERS: Table = Table {
@@ -178,6 +192,15 @@ pub(super) fn bind_worker(query: AnyQuery, worker: &WorkerRow) -> AnyQuery {
         .bind(i64::from(worker.lost))
         .bind(worker.token_id)
         .bind(worker.resume_hash.as_deref())
+}
+
+pub(super) fn bind_submission(query: AnyQuery, row: &SubmissionRow) -> AnyQuery {
+    query
+        .bind(row.key.as_str())
+        .bind(row.user_id)
+        .bind(row.first_task_id)
+        .bind(row.task_count)
+        .bind(row.created_at)
 }
 
 pub(super) fn bind_user(query: AnyQuery, user: &UserRow) -> AnyQuery {
@@ -480,6 +503,16 @@ pub(super) fn decode_worker(row: &AnyRow) -> Result<WorkerRow, StoreError> {
         lost: flag(row, "lost", "workers", &id)?,
         token_id: column(row, "token_id")?,
         resume_hash: column(row, "resume_hash")?,
+    })
+}
+
+pub(super) fn decode_submission(row: &AnyRow) -> Result<SubmissionRow, StoreError> {
+    Ok(SubmissionRow {
+        key: column(row, "key")?,
+        user_id: column(row, "user_id")?,
+        first_task_id: column(row, "first_task_id")?,
+        task_count: column(row, "task_count")?,
+        created_at: column(row, "created_at")?,
     })
 }
 

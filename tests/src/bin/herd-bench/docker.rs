@@ -50,6 +50,7 @@ pub async fn measure(herd: &Path, image: &str, runs: usize) -> anyhow::Result<Do
         let ids = client
             .submit(pb::SubmitRequest {
                 tasks: vec![spec()],
+                idempotency_key: None,
             })
             .await?
             .into_inner()

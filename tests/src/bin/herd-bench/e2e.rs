@@ -140,12 +140,14 @@ async fn through(
     client
         .submit(pb::SubmitRequest {
             tasks: vec![task(BATCH, &["true"])],
+            idempotency_key: None,
         })
         .await?;
     wait_batch_done(&mut client, BATCH, 1, run_limit(1)).await?;
 
     let request = pb::SubmitRequest {
         tasks: (0..tasks).map(|_| task(BATCH, &["true"])).collect(),
+        idempotency_key: None,
     };
     let server_before = server.stats()?;
     let worker_before = worker_stats()?;

@@ -65,6 +65,7 @@ pub async fn measure(
     let warm_up = client
         .submit(pb::SubmitRequest {
             tasks: vec![spec()],
+            idempotency_key: None,
         })
         .await?
         .into_inner()
@@ -76,6 +77,7 @@ pub async fn measure(
     for _ in 0..count {
         let request = pb::SubmitRequest {
             tasks: vec![spec()],
+            idempotency_key: None,
         };
         let begin = Instant::now();
         let ids = client.submit(request).await?.into_inner().ids;

@@ -55,7 +55,10 @@ pub async fn memory(herd: &Path, count: usize) -> anyhow::Result<Memory> {
             })
             .collect();
         let ids = client
-            .submit(pb::SubmitRequest { tasks })
+            .submit(pb::SubmitRequest {
+                tasks,
+                idempotency_key: None,
+            })
             .await?
             .into_inner()
             .ids;

@@ -30,7 +30,10 @@ pub async fn grpc(herd: &Path, engine: Engine, count: usize) -> anyhow::Result<D
         .collect();
     let begin = Instant::now();
     let ids = client
-        .submit(pb::SubmitRequest { tasks })
+        .submit(pb::SubmitRequest {
+            tasks,
+            idempotency_key: None,
+        })
         .await?
         .into_inner()
         .ids;

@@ -15,6 +15,7 @@ use super::Clock;
 mod access;
 mod env;
 mod reliability;
+mod submissions;
 
 use env::*;
 
@@ -538,4 +539,47 @@ fn a_reconnecting_worker_without_its_task_gets_it_queued_again() {
         "{messages:?}"
     );
     assert_eq!(env.hangups.len(), 1, "the old connection is let go");
+}
+
+#[test]
+fn a_task_whose_stored_spec_is_refused_now_fails_at_restore_and_the_rest_loads() {
+    let mut env = TestEnv::new();
+    let worker = env.connect(Setup::default());
+    let ids = env.submit(tasks("b", 3));
+    env.report_state(worker, ids[0], 1, TaskState::Running);
+    let mut snapshot = env.snapshot();
+    // Task 1 is running with a spec this version refuses (`-e KEY` without a value); task 2
+    // is pending with text that is not JSON at all; task 3 is fine.
+    let bad_spec = r#"{"batch":"b","command":["true"],"docker_image":"busybox","docker_options":"-e AWS_SECRET_ACCESS_KEY"}"#;
+    for row in &mut snapshot.tasks {
+        if row.id == ids[0].0 as i64 {
+            row.spec = bad_spec.to_owned();
+        } else if row.id == ids[1].0 as i64 {
+            row.spec = "{not json".to_owned();
+        }
+    }
+    let (restored, repairs) = TestEnv::restored(snapshot).expect("the server starts");
+    for id in &ids[..2] {
+        let task = &restored.state.tasks[id];
+        assert_eq!(task.state, TaskState::Failed, "task {id}");
+        assert_eq!(task.reason, Some(Reason::InvalidSpec), "task {id}");
+        assert!(
+            task.message
+                .as_deref()
+                .is_some_and(|text| text.contains("cannot be run")),
+            "{:?}",
+            task.message
+        );
+        assert!(repairs.dirty.tasks.contains(id), "the failure is stored");
+    }
+    // The stored text is kept as it was, for an admin to fix.
+    assert_eq!(restored.state.task_row(ids[0]).unwrap().spec, bad_spec);
+    assert_eq!(restored.state.task_row(ids[1]).unwrap().spec, "{not json");
+    // The running attempt ended; its worker holds nothing; the good task is still pending.
+    assert_eq!(
+        restored.state.tasks[&ids[0]].attempts[0].reason,
+        Some(Reason::InvalidSpec)
+    );
+    assert!(restored.state.workers[&worker].tasks.is_empty());
+    assert_eq!(restored.task_state(ids[2]), TaskState::Pending);
 }
