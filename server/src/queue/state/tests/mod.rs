@@ -501,17 +501,9 @@ fn restore_queues_again_an_active_task_whose_worker_row_is_missing() {
 #[test]
 fn restore_refuses_a_corrupt_value_naming_its_row() {
     let mut env = TestEnv::new();
-    let ids = env.submit(tasks("b", 2));
-    let mut snapshot = env.snapshot();
-    snapshot.tasks[1].spec = "{".to_owned();
-    let Err(error) = TestEnv::restored(snapshot) else {
-        panic!("a corrupt spec must refuse the start");
-    };
-    let text = crate::chain(&error);
-    assert!(
-        text.contains(&format!("task row {}, column spec", ids[1])) && text.contains("JSON"),
-        "{text}"
-    );
+    env.submit(tasks("b", 2));
+    // (A spec that cannot be read no longer refuses the start: see
+    // `a_task_whose_stored_spec_is_refused_now_fails_at_restore_and_the_rest_loads`.)
     let mut snapshot = env.snapshot();
     snapshot.tasks[0].state = "exploded".to_owned();
     let Err(error) = TestEnv::restored(snapshot) else {
