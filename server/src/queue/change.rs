@@ -59,6 +59,9 @@ pub(crate) enum Effect {
     Notify(Event),
     /// Remove a task's log directory.
     RemoveLogs(TaskId),
+    /// A worker was quarantined (for so many seconds, and why), or its quarantine ended
+    /// (`None`): for the server's log.
+    Quarantine(WorkerId, Option<(u64, String)>),
 }
 
 impl Effect {
@@ -121,6 +124,10 @@ impl Change {
 
     pub fn notify(&mut self, event: Event) {
         self.effects.push(Effect::Notify(event));
+    }
+
+    pub fn quarantine(&mut self, worker: WorkerId, started: Option<(u64, String)>) {
+        self.effects.push(Effect::Quarantine(worker, started));
     }
 
     pub fn remove_logs(&mut self, id: TaskId) {

@@ -138,6 +138,12 @@ impl Shared {
                     connections = None;
                     self.logs.remove(task_id);
                 }
+                Effect::Quarantine(worker_id, Some((seconds, reason))) => {
+                    warn!(%worker_id, seconds, %reason, "worker quarantined");
+                }
+                Effect::Quarantine(worker_id, None) => {
+                    info!(%worker_id, "worker quarantine over; it takes tasks again");
+                }
             }
         }
     }

@@ -165,6 +165,7 @@ impl State {
         state: TaskState,
         reason: Option<Reason>,
         message: Option<&str>,
+        change: &mut Change,
     ) {
         let policy = self.quarantine_policy;
         let Some(worker) = self.workers.get_mut(&worker_id) else {
@@ -213,7 +214,7 @@ impl State {
             shorten(&last, MAX_LAST_FAILURE_CHARS),
             length.as_secs(),
         );
-        tracing::warn!(%worker_id, seconds = length.as_secs(), %reason, "worker quarantined");
+        change.quarantine(worker_id, Some((length.as_secs(), reason.clone())));
         health.quarantine = Some(Quarantine {
             until: now + length,
             until_wall: Timestamp(wall_now.0 + length.as_millis() as i64),
@@ -240,7 +241,7 @@ impl State {
             })
             .collect();
         for worker_id in released {
-            tracing::info!(%worker_id, "worker quarantine over");
+            change.quarantine(worker_id, None);
             self.schedule_worker(worker_id, change);
         }
     }

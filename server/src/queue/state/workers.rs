@@ -365,7 +365,7 @@ impl State {
             .is_some_and(Reason::blames_worker)
             .then(|| task.message.clone())
             .flatten();
-        self.record_outcome(worker_id, state, reason, message.as_deref());
+        self.record_outcome(worker_id, state, reason, message.as_deref(), change);
         if let Some(address) = address {
             change.send(
                 address,

@@ -134,7 +134,7 @@ impl TestEnv {
             match effect {
                 Effect::Send(address, message) => self.sent.push((address, message)),
                 Effect::Hangup(address) => self.hangups.push(address),
-                Effect::Notify(_) | Effect::RemoveLogs(_) => {}
+                Effect::Notify(_) | Effect::RemoveLogs(_) | Effect::Quarantine(..) => {}
             }
         }
         self.last_rows = change;
