@@ -274,10 +274,7 @@ impl State {
                 .collect();
             for address in sessions {
                 change.hangup(address);
-                if let Some(worker) = self.workers.get_mut(&address.worker) {
-                    worker.connection = None;
-                }
-                change.worker(address.worker);
+                self.stop_worker(address.worker, "its worker's token was revoked", change);
             }
         }
         Ok(self.token_info(id).expect("present above"))

@@ -198,24 +198,29 @@ impl State {
         if worker.connection != Some(serial) {
             return;
         }
+        change.hangup(Address {
+            worker: worker_id,
+            serial,
+        });
+        self.stop_worker(worker_id, "its worker stopped before it ended", change);
+    }
+
+    /// Lets go of a worker that stopped on purpose (a goodbye, a revoked token): no more
+    /// tasks for it, the reaper leaves it, and its attempts get a new attempt first in line
+    /// with reason `worker_stopped` and `message` (neither a crash nor a retry).
+    pub(super) fn stop_worker(&mut self, worker_id: WorkerId, message: &str, change: &mut Change) {
+        let Some(worker) = self.workers.get_mut(&worker_id) else {
+            return;
+        };
         worker.leaving = true;
         worker.connection = None;
         worker.last_seen = self.clock.now();
         let batch = worker.batch.clone();
         let tasks: Vec<TaskId> = worker.tasks.iter().copied().collect();
         for task_id in tasks {
-            self.requeue(
-                task_id,
-                Reason::WorkerStopped,
-                "its worker stopped before it ended",
-                change,
-            );
+            self.requeue(task_id, Reason::WorkerStopped, message, change);
         }
         change.worker(worker_id);
-        change.hangup(Address {
-            worker: worker_id,
-            serial,
-        });
         self.schedule_batch(&batch, change);
     }
 

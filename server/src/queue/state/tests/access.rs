@@ -2,7 +2,7 @@
 
 use herd_proto::access::{TokenKind, TokenRequest, UserName};
 use herd_proto::session::ToWorker;
-use herd_proto::{BatchName, Reason, TaskId, TaskSpec, TaskState};
+use herd_proto::{BatchName, Reason, TaskId, TaskRequest, TaskSpec, TaskState};
 
 use super::super::{Caller, digest};
 use super::env::*;
@@ -191,6 +191,11 @@ fn a_revoked_token_is_refused_and_its_worker_sessions_are_closed() {
     let alice = env.user("alice");
     let worker = env.connect(Setup::default());
     let address = env.address(worker);
+    let ids = env.submit(vec![TaskRequest {
+        crash_limit: Some(1),
+        ..task("b")
+    }]);
+    assert_eq!(env.state.tasks[&ids[0]].worker, Some(worker));
     // Alice cannot revoke the workers' token (it is the admin's).
     assert!(
         env.step(|state, change| state.revoke_token(&alice, env_token(&alice, 2), change))
@@ -204,6 +209,11 @@ fn a_revoked_token_is_refused_and_its_worker_sessions_are_closed() {
     assert!(info.revoked_at.is_some());
     assert!(env.state.authenticate(&digest("herd_worker")).is_none());
     assert!(env.hangups.contains(&address), "its session is closed");
+    // Its task is queued again at once, not as a crash; the worker is stopped, not lost.
+    let task = &env.state.tasks[&ids[0]];
+    assert_eq!((task.state, task.attempt), (TaskState::Pending, 2));
+    assert_eq!(task.attempts[0].reason, Some(Reason::WorkerStopped));
+    assert_eq!(env.state.worker_views(&env.admin)[0].status, "stopped");
     assert!(env.last_rows.dirty.tokens.contains(&token), "stored");
     // Alice revokes her own.
     let own = alice.token;
