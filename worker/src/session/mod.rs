@@ -329,8 +329,8 @@ async fn connect_and_serve(session: &Arc<Session>, shutdown: &CancellationToken)
 
 /// Tells the server this worker is stopping, after the reports not sent yet, and waits (at
 /// most [`GOODBYE_WAIT`]) for it to close the stream, which it does once the attempts this
-/// worker held are queued again: they are then not taken for a crash. Acknowledgements that
-/// arrive meanwhile are applied.
+/// worker held are queued again: they are then not taken for a crash. The attempts are
+/// stopped once the goodbye is sent; acknowledgements that arrive meanwhile are applied.
 async fn say_goodbye(session: &Session, link: &Outgoing, incoming: &mut Incoming) {
     let mut reports = Vec::new();
     session.outbox.drain_into(&mut reports);
@@ -340,6 +340,9 @@ async fn say_goodbye(session: &Session, link: &Outgoing, incoming: &mut Incoming
     if link.send(FromWorker::Goodbye).await.is_err() {
         return;
     }
+    // The server gives these attempts to other workers as soon as it took the goodbye: stop
+    // them now rather than after its answer. What they report is not sent any more.
+    session.outbox.cancel_all();
     let closed = async {
         loop {
             match incoming.next().await {
