@@ -88,7 +88,7 @@ pub(crate) struct Quarantine {
     pub reason: String,
 }
 
-/// The workers an attempt list names, as `id (name)`, in order.
+/// The workers lost with `task`'s attempts (its crashes), as `id (name)`, in order.
 fn crashed_workers(task: &Task) -> Vec<String> {
     task.attempts
         .iter()
