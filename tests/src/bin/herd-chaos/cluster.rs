@@ -153,7 +153,10 @@ impl Cluster {
                 bail!("herd server exited with {status}:\n{}", server.log_tail());
             }
             if Instant::now() > deadline {
-                bail!("herd server did not start within 60 s:\n{}", server.log_tail());
+                bail!(
+                    "herd server did not start within 60 s:\n{}",
+                    server.log_tail()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
