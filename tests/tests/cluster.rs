@@ -868,3 +868,69 @@ async fn a_worker_starts_no_pipelined_task_before_a_slot_frees() -> anyhow::Resu
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_worker_cut_off_past_the_timeout_stops_its_attempt_and_uploads_nothing()
+-> anyhow::Result<()> {
+    let mut cluster = Cluster::start_with(options(Engine::Sqlite)).await?;
+    let _worker = cluster
+        .add_worker(WorkerOptions {
+            concurrency: 1,
+            ..WorkerOptions::default()
+        })
+        .await?;
+    let scratch = tempfile::tempdir()?;
+    let output = tempfile::tempdir()?;
+    let (pid_file, marker, gate) = (
+        scratch.path().join("pid"),
+        scratch.path().join("marker"),
+        scratch.path().join("gate"),
+    );
+    // The first attempt writes its output and then waits for a gate the test opens only once
+    // that attempt was fenced; the second writes its own output at once.
+    let script = format!(
+        "if [ -e {marker} ]; then echo new > \"$OUTPUT/result.txt\"; exit 0; fi; \
+         touch {marker}; echo $$ > {pid}; echo old > \"$OUTPUT/old.txt\"; \
+         while [ ! -e {gate} ]; do sleep 0.05; done; echo old > \"$OUTPUT/result.txt\"",
+        marker = marker.display(),
+        pid = pid_file.display(),
+        gate = gate.display(),
+    );
+    let mut spec = shell_task("default", &script);
+    spec.output = Some(format!("file://{}/", output.path().display()));
+    let ids = cluster.submit(vec![spec]).await?;
+    cluster
+        .wait_task(ids[0], "running", |task| task.state == TaskState::Running)
+        .await?;
+    let pid = wait_for("the first attempt to write its pid", WAIT, || async {
+        let text = std::fs::read_to_string(&pid_file).ok()?;
+        text.trim().parse::<u32>().ok()
+    })
+    .await?;
+
+    // Cut off past --worker-timeout (2 s): the worker stops the attempt by itself.
+    cluster.stop_server().await?;
+    let process = std::path::PathBuf::from(format!("/proc/{pid}"));
+    wait_for("the cut-off worker to stop its attempt", WAIT, || async {
+        (!process.exists()).then_some(())
+    })
+    .await?;
+    std::fs::write(&gate, b"")?;
+    cluster.restart_server().await?;
+
+    let task = cluster
+        .wait_task(ids[0], "succeeded", |task| task.state.is_terminal())
+        .await?;
+    assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
+    assert_eq!(task.attempts.len(), 2, "{task:?}");
+    assert_eq!(task.attempts[0].reason, Some(Reason::WorkerLost));
+    assert_eq!(
+        std::fs::read_to_string(output.path().join("result.txt"))?,
+        "new\n"
+    );
+    assert!(
+        !output.path().join("old.txt").exists(),
+        "the fenced attempt's output must not be uploaded"
+    );
+    Ok(())
+}

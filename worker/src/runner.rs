@@ -414,7 +414,8 @@ fn outcome(attempt: &Attempt, execution: Execution) -> Result<TaskReport, Ended>
 }
 
 /// Uploads `/output` (`uploading`), whether the command succeeded or not; a failed upload
-/// fails the attempt, keeping what was wrong before.
+/// fails the attempt, keeping what was wrong before. Nothing is uploaded for an attempt the
+/// server dropped, and an upload under way stops when the attempt is canceled.
 async fn upload<R: Reporter>(
     attempt: &Attempt,
     reporter: &R,
@@ -434,10 +435,13 @@ async fn upload<R: Reporter>(
         TaskState::Uploading,
     ));
     let refuse_hard_links = attempt.spec.docker().is_some();
-    match staging
-        .upload_output(&dirs.output, output, refuse_hard_links)
-        .await
-    {
+    // The server may refuse the attempt while its output is on its way (it gave the task to
+    // another worker): the upload stops there, so a newer attempt's files are not overwritten.
+    let uploaded = tokio::select! {
+        _ = attempt.cancel.cancelled() => return Err(canceled(attempt)),
+        uploaded = staging.upload_output(&dirs.output, output, refuse_hard_links) => uploaded,
+    };
+    match uploaded {
         Ok(uploaded) => {
             for line in uploaded.skipped {
                 reporter

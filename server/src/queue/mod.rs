@@ -444,12 +444,13 @@ impl Queue {
             return Err(Error::ShuttingDown);
         }
         let interval = self.config.heartbeat_interval;
+        let timeout = self.config.worker_timeout;
         let serial = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let new_key = access::new_secret()?;
         // Known before the welcome is journaled, so the writer finds it.
         self.shared.connections().insert(serial, sender);
         let (result, _) = self.mutate(|state, change| {
-            state.connect(caller, hello, &new_key, serial, interval, change)
+            state.connect(caller, hello, &new_key, serial, interval, timeout, change)
         });
         let worker_id = match result {
             Ok(worker_id) => worker_id,

@@ -14,7 +14,7 @@
 //! - `outbox`: [`Outbox`].
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use herd_proto::convert::UndecodableMessage;
 use herd_proto::session::{FromWorker, Hello, LogChunk, ToWorker};
@@ -55,6 +55,23 @@ pub(crate) struct Session {
     link: Mutex<Option<Outgoing>>,
     /// The identity the server gave, with the key that resumes it.
     identity: Mutex<Option<(WorkerId, String)>>,
+    /// When the worker lost the server, and how long the server waits for it.
+    contact: Mutex<Contact>,
+}
+
+/// What the worker knows of its standing with the server, to fence itself in time.
+#[derive(Debug, Default)]
+struct Contact {
+    /// How long the server waits for a silent worker, less one heartbeat (the server may have
+    /// last heard from the worker that long before the connection broke); from the welcome.
+    fence_after: Option<Duration>,
+    /// Since when the worker has had no connection; `None` while connected.
+    cut_off_since: Option<Instant>,
+    /// Whether the worker fenced itself since it was cut off.
+    fenced: bool,
+    /// A hello is on its way: the attempts it lists are the server's again if it answers, so
+    /// they must not be dropped behind its back.
+    connecting: bool,
 }
 
 impl Session {
@@ -66,6 +83,7 @@ impl Session {
             resources: Arc::new(Resources::new(&config, executors)),
             link: Mutex::new(None),
             identity: Mutex::new(None),
+            contact: Mutex::new(Contact::default()),
             config,
         }
     }
@@ -78,10 +96,50 @@ impl Session {
     }
 
     fn set_link(&self, link: Option<Outgoing>) {
+        {
+            let mut contact = self.contact();
+            contact.connecting = false;
+            if link.is_some() {
+                contact.cut_off_since = None;
+                contact.fenced = false;
+            } else {
+                contact.cut_off_since.get_or_insert_with(Instant::now);
+            }
+        }
         *self
             .link
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = link;
+    }
+
+    fn contact(&self) -> std::sync::MutexGuard<'_, Contact> {
+        self.contact
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Fences the worker once it has been cut off from the server for longer than the server
+    /// waits before giving its attempts to others: they are dropped (see [`Outbox::fence`]),
+    /// so that no output of theirs lands after (or over) their new attempts' outputs.
+    fn fence_if_cut_off(&self) {
+        let mut contact = self.contact();
+        let (Some(limit), Some(since)) = (contact.fence_after, contact.cut_off_since) else {
+            return;
+        };
+        if contact.fenced || contact.connecting || since.elapsed() < limit {
+            return;
+        }
+        contact.fenced = true;
+        let dropped = self.outbox.fence();
+        if dropped > 0 {
+            warn!(
+                attempts = dropped,
+                cut_off_secs = since.elapsed().as_secs(),
+                "cut off from the server for longer than its --worker-timeout: the server has \
+                 given this worker's attempts to others, so they are stopped and their outputs \
+                 are not uploaded"
+            );
+        }
     }
 
     /// The worker's id and resume key, once the server has welcomed it.
@@ -112,6 +170,9 @@ impl Session {
     }
 
     fn hello(&self) -> FromWorker {
+        // Fenced first if it is time: the hello does not offer attempts the server gave away.
+        self.fence_if_cut_off();
+        self.contact().connecting = true;
         let config = &self.config;
         let identity = self.identity();
         FromWorker::Hello(Hello {
@@ -211,6 +272,9 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     let session = Arc::new(Session::new(config, executors));
+    let watchdog_stop = shutdown.child_token();
+    tokio::spawn(watch_contact(session.clone(), watchdog_stop.clone()));
+    let _watchdog = watchdog_stop.drop_guard();
     let mut backoff = MIN_BACKOFF;
     let mut warned = false;
     loop {
@@ -254,6 +318,21 @@ pub(crate) async fn run(
     // Stop every attempt still running.
     session.outbox.cancel_all();
     Ok(())
+}
+
+/// How often the watchdog checks whether the worker must fence itself.
+const WATCH_CONTACT: Duration = Duration::from_millis(100);
+
+/// Fences the session when it has been cut off for too long (see
+/// [`Session::fence_if_cut_off`]), until `stop`.
+async fn watch_contact(session: Arc<Session>, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(WATCH_CONTACT);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => session.fence_if_cut_off(),
+        }
+    }
 }
 
 enum Outcome {
@@ -320,11 +399,14 @@ async fn welcome(session: &Session, incoming: &mut Incoming) -> Result<Duration,
             worker_id,
             heartbeat_interval,
             resume_key,
+            worker_timeout,
         })) => {
             if session.worker_id().is_some_and(|known| known != worker_id) {
                 warn!(%worker_id, "the server gave this worker a new identity; the attempts it held under the old one will run elsewhere");
             }
             session.set_identity(worker_id, resume_key);
+            session.contact().fence_after =
+                worker_timeout.map(|timeout| timeout.saturating_sub(heartbeat_interval));
             let config = &session.config;
             info!(%worker_id, server = %config.server, batch = %config.batch, "connected");
             Ok(heartbeat_interval.max(Duration::from_millis(100)))
