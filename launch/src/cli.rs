@@ -648,6 +648,11 @@ pub struct ServerArgs {
     )]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// The most kept of each stream (stdout, stderr) of each attempt's log, e.g. 64MiB or 1G;
+    /// the rest is dropped and a marker line in the log says so.
+    #[arg(long = "max-log-size", value_name = "SIZE", env = "HERD_MAX_LOG_SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub max_log_size: u64,
+
     /// Serve without TLS on an address other hosts can reach (refused otherwise): requests,
     /// with their tokens and task secrets, travel in clear. Only on a network you trust.
     #[arg(long = "insecure")]
@@ -712,6 +717,39 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
         Ok(0) => Err("give at least 1 second".to_owned()),
         Ok(seconds) => Ok(Duration::from_secs(seconds)),
         Err(_) => Err(format!("`{text}` is not a whole number of seconds")),
+    }
+}
+
+/// Parses a size in bytes: `1000`, `64MiB`, `50G` (K, M, G, T are binary units, with or
+/// without `iB`/`B`), at least 1 KiB.
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let digits = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(digits);
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a size; give bytes or e.g. 64MiB, 50GiB"
+            ));
+        }
+    };
+    match number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+    {
+        Some(bytes) if bytes >= 1024 => Ok(bytes),
+        Some(_) => Err(format!("`{text}` is too small; give at least 1KiB")),
+        None => Err(format!(
+            "`{text}` is not a size; give bytes or e.g. 64MiB, 50GiB"
+        )),
     }
 }
 
@@ -848,5 +886,16 @@ mod tests {
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn sizes_accept_bytes_and_binary_units() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("50G"), Ok(50 << 30));
+        assert_eq!(parse_size("2048"), Ok(2048));
+        assert_eq!(parse_size("1 kb"), Ok(1024));
+        assert!(parse_size("12").is_err());
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5PB").is_err());
     }
 }

@@ -43,6 +43,7 @@ pub async fn server(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Re
         queue: QueueConfig {
             worker_timeout: args.worker_timeout,
             heartbeat_interval: args.heartbeat,
+            max_log_bytes: args.max_log_size,
         },
         worker_token_file: None,
         new_admin_token: args.new_admin_token,

@@ -19,6 +19,7 @@ fn options(engine: Engine) -> ClusterOptions {
         queue: QueueConfig {
             worker_timeout: Duration::from_secs(2),
             heartbeat_interval: Duration::from_millis(200),
+            ..QueueConfig::default()
         },
     }
 }
@@ -710,6 +711,7 @@ fn patient() -> ClusterOptions {
         queue: QueueConfig {
             worker_timeout: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(1),
+            ..QueueConfig::default()
         },
     }
 }
@@ -932,5 +934,46 @@ async fn a_worker_cut_off_past_the_timeout_stops_its_attempt_and_uploads_nothing
         !output.path().join("old.txt").exists(),
         "the fenced attempt's output must not be uploaded"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_log_past_the_cap_keeps_the_cap_and_a_marker_and_the_server_keeps_serving()
+-> anyhow::Result<()> {
+    let cap = 64 * 1024;
+    let cluster = Cluster::start_with(ClusterOptions {
+        queue: QueueConfig {
+            max_log_bytes: cap,
+            ..QueueConfig::default()
+        },
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let _worker = cluster.add_worker(WorkerOptions::default()).await?;
+    let ids = cluster
+        .submit(vec![shell_task("default", "yes | head -c 5000000")])
+        .await?;
+    let task = cluster
+        .wait_task(ids[0], "succeeded", |task| task.state.is_terminal())
+        .await?;
+    assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
+    let message = task.attempts[0].message.clone().unwrap_or_default();
+    assert!(
+        message.contains("log truncated at 64 KiB") && message.contains("of stdout dropped"),
+        "{message}"
+    );
+    let mut client = cluster.client().await?;
+    let log = task_log(&mut client, ids[0], false).await?;
+    let marker = herd_server::logs::truncation_marker(cap, herd_proto::session::LogStream::Stdout);
+    assert_eq!(log.len() as u64, cap + marker.len() as u64);
+    assert!(log.ends_with(&marker), "{}", &log[log.len() - 200..]);
+    // The server still serves: another task runs and logs.
+    let next = cluster
+        .submit(vec![shell_task("default", "echo after")])
+        .await?;
+    cluster
+        .wait_task(next[0], "succeeded", |task| task.state.is_terminal())
+        .await?;
+    assert_eq!(task_log(&mut client, next[0], false).await?, "after\n");
     Ok(())
 }
