@@ -510,6 +510,14 @@ pub struct WorkerRunArgs {
     #[arg(long = "token-file", value_name = "FILE", env = "HERD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 
+    /// How long a failed attempt's folder is kept for inspection (e.g. 24h, 30m, 0).
+    #[arg(long = "keep-failed", value_name = "DURATION", env = "HERD_KEEP_FAILED", default_value = "24h", value_parser = parse_age)]
+    pub keep_failed: Duration,
+
+    /// The most the resource cache keeps (e.g. 50GiB); least recently used entries go first.
+    #[arg(long = "cache-max-size", value_name = "SIZE", env = "HERD_CACHE_MAX_SIZE", default_value = "50GiB", value_parser = parse_size)]
+    pub cache_max_size: u64,
+
     /// What tasks may take of this host.
     #[command(flatten)]
     pub policy: PolicyArgs,
@@ -753,6 +761,16 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     }
 }
 
+/// Parses an age: plain seconds (`0`, `3600`) or a humantime duration (`30m`, `24h`).
+fn parse_age(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    trimmed
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .or_else(|_| humantime::parse_duration(trimmed))
+        .map_err(|_| format!("`{text}` is not a duration; give seconds (3600) or e.g. 30m, 24h"))
+}
+
 /// Parses a timeout: plain seconds (`3600`) or a humantime duration (`90m`, `1h 30m`).
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
@@ -897,5 +915,8 @@ mod tests {
         assert!(parse_size("12").is_err());
         assert!(parse_size("lots").is_err());
         assert!(parse_size("5PB").is_err());
+        assert_eq!(parse_age("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_age("24h"), Ok(Duration::from_secs(86400)));
+        assert!(parse_age("a while").is_err());
     }
 }

@@ -130,6 +130,8 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Out
         cores,
         memory_bytes,
         token: worker_token,
+        keep_failed: herd_worker::DEFAULT_KEEP_FAILED,
+        cache_max_bytes: herd_worker::DEFAULT_CACHE_MAX_BYTES,
     };
     info!(
         data_dir = %data_dir.display(),

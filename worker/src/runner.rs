@@ -137,6 +137,7 @@ pub(crate) async fn run<S: Staging, R: Reporter>(
     let succeeded = report.state == TaskState::Succeeded;
     debug!(task_id = %attempt.task_id, attempt = attempt.number, state = %report.state, "attempt ended");
     reporter.report(report);
+    resources.staging.finished(&dirs);
     resources.janitor.release(dirs, succeeded);
 }
 

@@ -212,6 +212,8 @@ fn config(work_dir: &Path) -> Config {
         cores: 2,
         memory_bytes: 4_000_000_000,
         token: herd_proto::access::Secret::new("herd_test").expect("a token"),
+        keep_failed: crate::DEFAULT_KEEP_FAILED,
+        cache_max_bytes: crate::DEFAULT_CACHE_MAX_BYTES,
     }
 }
 

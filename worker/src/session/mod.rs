@@ -274,6 +274,7 @@ pub(crate) async fn run(
     let session = Arc::new(Session::new(config, executors));
     let watchdog_stop = shutdown.child_token();
     tokio::spawn(watch_contact(session.clone(), watchdog_stop.clone()));
+    tokio::spawn(maintain(session.clone(), watchdog_stop.clone()));
     let _watchdog = watchdog_stop.drop_guard();
     let mut backoff = MIN_BACKOFF;
     let mut warned = false;
@@ -331,6 +332,38 @@ async fn watch_contact(session: Arc<Session>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = ticker.tick() => session.fence_if_cut_off(),
+        }
+    }
+}
+
+/// Cleans the work directory (see [`crate::cleaning`]) at start, then every
+/// [`MAINTENANCE_PERIOD`](crate::cleaning::MAINTENANCE_PERIOD) (more often when
+/// `--keep-failed` is shorter), on the blocking threads, until `stop`.
+async fn maintain(session: Arc<Session>, stop: CancellationToken) {
+    let keep_failed = session.config.keep_failed;
+    let cache_max_bytes = session.config.cache_max_bytes;
+    let period = keep_failed.clamp(Duration::from_secs(1), crate::cleaning::MAINTENANCE_PERIOD);
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let resources = session.resources.clone();
+        let cleaned = tokio::task::spawn_blocking(move || {
+            let removed = resources.folders.sweep_failed(keep_failed);
+            (removed, resources.staging.sweep_cache(cache_max_bytes))
+        })
+        .await;
+        if let Ok((removed, cache)) = cleaned
+            && !(removed.is_empty() && cache.evicted.is_empty())
+        {
+            debug!(
+                failed_folders = removed.len(),
+                cache_entries = cache.evicted.len(),
+                "cleaned the work directory"
+            );
         }
     }
 }
@@ -479,6 +512,8 @@ mod tests {
             cores: 1,
             memory_bytes: 1 << 30,
             token: herd_proto::access::Secret::new("herd_test").expect("a token"),
+            keep_failed: crate::DEFAULT_KEEP_FAILED,
+            cache_max_bytes: crate::DEFAULT_CACHE_MAX_BYTES,
         };
         let executors = Executors {
             bare: Some(Arc::new(crate::executor::bare::BareExecutor::new())),
