@@ -977,3 +977,44 @@ async fn a_log_past_the_cap_keeps_the_cap_and_a_marker_and_the_server_keeps_serv
     assert_eq!(task_log(&mut client, next[0], false).await?, "after\n");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_failed_docker_attempt_s_root_owned_files_are_cleaned_after_keep_failed()
+-> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let executors = herd_tests::bare_and_docker_executors().await?;
+    let worker = cluster
+        .add_worker(WorkerOptions {
+            executors: Some(executors),
+            keep_failed: Duration::from_secs(2),
+            ..WorkerOptions::default()
+        })
+        .await?;
+    // As root in the container: a read-only folder in /output and a file in /tmp.
+    let spec = TaskRequest {
+        docker_image: Some("herd-test-busybox:latest".into()),
+        ..shell_task(
+            "default",
+            "mkdir -p /output/d /tmp/t; echo x > /output/d/f; echo y > /tmp/t/g; \
+             chmod 500 /output/d /tmp/t; exit 3",
+        )
+    };
+    let ids = cluster.submit(vec![spec]).await?;
+    let task = cluster
+        .wait_task(ids[0], "finished", |task| task.state.is_terminal())
+        .await?;
+    assert_eq!(task.state, TaskState::Failed, "{task:?}");
+    assert_eq!(task.exit_code, Some(3));
+    let folder = worker.work_dir.join(format!("tasks/{}-1", ids[0]));
+    assert!(
+        folder.join("output/d/f").exists(),
+        "kept for inspection at first"
+    );
+    wait_for(
+        "the failed attempt's folder to be removed past --keep-failed 2s",
+        WAIT,
+        || async { (!folder.exists()).then_some(()) },
+    )
+    .await?;
+    Ok(())
+}
