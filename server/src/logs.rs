@@ -50,7 +50,7 @@ pub fn truncation_marker(max_bytes: u64, stream: LogStream) -> String {
 /// `64 MiB`, `1 KiB`, `100 B`: exact binary units when they fit, bytes otherwise.
 pub fn human_size(bytes: u64) -> String {
     for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{} {unit}", bytes >> shift);
         }
     }
