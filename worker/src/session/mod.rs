@@ -38,6 +38,9 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// How long a worker with queued work gathers its updates before sending them in one message.
 const GATHER_UPDATES: Duration = Duration::from_millis(5);
 
+/// How long a connection and its welcome may take.
+const GREETING_LIMIT: Duration = Duration::from_secs(15);
+
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -388,15 +391,31 @@ fn broken(error: impl Into<String>, was_connected: bool) -> Outcome {
 
 async fn connect_and_serve(session: &Arc<Session>, shutdown: &CancellationToken) -> Outcome {
     let config = &session.config;
-    let (link, mut incoming) =
-        match link::connect(&config.server, &config.tls, &config.token, &session.hello()).await {
-            Ok(connection) => connection,
-            Err(link::ConnectError::Refused(reason)) => return Outcome::Refused(reason),
-            Err(link::ConnectError::Failed(error)) => return broken(error, false),
-        };
-    let heartbeat = match welcome(session, &mut incoming).await {
-        Ok(heartbeat) => heartbeat,
-        Err(error) => return broken(error, false),
+    // Bounded: while a hello is on its way the worker does not fence itself (see `Contact`).
+    let greeting = async {
+        let hello = session.hello();
+        let (link, mut incoming) =
+            match link::connect(&config.server, &config.tls, &config.token, &hello).await {
+                Ok(connection) => connection,
+                Err(link::ConnectError::Refused(reason)) => return Err(Outcome::Refused(reason)),
+                Err(link::ConnectError::Failed(error)) => return Err(broken(error, false)),
+            };
+        match welcome(session, &mut incoming).await {
+            Ok(heartbeat) => Ok((link, incoming, heartbeat)),
+            Err(error) => Err(broken(error, false)),
+        }
+    };
+    let (link, mut incoming, heartbeat) = match tokio::time::timeout(GREETING_LIMIT, greeting).await
+    {
+        Ok(Ok(greeted)) => greeted,
+        Ok(Err(outcome)) => return outcome,
+        Err(_) => {
+            let limit = GREETING_LIMIT.as_secs();
+            return broken(
+                format!("the server did not welcome the worker within {limit} s"),
+                false,
+            );
+        }
     };
     session.set_link(Some(link.clone()));
     let flusher = flush_reports(session, &link);
