@@ -590,4 +590,35 @@ mod tests {
         assert!(drained(&session).is_empty());
         assert_eq!(session.outbox.len(), 0);
     }
+
+    #[tokio::test]
+    async fn a_worker_cut_off_past_the_server_s_timeout_drops_its_attempts_before_its_hello() {
+        let work = tempfile::tempdir().unwrap();
+        let session = session(work.path());
+        let cancel = CancellationToken::new();
+        assert!(session.outbox.hold(TaskId(1), 1, cancel.clone()));
+        session
+            .outbox
+            .push(TaskReport::new(TaskId(1), 1, TaskState::Running));
+        // Connected once (the welcome told the limit), then cut off.
+        session.contact().fence_after = Some(Duration::from_secs(3600));
+        session.set_link(None);
+        session.fence_if_cut_off();
+        assert!(!cancel.is_cancelled(), "not yet past the limit");
+
+        // While a hello is on its way, its attempts are the server's again: kept.
+        session.contact().fence_after = Some(Duration::ZERO);
+        session.contact().connecting = true;
+        session.fence_if_cut_off();
+        assert!(!cancel.is_cancelled(), "not behind a hello's back");
+        session.set_link(None);
+
+        // The next hello fences first, and does not offer the attempt.
+        let FromWorker::Hello(hello) = session.hello() else {
+            panic!("a hello");
+        };
+        assert!(cancel.is_cancelled());
+        assert!(hello.tasks.is_empty(), "{:?}", hello.tasks);
+        assert!(session.outbox.is_forgotten(TaskId(1), 1));
+    }
 }
