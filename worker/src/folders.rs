@@ -328,7 +328,12 @@ fn remove_all(path: &Path) {
     if let Err(error) = fs::remove_dir_all(path)
         && error.kind() != io::ErrorKind::NotFound
     {
-        warn!(path = %path.display(), %error, "cannot clean up");
+        warn!(
+            path = %path.display(),
+            %error,
+            "cannot clean up an attempt's folder (files written as root by a Docker container, \
+             while the worker is not root?); it is left, and removed past --keep-failed if it can be"
+        );
     }
 }
 
