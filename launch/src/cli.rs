@@ -517,6 +517,14 @@ pub struct WorkerRunArgs {
     #[arg(long = "token-file", value_name = "FILE", env = "HERD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 
+    /// How long a failed attempt's folder is kept for inspection (e.g. 24h, 30m, 0).
+    #[arg(long = "keep-failed", value_name = "DURATION", env = "HERD_KEEP_FAILED", default_value = "24h", value_parser = parse_age)]
+    pub keep_failed: Duration,
+
+    /// The most the resource cache keeps (e.g. 50GiB); least recently used entries go first.
+    #[arg(long = "cache-max-size", value_name = "SIZE", env = "HERD_CACHE_MAX_SIZE", default_value = "50GiB", value_parser = parse_size)]
+    pub cache_max_size: u64,
+
     /// What tasks may take of this host.
     #[command(flatten)]
     pub policy: PolicyArgs,
@@ -655,6 +663,11 @@ pub struct ServerArgs {
     )]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// The most kept of each stream (stdout, stderr) of each attempt's log, e.g. 64MiB or 1G;
+    /// the rest is dropped and a marker line in the log says so.
+    #[arg(long = "max-log-size", value_name = "SIZE", env = "HERD_MAX_LOG_SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub max_log_size: u64,
+
     /// Serve without TLS on an address other hosts can reach (refused otherwise): requests,
     /// with their tokens and task secrets, travel in clear. Only on a network you trust.
     #[arg(long = "insecure")]
@@ -720,6 +733,49 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
         Ok(seconds) => Ok(Duration::from_secs(seconds)),
         Err(_) => Err(format!("`{text}` is not a whole number of seconds")),
     }
+}
+
+/// Parses a size in bytes: `1000`, `64MiB`, `50G` (K, M, G, T are binary units, with or
+/// without `iB`/`B`), at least 1 KiB.
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let digits = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(digits);
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a size; give bytes or e.g. 64MiB, 50GiB"
+            ));
+        }
+    };
+    match number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+    {
+        Some(bytes) if bytes >= 1024 => Ok(bytes),
+        Some(_) => Err(format!("`{text}` is too small; give at least 1KiB")),
+        None => Err(format!(
+            "`{text}` is not a size; give bytes or e.g. 64MiB, 50GiB"
+        )),
+    }
+}
+
+/// Parses an age: plain seconds (`0`, `3600`) or a humantime duration (`30m`, `24h`).
+fn parse_age(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    trimmed
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .or_else(|_| humantime::parse_duration(trimmed))
+        .map_err(|_| format!("`{text}` is not a duration; give seconds (3600) or e.g. 30m, 24h"))
 }
 
 /// Parses a timeout: plain seconds (`3600`) or a humantime duration (`90m`, `1h 30m`).
@@ -859,5 +915,19 @@ mod tests {
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn sizes_accept_bytes_and_binary_units() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("50G"), Ok(50 << 30));
+        assert_eq!(parse_size("2048"), Ok(2048));
+        assert_eq!(parse_size("1 kb"), Ok(1024));
+        assert!(parse_size("12").is_err());
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5PB").is_err());
+        assert_eq!(parse_age("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_age("24h"), Ok(Duration::from_secs(86400)));
+        assert!(parse_age("a while").is_err());
     }
 }

@@ -43,6 +43,7 @@ pub async fn server(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Re
         queue: QueueConfig {
             worker_timeout: args.worker_timeout,
             heartbeat_interval: args.heartbeat,
+            max_log_bytes: args.max_log_size,
             ..QueueConfig::default()
         },
         worker_token_file: None,
@@ -130,6 +131,8 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Out
         cores,
         memory_bytes,
         token: worker_token,
+        keep_failed: herd_worker::DEFAULT_KEEP_FAILED,
+        cache_max_bytes: herd_worker::DEFAULT_CACHE_MAX_BYTES,
     };
     info!(
         data_dir = %data_dir.display(),
