@@ -17,6 +17,9 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:4373";
 /// server is never exposed to other hosts by accident.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4373";
 
+mod server;
+pub use server::ServerArgs;
+
 /// herd: a distributed task queue for scientific batch computing.
 ///
 /// Queue commands with `herd launch`, run them on workers started with `herd worker`, and
@@ -523,6 +526,14 @@ pub struct WorkerRunArgs {
     #[arg(long = "token-file", value_name = "FILE", env = "HERD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 
+    /// How long a failed attempt's folder is kept for inspection (e.g. 24h, 30m, 0).
+    #[arg(long = "keep-failed", value_name = "DURATION", env = "HERD_KEEP_FAILED", default_value = "24h", value_parser = parse_age)]
+    pub keep_failed: Duration,
+
+    /// The most the resource cache keeps (e.g. 50GiB); least recently used entries go first.
+    #[arg(long = "cache-max-size", value_name = "SIZE", env = "HERD_CACHE_MAX_SIZE", default_value = "50GiB", value_parser = parse_size)]
+    pub cache_max_size: u64,
+
     /// What tasks may take of this host.
     #[command(flatten)]
     pub policy: PolicyArgs,
@@ -596,88 +607,6 @@ fn parse_env_name(text: &str) -> Result<String, String> {
         .map_err(|error| error.to_string())
 }
 
-/// `herd server`
-#[derive(Debug, Args)]
-pub struct ServerArgs {
-    /// Address to listen on; 0.0.0.0:4373 serves other hosts (with --tls-cert, or --insecure),
-    /// port 0 picks a free port.
-    #[arg(long = "listen", value_name = "ADDR", env = "HERD_LISTEN", default_value = DEFAULT_LISTEN)]
-    pub listen: String,
-
-    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB (default: SQLite in the data
-    /// directory).
-    #[arg(long = "db", value_name = "URL", env = "HERD_DB")]
-    pub database: Option<String>,
-
-    /// Where the database (by default) and the task logs live [default:
-    /// $XDG_DATA_HOME/herd or ~/.local/share/herd].
-    #[arg(long = "data-dir", value_name = "DIR", env = "HERD_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-
-    /// Seconds without news after which a worker is lost and its tasks are queued again.
-    #[arg(long = "worker-timeout", value_name = "SECONDS", env = "HERD_WORKER_TIMEOUT", default_value = "20", value_parser = parse_seconds)]
-    pub worker_timeout: Duration,
-
-    /// Seconds between worker heartbeats; must be shorter than --worker-timeout.
-    #[arg(long = "heartbeat", value_name = "SECONDS", env = "HERD_HEARTBEAT", default_value = "5", value_parser = parse_seconds)]
-    pub heartbeat: Duration,
-
-    /// Quarantine a worker (no task for 30 s, doubling up to 10 min, reset by a success) once
-    /// its last N attempts failed within a minute for reasons that blame it (input, output,
-    /// executor); 0 never quarantines.
-    #[arg(
-        long = "quarantine-after",
-        value_name = "N",
-        env = "HERD_QUARANTINE_AFTER",
-        default_value_t = 5
-    )]
-    pub quarantine_after: u32,
-
-    /// Once listening, write the bound address (e.g. 127.0.0.1:41234) to this file. Meant for
-    /// scripts and tests that start a server with --listen 127.0.0.1:0.
-    #[arg(long = "port-file", value_name = "PATH")]
-    pub port_file: Option<PathBuf>,
-
-    /// Make a new admin token and write it to DATA_DIR/admin-token (0600): the way back in
-    /// when every admin token is lost or revoked.
-    #[arg(long = "new-admin-token")]
-    pub new_admin_token: bool,
-
-    /// Serve TLS with this certificate (PEM, with its chain); needs --tls-key. Clients then
-    /// use https:// URLs.
-    #[arg(
-        long = "tls-cert",
-        value_name = "FILE",
-        env = "HERD_TLS_CERT",
-        requires = "tls_key"
-    )]
-    pub tls_cert: Option<PathBuf>,
-
-    /// The private key of --tls-cert (PEM); refused when other users can read it.
-    #[arg(
-        long = "tls-key",
-        value_name = "FILE",
-        env = "HERD_TLS_KEY",
-        requires = "tls_cert"
-    )]
-    pub tls_key: Option<PathBuf>,
-
-    /// Mutual TLS: every client (workers included) must present a certificate signed by a CA
-    /// in this PEM file (HERD_CLIENT_CERT and HERD_CLIENT_KEY on their side).
-    #[arg(
-        long = "tls-client-ca",
-        value_name = "FILE",
-        env = "HERD_TLS_CLIENT_CA",
-        requires = "tls_cert"
-    )]
-    pub tls_client_ca: Option<PathBuf>,
-
-    /// Serve without TLS on an address other hosts can reach (refused otherwise): requests,
-    /// with their tokens and task secrets, travel in clear. Only on a network you trust.
-    #[arg(long = "insecure")]
-    pub insecure: bool,
-}
-
 /// `herd up`
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -737,6 +666,49 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
         Ok(seconds) => Ok(Duration::from_secs(seconds)),
         Err(_) => Err(format!("`{text}` is not a whole number of seconds")),
     }
+}
+
+/// Parses a size in bytes: `1000`, `64MiB`, `50G` (K, M, G, T are binary units, with or
+/// without `iB`/`B`), at least 1 KiB.
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let digits = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(digits);
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a size; give bytes or e.g. 64MiB, 50GiB"
+            ));
+        }
+    };
+    match number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+    {
+        Some(bytes) if bytes >= 1024 => Ok(bytes),
+        Some(_) => Err(format!("`{text}` is too small; give at least 1KiB")),
+        None => Err(format!(
+            "`{text}` is not a size; give bytes or e.g. 64MiB, 50GiB"
+        )),
+    }
+}
+
+/// Parses an age: plain seconds (`0`, `3600`) or a humantime duration (`30m`, `24h`).
+fn parse_age(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    trimmed
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .or_else(|_| humantime::parse_duration(trimmed))
+        .map_err(|_| format!("`{text}` is not a duration; give seconds (3600) or e.g. 30m, 24h"))
 }
 
 /// Parses a timeout: plain seconds (`3600`) or a humantime duration (`90m`, `1h 30m`).
@@ -876,5 +848,19 @@ mod tests {
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert!(parse_duration("0").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn sizes_accept_bytes_and_binary_units() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("50G"), Ok(50 << 30));
+        assert_eq!(parse_size("2048"), Ok(2048));
+        assert_eq!(parse_size("1 kb"), Ok(1024));
+        assert!(parse_size("12").is_err());
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5PB").is_err());
+        assert_eq!(parse_age("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_age("24h"), Ok(Duration::from_secs(86400)));
+        assert!(parse_age("a while").is_err());
     }
 }

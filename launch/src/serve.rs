@@ -47,6 +47,7 @@ pub async fn server(args: ServerArgs, shutdown: CancellationToken) -> anyhow::Re
                 after: args.quarantine_after,
                 ..QuarantinePolicy::default()
             },
+            max_log_bytes: args.max_log_size,
             ..QueueConfig::default()
         },
         worker_token_file: None,
@@ -134,6 +135,8 @@ pub async fn up(args: UpArgs, shutdown: CancellationToken) -> anyhow::Result<Out
         cores,
         memory_bytes,
         token: worker_token,
+        keep_failed: herd_worker::DEFAULT_KEEP_FAILED,
+        cache_max_bytes: herd_worker::DEFAULT_CACHE_MAX_BYTES,
     };
     info!(
         data_dir = %data_dir.display(),

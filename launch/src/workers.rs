@@ -73,6 +73,8 @@ pub fn worker_config(server: &str, args: WorkerRunArgs) -> anyhow::Result<herd_w
         cores,
         memory_bytes,
         token,
+        keep_failed: args.keep_failed,
+        cache_max_bytes: args.cache_max_size,
     })
 }
 

@@ -613,10 +613,12 @@ impl From<&ToWorker> for pb::ServerMessage {
                 worker_id,
                 heartbeat_interval,
                 resume_key,
+                worker_timeout,
             } => Kind::Welcome(pb::Welcome {
                 worker_id: worker_id.0,
                 heartbeat_interval_ms: heartbeat_interval.as_millis() as u64,
                 resume_key: resume_key.clone(),
+                worker_timeout_ms: worker_timeout.map_or(0, |timeout| timeout.as_millis() as u64),
             }),
             ToWorker::Assign {
                 task_id,
@@ -679,6 +681,8 @@ impl TryFrom<pb::ServerMessage> for ToWorker {
                     worker_id: WorkerId(welcome.worker_id),
                     heartbeat_interval: Duration::from_millis(welcome.heartbeat_interval_ms),
                     resume_key: welcome.resume_key,
+                    worker_timeout: (welcome.worker_timeout_ms > 0)
+                        .then(|| Duration::from_millis(welcome.worker_timeout_ms)),
                 },
                 Kind::Assign(assign) => {
                     let task_id = TaskId(assign.task_id);
@@ -829,6 +833,7 @@ mod tests {
                 worker_id: WorkerId(3),
                 heartbeat_interval: Duration::from_millis(1500),
                 resume_key: "herd_key".into(),
+                worker_timeout: Some(Duration::from_secs(20)),
             },
             ToWorker::Assign {
                 task_id: TaskId(9),

@@ -233,6 +233,9 @@ pub enum ToWorker {
         resume_key: String,
         /// How often the worker must show it is alive.
         heartbeat_interval: Duration,
+        /// How long the server waits for a silent worker before giving its attempts to
+        /// others; `None` from a server that does not say.
+        worker_timeout: Option<Duration>,
     },
     /// Run this attempt.
     Assign {

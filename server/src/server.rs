@@ -96,7 +96,7 @@ pub async fn open(config: &Config) -> Result<Arc<Queue>, Error> {
             private::tighten(Path::new(&name), private::FILE_MODE).map_err(data_dir_error)?;
         }
     }
-    let logs = LogStore::new(config.data_dir.join("logs"));
+    let logs = LogStore::new(config.data_dir.join("logs"), config.queue.max_log_bytes);
     let queue = Queue::open(store, logs, config.queue.clone()).await?;
     if queue.needs_bootstrap() {
         let path = config.data_dir.join(ADMIN_TOKEN_FILE);

@@ -125,6 +125,8 @@ pub struct WorkerOptions {
     pub token: Option<Secret>,
     /// How the worker secures its connection; the default is plaintext to loopback.
     pub tls: ClientTls,
+    /// How long failed attempts' folders are kept (`--keep-failed`).
+    pub keep_failed: Duration,
 }
 
 impl Default for WorkerOptions {
@@ -138,6 +140,7 @@ impl Default for WorkerOptions {
             policy: herd_proto::policy::Policy::default(),
             token: None,
             tls: ClientTls::default(),
+            keep_failed: herd_worker::DEFAULT_KEEP_FAILED,
         }
     }
 }
@@ -500,6 +503,8 @@ pub async fn start_worker(
         cores,
         memory_bytes,
         token,
+        keep_failed: options.keep_failed,
+        cache_max_bytes: herd_worker::DEFAULT_CACHE_MAX_BYTES,
     };
     let executors = match options.executors {
         Some(executors) => executors,

@@ -870,3 +870,151 @@ async fn a_worker_starts_no_pipelined_task_before_a_slot_frees() -> anyhow::Resu
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_worker_cut_off_past_the_timeout_stops_its_attempt_and_uploads_nothing()
+-> anyhow::Result<()> {
+    let mut cluster = Cluster::start_with(options(Engine::Sqlite)).await?;
+    let _worker = cluster
+        .add_worker(WorkerOptions {
+            concurrency: 1,
+            ..WorkerOptions::default()
+        })
+        .await?;
+    let scratch = tempfile::tempdir()?;
+    let output = tempfile::tempdir()?;
+    let (pid_file, marker, gate) = (
+        scratch.path().join("pid"),
+        scratch.path().join("marker"),
+        scratch.path().join("gate"),
+    );
+    // The first attempt writes its output and then waits for a gate the test opens only once
+    // that attempt was fenced; the second writes its own output at once.
+    let script = format!(
+        "if [ -e {marker} ]; then echo new > \"$OUTPUT/result.txt\"; exit 0; fi; \
+         touch {marker}; echo $$ > {pid}; echo old > \"$OUTPUT/old.txt\"; \
+         while [ ! -e {gate} ]; do sleep 0.05; done; echo old > \"$OUTPUT/result.txt\"",
+        marker = marker.display(),
+        pid = pid_file.display(),
+        gate = gate.display(),
+    );
+    let mut spec = shell_task("default", &script);
+    spec.output = Some(format!("file://{}/", output.path().display()));
+    let ids = cluster.submit(vec![spec]).await?;
+    cluster
+        .wait_task(ids[0], "running", |task| task.state == TaskState::Running)
+        .await?;
+    let pid = wait_for("the first attempt to write its pid", WAIT, || async {
+        let text = std::fs::read_to_string(&pid_file).ok()?;
+        text.trim().parse::<u32>().ok()
+    })
+    .await?;
+
+    // Cut off past --worker-timeout (2 s): the worker stops the attempt by itself.
+    cluster.stop_server().await?;
+    let process = std::path::PathBuf::from(format!("/proc/{pid}"));
+    wait_for("the cut-off worker to stop its attempt", WAIT, || async {
+        (!process.exists()).then_some(())
+    })
+    .await?;
+    std::fs::write(&gate, b"")?;
+    cluster.restart_server().await?;
+
+    let task = cluster
+        .wait_task(ids[0], "succeeded", |task| task.state.is_terminal())
+        .await?;
+    assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
+    assert_eq!(task.attempts.len(), 2, "{task:?}");
+    assert_eq!(task.attempts[0].reason, Some(Reason::WorkerLost));
+    assert_eq!(
+        std::fs::read_to_string(output.path().join("result.txt"))?,
+        "new\n"
+    );
+    assert!(
+        !output.path().join("old.txt").exists(),
+        "the fenced attempt's output must not be uploaded"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_log_past_the_cap_keeps_the_cap_and_a_marker_and_the_server_keeps_serving()
+-> anyhow::Result<()> {
+    let cap = 64 * 1024;
+    let cluster = Cluster::start_with(ClusterOptions {
+        queue: QueueConfig {
+            max_log_bytes: cap,
+            ..QueueConfig::default()
+        },
+        ..ClusterOptions::default()
+    })
+    .await?;
+    let _worker = cluster.add_worker(WorkerOptions::default()).await?;
+    let ids = cluster
+        .submit(vec![shell_task("default", "yes | head -c 5000000")])
+        .await?;
+    let task = cluster
+        .wait_task(ids[0], "succeeded", |task| task.state.is_terminal())
+        .await?;
+    assert_eq!(task.state, TaskState::Succeeded, "{task:?}");
+    let message = task.attempts[0].message.clone().unwrap_or_default();
+    assert!(
+        message.contains("log truncated at 64 KiB") && message.contains("of stdout dropped"),
+        "{message}"
+    );
+    let mut client = cluster.client().await?;
+    let log = task_log(&mut client, ids[0], false).await?;
+    let marker = herd_server::logs::truncation_marker(cap, herd_proto::session::LogStream::Stdout);
+    assert_eq!(log.len() as u64, cap + marker.len() as u64);
+    assert!(log.ends_with(&marker), "{}", &log[log.len() - 200..]);
+    // The server still serves: another task runs and logs.
+    let next = cluster
+        .submit(vec![shell_task("default", "echo after")])
+        .await?;
+    cluster
+        .wait_task(next[0], "succeeded", |task| task.state.is_terminal())
+        .await?;
+    assert_eq!(task_log(&mut client, next[0], false).await?, "after\n");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failed_docker_attempt_s_root_owned_files_are_cleaned_after_keep_failed()
+-> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let executors = herd_tests::bare_and_docker_executors().await?;
+    let worker = cluster
+        .add_worker(WorkerOptions {
+            executors: Some(executors),
+            keep_failed: Duration::from_secs(2),
+            ..WorkerOptions::default()
+        })
+        .await?;
+    // As root in the container: a read-only folder in /output and a file in /tmp.
+    let spec = TaskRequest {
+        docker_image: Some("herd-test-busybox:latest".into()),
+        ..shell_task(
+            "default",
+            "mkdir -p /output/d /tmp/t; echo x > /output/d/f; echo y > /tmp/t/g; \
+             chmod 500 /output/d /tmp/t; exit 3",
+        )
+    };
+    let ids = cluster.submit(vec![spec]).await?;
+    let task = cluster
+        .wait_task(ids[0], "finished", |task| task.state.is_terminal())
+        .await?;
+    assert_eq!(task.state, TaskState::Failed, "{task:?}");
+    assert_eq!(task.exit_code, Some(3));
+    let folder = worker.work_dir.join(format!("tasks/{}-1", ids[0]));
+    assert!(
+        folder.join("output/d/f").exists(),
+        "kept for inspection at first"
+    );
+    wait_for(
+        "the failed attempt's folder to be removed past --keep-failed 2s",
+        WAIT,
+        || async { (!folder.exists()).then_some(()) },
+    )
+    .await?;
+    Ok(())
+}

@@ -591,7 +591,10 @@ async fn a_change_the_database_refuses_is_refused_to_its_caller_and_the_queue_go
             .await?;
     let store: std::sync::Arc<dyn herd_server::store::Store> =
         std::sync::Arc::new(RefusingStore { inner });
-    let logs = herd_server::logs::LogStore::new(data.path().join("logs"));
+    let logs = herd_server::logs::LogStore::new(
+        data.path().join("logs"),
+        herd_server::logs::DEFAULT_MAX_BYTES,
+    );
     let queue = herd_server::queue::Queue::open(store, logs, Default::default()).await?;
     let admin = herd_server::queue::new_secret()?;
     assert!(queue.bootstrap(&admin).await?);

@@ -9,15 +9,18 @@
 //! one. A renamed directory keeps its inode and its sub-folders: no allocation at all.
 //!
 //! A failed or canceled attempt keeps its folder under its own name for inspection (its
-//! `/output` and `/tmp`; the copies of inputs and resources go), as before. Spare folders left
-//! by an earlier run of the worker are reused.
+//! `/output` and `/tmp`; the copies of inputs and resources go) until it is older than
+//! `--keep-failed` ([`Folders::sweep_failed`], see [`crate::cleaning`]). Spare folders left by
+//! an earlier run of the worker are reused.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 use herd_proto::TaskId;
 use tracing::warn;
@@ -41,6 +44,11 @@ pub(crate) struct Folders {
     next_name: AtomicU64,
     /// Whether `spare` is known to exist.
     spare_made: AtomicBool,
+    /// The folders of attempts under way (from [`Folders::dirs`] to their release): never
+    /// swept.
+    in_use: Mutex<HashSet<PathBuf>>,
+    /// Failed attempts' folders a sweep could not remove: warned about once, not tried again.
+    unremovable: Mutex<HashSet<PathBuf>>,
 }
 
 impl Folders {
@@ -69,7 +77,32 @@ impl Folders {
             keep,
             next_name: AtomicU64::new(next_name),
             spare_made: AtomicBool::new(false),
+            in_use: Mutex::new(HashSet::new()),
+            unremovable: Mutex::new(HashSet::new()),
         }
+    }
+
+    fn in_use(&self) -> std::sync::MutexGuard<'_, HashSet<PathBuf>> {
+        self.in_use
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Removes the folders of failed attempts older than `keep_failed` (`--keep-failed`);
+    /// see [`crate::cleaning::sweep_failed`]. Blocking.
+    pub(crate) fn sweep_failed(&self, keep_failed: Duration) -> Vec<PathBuf> {
+        let in_use = self.in_use().clone();
+        let mut unremovable = self
+            .unremovable
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        crate::cleaning::sweep_failed(
+            &self.tasks,
+            keep_failed,
+            &in_use,
+            &mut unremovable,
+            crate::cleaning::remove_tree,
+        )
     }
 
     fn free(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
@@ -78,9 +111,11 @@ impl Folders {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The folders of attempt `attempt` of `task_id`, by name (nothing is created).
+    /// The folders of attempt `attempt` of `task_id`, by name (nothing is created), in use
+    /// until [`Folders::release`]d.
     pub(crate) fn dirs(&self, task_id: TaskId, attempt: u32) -> TaskDirs {
         let root = self.tasks.join(format!("{task_id}-{attempt}"));
+        self.in_use().insert(root.clone());
         TaskDirs {
             input: root.join("input"),
             output: root.join("output"),
@@ -157,6 +192,7 @@ impl Folders {
     /// After the attempt: a succeeded one's folder is emptied and kept as a spare (or deleted
     /// when enough are kept); a failed one's loses its inputs and resources only.
     pub(crate) fn release(&self, dirs: &TaskDirs, succeeded: bool) {
+        self.in_use().remove(&dirs.root);
         if !succeeded {
             for target in [&dirs.input, &dirs.resource] {
                 remove_all(target);
@@ -292,7 +328,12 @@ fn remove_all(path: &Path) {
     if let Err(error) = fs::remove_dir_all(path)
         && error.kind() != io::ErrorKind::NotFound
     {
-        warn!(path = %path.display(), %error, "cannot clean up");
+        warn!(
+            path = %path.display(),
+            %error,
+            "cannot clean up an attempt's folder (files written as root by a Docker container, \
+             while the worker is not root?); it is left, and removed past --keep-failed if it can be"
+        );
     }
 }
 

@@ -13,6 +13,8 @@
 //! - [`executor`]: how a command runs: Docker (bollard) or a bare process group.
 //! - `staging`: inputs, resources and outputs through herd-fetch, behind a trait.
 //! - `folders`: the attempts' folders, reused, emptied by a janitor thread.
+//! - `cleaning`: failed attempts' folders removed after `--keep-failed`, the resource cache
+//!   kept under `--cache-max-size`.
 //! - [`Error`]: the crate's one error type; [`Error::chain`] is what people see.
 
 use std::path::PathBuf;
@@ -24,6 +26,7 @@ use herd_proto::policy::Policy;
 use herd_proto::transport::ClientTls;
 use tokio_util::sync::CancellationToken;
 
+mod cleaning;
 mod error;
 pub mod executor;
 mod folders;
@@ -78,7 +81,18 @@ pub struct Config {
     pub memory_bytes: u64,
     /// The worker token it connects with (`herd token create --worker`).
     pub token: Secret,
+    /// How long a failed attempt's folder is kept for inspection (`--keep-failed`).
+    pub keep_failed: std::time::Duration,
+    /// The most the resource cache keeps, bytes (`--cache-max-size`); least recently used
+    /// entries go first.
+    pub cache_max_bytes: u64,
 }
+
+/// The default of [`Config::keep_failed`]: a day.
+pub const DEFAULT_KEEP_FAILED: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// The default of [`Config::cache_max_bytes`]: 50 GiB.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 50 << 30;
 
 /// The executors a worker runs tasks with.
 #[derive(Clone)]

@@ -137,6 +137,7 @@ pub(crate) async fn run<S: Staging, R: Reporter>(
     let succeeded = report.state == TaskState::Succeeded;
     debug!(task_id = %attempt.task_id, attempt = attempt.number, state = %report.state, "attempt ended");
     reporter.report(report);
+    resources.staging.finished(&dirs);
     resources.janitor.release(dirs, succeeded);
 }
 
@@ -414,7 +415,8 @@ fn outcome(attempt: &Attempt, execution: Execution) -> Result<TaskReport, Ended>
 }
 
 /// Uploads `/output` (`uploading`), whether the command succeeded or not; a failed upload
-/// fails the attempt, keeping what was wrong before.
+/// fails the attempt, keeping what was wrong before. Nothing is uploaded for an attempt the
+/// server dropped, and an upload under way stops when the attempt is canceled.
 async fn upload<R: Reporter>(
     attempt: &Attempt,
     reporter: &R,
@@ -434,10 +436,13 @@ async fn upload<R: Reporter>(
         TaskState::Uploading,
     ));
     let refuse_hard_links = attempt.spec.docker().is_some();
-    match staging
-        .upload_output(&dirs.output, output, refuse_hard_links)
-        .await
-    {
+    // The server may refuse the attempt while its output is on its way (it gave the task to
+    // another worker): the upload stops there, so a newer attempt's files are not overwritten.
+    let uploaded = tokio::select! {
+        _ = attempt.cancel.cancelled() => return Err(canceled(attempt)),
+        uploaded = staging.upload_output(&dirs.output, output, refuse_hard_links) => uploaded,
+    };
+    match uploaded {
         Ok(uploaded) => {
             for line in uploaded.skipped {
                 reporter

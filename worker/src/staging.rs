@@ -72,6 +72,9 @@ pub(crate) trait Staging: Send + Sync + 'static {
         uri: &str,
         refuse_hard_links: bool,
     ) -> impl Future<Output = Result<Uploaded, Error>> + Send;
+
+    /// The attempt whose folders are `dirs` ended: what it used may be cleaned.
+    fn finished(&self, _dirs: &TaskDirs) {}
 }
 
 /// What an upload of `/output` moved, and what it left out.
@@ -90,6 +93,12 @@ pub(crate) struct FetchStaging {
 }
 
 impl FetchStaging {
+    /// Keeps the resource cache within `max_bytes`, least recently used entries first, never
+    /// one an attempt under way uses; removes old CRC-named entries. Blocking.
+    pub fn sweep_cache(&self, max_bytes: u64) -> crate::cleaning::CacheSweep {
+        self.cache.sweep(max_bytes)
+    }
+
     /// Staging with a resource cache under `work_dir`.
     pub fn new(work_dir: &Path) -> Self {
         let resolver = Arc::new(Resolver::new());
@@ -103,6 +112,10 @@ impl FetchStaging {
 impl Staging for FetchStaging {
     async fn stage_in(&self, spec: &TaskSpec, dirs: &TaskDirs) -> Result<Vec<Transfer>, Error> {
         stage_in(&self.resolver, &self.cache, spec, dirs).await
+    }
+
+    fn finished(&self, dirs: &TaskDirs) {
+        self.cache.in_use().remove(&dirs.root);
     }
 
     async fn upload_output(
@@ -121,6 +134,8 @@ struct ResourceCache {
     resolver: Arc<Resolver>,
     /// One lock per key: the first request downloads, the others wait and reuse.
     entries: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The keys each attempt under way uses, by the attempt's folder: never evicted.
+    in_use: Mutex<HashMap<PathBuf, Vec<String>>>,
 }
 
 /// The cache folder name of a URI (with its actions): its SHA-256, lowercase hex. A
@@ -138,7 +153,30 @@ impl ResourceCache {
             root: work_dir.join("resources"),
             resolver,
             entries: Mutex::new(HashMap::new()),
+            in_use: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn in_use(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Vec<String>>> {
+        self.in_use
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Evicts least recently used entries past `max_bytes` and removes what is not an entry
+    /// (see [`crate::cleaning`]); blocking.
+    fn sweep(&self, max_bytes: u64) -> crate::cleaning::CacheSweep {
+        crate::cleaning::sweep_cache(&self.root, max_bytes, |key, take_aside| {
+            let in_use = self.in_use();
+            if in_use
+                .values()
+                .any(|keys| keys.iter().any(|used| used == key))
+            {
+                return Ok(false);
+            }
+            take_aside()?;
+            Ok(true)
+        })
     }
 
     /// The cached copy of `uri` (with its actions applied), downloading it if it is missing
@@ -163,7 +201,10 @@ impl ResourceCache {
         })
         .await?;
         match verdict {
-            Verdict::Intact => return Ok((folder, false)),
+            Verdict::Intact => {
+                crate::cleaning::touch(&self.root, &key);
+                return Ok((folder, false));
+            }
             Verdict::Missing => {}
             Verdict::Altered => warn!(
                 resource = %uri.redacted(),
@@ -349,6 +390,11 @@ async fn stage_in(
                 source,
             })
     });
+    if !resources.is_empty() {
+        // Claimed before they are looked up: a sweep then keeps them until the attempt ends.
+        let keys = resources.iter().map(|uri| cache_key(&uri.to_string()));
+        cache.in_use().insert(dirs.root.clone(), keys.collect());
+    }
     let mut transfers = futures::future::try_join_all(downloads).await?;
     for uri in &resources {
         let (cached, fetched) = cache.get(uri).await?;
@@ -522,5 +568,44 @@ mod tests {
         fs::remove_file(folder.join("sub/db")).unwrap();
         fs::write(folder.join("sub/db"), "poisoned").unwrap();
         assert_eq!(check_entry(&folder, &manifest, uri), Verdict::Altered);
+    }
+
+    #[tokio::test]
+    async fn a_resource_in_use_is_not_evicted_until_its_attempt_ended() {
+        let work = tempfile::tempdir().unwrap();
+        let resource = work.path().join("reference.fa");
+        std::fs::write(&resource, ">chr1\nACGT\n").unwrap();
+        let staging = FetchStaging::new(work.path());
+        let spec = TaskSpec::new(herd_proto::TaskRequest {
+            command: vec!["tool".to_owned()],
+            resources: vec![resource.display().to_string()],
+            ..herd_proto::TaskRequest::default()
+        })
+        .unwrap();
+        let root = work.path().join("tasks/1-1");
+        let dirs = TaskDirs {
+            input: root.join("input"),
+            output: root.join("output"),
+            resource: root.join("resource"),
+            tmp: root.join("tmp"),
+            root,
+        };
+        for dir in [&dirs.input, &dirs.output, &dirs.resource, &dirs.tmp] {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        staging.stage_in(&spec, &dirs).await.unwrap();
+        let key = cache_key(&parse(&resource.display().to_string()).unwrap().to_string());
+        let entry = work.path().join("resources").join(&key);
+        assert!(entry.exists());
+        // Over the limit (0 bytes), but in use.
+        assert!(staging.sweep_cache(0).evicted.is_empty());
+        assert!(entry.exists());
+        staging.finished(&dirs);
+        assert_eq!(staging.sweep_cache(0).evicted, vec![key]);
+        assert!(!entry.exists());
+        assert!(
+            dirs.resource.join("reference.fa").exists(),
+            "the attempt's links stay"
+        );
     }
 }

@@ -33,7 +33,10 @@ async fn shutdown_waits_for_the_last_commit() -> Result<(), Box<dyn std::error::
     let directory = tempfile::tempdir()?;
     let url = format!("sqlite://{}", directory.path().join("herd.db").display());
     let store: Arc<dyn Store> = Arc::new(SqlStore::open(&url).await?);
-    let logs = LogStore::new(directory.path().join("logs"));
+    let logs = LogStore::new(
+        directory.path().join("logs"),
+        crate::logs::DEFAULT_MAX_BYTES,
+    );
     let queue = Queue::open(store, logs, QueueConfig::default()).await?;
     let admin_secret = super::new_secret()?;
     assert!(queue.bootstrap(&admin_secret).await?);
@@ -133,7 +136,10 @@ async fn a_database_outage_is_reported_then_ridden_out() -> Result<(), Box<dyn s
         commit_timeout: std::time::Duration::from_millis(300),
         ..QueueConfig::default()
     };
-    let logs = LogStore::new(directory.path().join("logs"));
+    let logs = LogStore::new(
+        directory.path().join("logs"),
+        crate::logs::DEFAULT_MAX_BYTES,
+    );
     let queue = Queue::open(store.clone(), logs, config).await?;
     let secret = super::new_secret()?;
     queue.bootstrap(&secret).await?;
@@ -177,5 +183,54 @@ async fn a_database_outage_is_reported_then_ridden_out() -> Result<(), Box<dyn s
     let _ = queue.submit(&admin, None, vec![spec()?]).await;
     queue.close();
     tokio::time::timeout(std::time::Duration::from_secs(10), queue.shutdown()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_log_of_a_killed_attempt_is_closed() -> Result<(), Box<dyn std::error::Error>> {
+    let directory = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", directory.path().join("herd.db").display());
+    let store: Arc<dyn Store> = Arc::new(SqlStore::open(&url).await?);
+    let logs = LogStore::new(
+        directory.path().join("logs"),
+        crate::logs::DEFAULT_MAX_BYTES,
+    );
+    let queue = Queue::open(store, logs, QueueConfig::default()).await?;
+    let admin_secret = super::new_secret()?;
+    assert!(queue.bootstrap(&admin_secret).await?);
+    let admin = queue.authenticate(Some(&admin_secret))?;
+    let worker = queue.local_worker_token("test").await?;
+    let worker = queue.authenticate(Some(&worker.secret))?;
+    let (sender, mut receiver) = mpsc::unbounded_channel();
+    let (worker_id, serial) = queue.connect(&worker, hello(), sender)?;
+    let spec = TaskSpec::new(TaskRequest {
+        batch: BatchName::default_batch().to_string(),
+        command: vec!["yes".to_owned()],
+        ..TaskRequest::default()
+    })?;
+    let ids = queue.submit(&admin, None, vec![spec]).await?;
+    while !matches!(receiver.recv().await, Some(ToWorker::Assign { .. }) | None) {}
+    queue.report(
+        worker_id,
+        serial,
+        vec![TaskReport::new(ids[0], 1, TaskState::Running)],
+    );
+    let chunk = herd_proto::session::LogChunk {
+        task_id: ids[0],
+        attempt: 1,
+        stream: herd_proto::session::LogStream::Stdout,
+        data: b"y\n".to_vec(),
+    };
+    queue.append_log(worker_id, serial, &chunk);
+    queue.close_ended_logs();
+    assert_eq!(queue.logs().open_files(), 1, "open while the attempt runs");
+    // Killed: no final report comes from the worker, and the file is closed all the same.
+    queue.kill(&admin, ids[0]).await?;
+    queue.close_ended_logs();
+    assert_eq!(
+        queue.logs().open_files(),
+        0,
+        "closed once the attempt ended"
+    );
     Ok(())
 }

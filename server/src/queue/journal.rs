@@ -378,7 +378,10 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(SqlStore::open(&url).await?);
         let queue = Queue::open(
             store,
-            LogStore::new(directory.path().join("logs")),
+            LogStore::new(
+                directory.path().join("logs"),
+                crate::logs::DEFAULT_MAX_BYTES,
+            ),
             QueueConfig::default(),
         )
         .await?;
@@ -449,6 +452,7 @@ mod tests {
                 "herd_key",
                 1,
                 Duration::from_secs(5),
+                Duration::from_secs(20),
                 &mut change,
             )?;
             push(2, change);

@@ -56,7 +56,7 @@ pub enum Event {
     Log(TaskId),
 }
 
-/// Timing settings of the queue.
+/// Settings of the queue: worker liveness and the limit of task logs.
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
     /// A worker silent this long is declared lost and its tasks are given a new attempt.
@@ -70,6 +70,8 @@ pub struct QueueConfig {
     /// is unavailable, before the caller is told so (the change stays queued and is committed
     /// once the database is back); also how long a shutdown waits for the last commit.
     pub commit_timeout: Duration,
+    /// The most bytes kept of each stream of each attempt's log (`--max-log-size`).
+    pub max_log_bytes: u64,
 }
 
 impl Default for QueueConfig {
@@ -79,6 +81,7 @@ impl Default for QueueConfig {
             heartbeat_interval: Duration::from_secs(5),
             quarantine: QuarantinePolicy::default(),
             commit_timeout: Duration::from_secs(30),
+            max_log_bytes: crate::logs::DEFAULT_MAX_BYTES,
         }
     }
 }
@@ -492,12 +495,13 @@ impl Queue {
             return Err(Error::ShuttingDown);
         }
         let interval = self.config.heartbeat_interval;
+        let timeout = self.config.worker_timeout;
         let serial = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let new_key = access::new_secret()?;
         // Known before the welcome is journaled, so the writer finds it.
         self.shared.connections().insert(serial, sender);
         let (result, _) = self.mutate(|state, change| {
-            state.connect(caller, hello, &new_key, serial, interval, change)
+            state.connect(caller, hello, &new_key, serial, interval, timeout, change)
         });
         let worker_id = match result {
             Ok(worker_id) => worker_id,
@@ -512,7 +516,19 @@ impl Queue {
 
     /// Reports from a worker's connection `serial`, in order, applied at once; ignored if that
     /// connection was replaced.
-    pub fn report(&self, worker_id: WorkerId, serial: u64, reports: Vec<TaskReport>) {
+    pub fn report(&self, worker_id: WorkerId, serial: u64, mut reports: Vec<TaskReport>) {
+        for report in reports
+            .iter_mut()
+            .filter(|report| report.state.is_terminal())
+        {
+            // The attempt's record says when its log lost its end to the cap.
+            if let Some(truncated) = self.shared.logs.truncation(report.task_id, report.attempt) {
+                report.message = Some(match report.message.take() {
+                    Some(message) => format!("{message}; {truncated}"),
+                    None => truncated,
+                });
+            }
+        }
         let terminal: Vec<(TaskId, u32)> = reports
             .iter()
             .filter(|report| report.state.is_terminal())
@@ -578,8 +594,24 @@ impl Queue {
         info!(%worker_id, serial, "worker disconnected");
     }
 
-    /// Declares lost the workers silent for longer than the timeout, once a second, until
-    /// `shutdown`.
+    /// Closes the log files of attempts that ended without a final report (killed, retried,
+    /// their worker lost or deleted): an attempt's files stay open only while it is under way.
+    fn close_ended_logs(&self) {
+        if self.shared.logs.open_files() == 0 {
+            return;
+        }
+        let locked = self.shared.lock();
+        self.shared.logs.close_where(|task_id, attempt| {
+            !locked
+                .state
+                .tasks
+                .get(&task_id)
+                .is_some_and(|task| task.attempt == attempt && task.state.is_active())
+        });
+    }
+
+    /// Declares lost the workers silent for longer than the timeout, and closes the logs of
+    /// attempts that ended, once a second, until `shutdown`.
     pub fn spawn_reaper(
         self: &Arc<Self>,
         shutdown: CancellationToken,
@@ -604,6 +636,7 @@ impl Queue {
                 for worker_id in lost.unwrap_or_default() {
                     warn!(%worker_id, timeout_secs = timeout.as_secs(), "worker lost; its tasks are queued again");
                 }
+                queue.close_ended_logs();
             }
         })
     }

@@ -90,6 +90,8 @@ enum Stage {
 struct ScriptedStaging {
     stage: Stage,
     upload: Result<Transfer, fn() -> Error>,
+    /// The upload never ends (until canceled), as a slow one would.
+    upload_hangs: bool,
 }
 
 impl Staging for ScriptedStaging {
@@ -107,6 +109,9 @@ impl Staging for ScriptedStaging {
         _uri: &str,
         _refuse_hard_links: bool,
     ) -> Result<Uploaded, Error> {
+        if self.upload_hangs {
+            std::future::pending::<()>().await;
+        }
         let transfer = self.upload.clone().map_err(|error| error())?;
         Ok(Uploaded {
             transfer,
@@ -207,6 +212,8 @@ fn config(work_dir: &Path) -> Config {
         cores: 2,
         memory_bytes: 4_000_000_000,
         token: herd_proto::access::Secret::new("herd_test").expect("a token"),
+        keep_failed: crate::DEFAULT_KEEP_FAILED,
+        cache_max_bytes: crate::DEFAULT_CACHE_MAX_BYTES,
     }
 }
 
@@ -278,6 +285,7 @@ async fn a_staged_attempt_runs_forwards_its_output_and_uploads() {
     let staging = ScriptedStaging {
         stage: Stage::Moves(vec![transfer("input")]),
         upload: Ok(transfer("output")),
+        upload_hangs: false,
     };
     let recorder = Recorder::default();
     let attempt = attempt(|request| {
@@ -327,6 +335,7 @@ async fn a_non_zero_exit_fails_with_the_code() {
     let staging = ScriptedStaging {
         stage: Stage::Hangs,
         upload: Ok(transfer("output")),
+        upload_hangs: false,
     };
     let recorder = Recorder::default();
     run_attempt(
@@ -360,6 +369,7 @@ async fn a_staging_failure_fails_the_attempt_with_its_causes() {
     let staging = ScriptedStaging {
         stage: Stage::Fails(disk_full),
         upload: Ok(transfer("output")),
+        upload_hangs: false,
     };
     let recorder = Recorder::default();
     run_attempt(
@@ -387,6 +397,7 @@ async fn canceled_during_staging_the_attempt_ends_canceled() {
     let staging = ScriptedStaging {
         stage: Stage::Hangs,
         upload: Ok(transfer("output")),
+        upload_hangs: false,
     };
     let attempt = attempt(with_input);
     let recorder = Recorder {
@@ -419,6 +430,7 @@ async fn past_the_run_deadline_the_command_is_killed_and_the_attempt_times_out()
     let staging = ScriptedStaging {
         stage: Stage::Hangs,
         upload: Ok(transfer("output")),
+        upload_hangs: false,
     };
     let recorder = Recorder::default();
     let attempt = attempt(|request| request.run_timeout_secs = Some(1));
@@ -448,6 +460,7 @@ async fn canceled_while_running_the_attempt_ends_canceled_without_upload() {
     let staging = ScriptedStaging {
         stage: Stage::Hangs,
         upload: Ok(transfer("output")),
+        upload_hangs: false,
     };
     let attempt = attempt(with_output);
     let recorder = Recorder {
@@ -493,6 +506,7 @@ async fn a_failed_upload_fails_the_attempt_and_keeps_the_earlier_reason() {
         let staging = ScriptedStaging {
             stage: Stage::Hangs,
             upload: Err(refused),
+            upload_hangs: false,
         };
         let recorder = Recorder::default();
         run_attempt(
@@ -518,6 +532,7 @@ async fn a_forgotten_attempt_uploads_nothing() {
     let staging = ScriptedStaging {
         stage: Stage::Hangs,
         upload: Ok(transfer("output")),
+        upload_hangs: false,
     };
     let recorder = Recorder::default();
     recorder.forgotten.store(true, Ordering::SeqCst);
@@ -537,6 +552,7 @@ async fn an_executor_error_fails_the_attempt_with_its_cause() {
     let staging = ScriptedStaging {
         stage: Stage::Hangs,
         upload: Ok(transfer("output")),
+        upload_hangs: false,
     };
     let recorder = Recorder::default();
     run_attempt(
@@ -569,6 +585,7 @@ async fn a_docker_task_on_a_worker_without_docker_fails_and_frees_its_slot() {
     let staging = ScriptedStaging {
         stage: Stage::Hangs,
         upload: Ok(transfer("output")),
+        upload_hangs: false,
     };
     let recorder = Recorder::default();
     let attempt = attempt(|request| request.docker_image = Some("busybox".to_owned()));
@@ -652,5 +669,40 @@ async fn a_real_input_that_cannot_be_written_reports_the_operating_system_s_reas
     assert!(
         shown.starts_with(&format!("input {}", input.display())) && shown.contains(&os_reason),
         "{shown}"
+    );
+}
+
+#[tokio::test]
+async fn canceled_while_uploading_the_upload_stops_and_the_attempt_ends_canceled() {
+    let work = tempfile::tempdir().unwrap();
+    let staging = ScriptedStaging {
+        stage: Stage::Hangs,
+        upload: Ok(transfer("output")),
+        upload_hangs: true,
+    };
+    let attempt = attempt(with_output);
+    // The server refuses the attempt once its output is on its way.
+    let recorder = Recorder {
+        cancel_on: Some((TaskState::Uploading, attempt.cancel.clone())),
+        ..Recorder::default()
+    };
+    run_attempt(
+        attempt,
+        &recorder,
+        resources(work.path(), staging, Run::Exits(0)),
+    )
+    .await;
+    assert_eq!(
+        recorder.reports(),
+        vec![
+            (TaskState::Running, None, None, None),
+            (TaskState::Uploading, None, None, None),
+            (
+                TaskState::Canceled,
+                Some(Reason::Killed),
+                None,
+                Some("canceled by the server".to_owned())
+            ),
+        ]
     );
 }

@@ -14,7 +14,7 @@
 //! - `outbox`: [`Outbox`].
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use herd_proto::convert::UndecodableMessage;
 use herd_proto::session::{FromWorker, Hello, LogChunk, ToWorker};
@@ -41,6 +41,8 @@ const GATHER_UPDATES: Duration = Duration::from_millis(5);
 /// How long a stopping worker waits for the server to take its goodbye (and close the stream)
 /// before it leaves anyway.
 const GOODBYE_WAIT: Duration = Duration::from_secs(5);
+/// How long a connection and its welcome may take.
+const GREETING_LIMIT: Duration = Duration::from_secs(15);
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -59,6 +61,23 @@ pub(crate) struct Session {
     link: Mutex<Option<Outgoing>>,
     /// The identity the server gave, with the key that resumes it.
     identity: Mutex<Option<(WorkerId, String)>>,
+    /// When the worker lost the server, and how long the server waits for it.
+    contact: Mutex<Contact>,
+}
+
+/// What the worker knows of its standing with the server, to fence itself in time.
+#[derive(Debug, Default)]
+struct Contact {
+    /// How long the server waits for a silent worker, less one heartbeat (the server may have
+    /// last heard from the worker that long before the connection broke); from the welcome.
+    fence_after: Option<Duration>,
+    /// Since when the worker has had no connection; `None` while connected.
+    cut_off_since: Option<Instant>,
+    /// Whether the worker fenced itself since it was cut off.
+    fenced: bool,
+    /// A hello is on its way: the attempts it lists are the server's again if it answers, so
+    /// they must not be dropped behind its back.
+    connecting: bool,
 }
 
 impl Session {
@@ -70,6 +89,7 @@ impl Session {
             resources: Arc::new(Resources::new(&config, executors)),
             link: Mutex::new(None),
             identity: Mutex::new(None),
+            contact: Mutex::new(Contact::default()),
             config,
         }
     }
@@ -82,10 +102,50 @@ impl Session {
     }
 
     fn set_link(&self, link: Option<Outgoing>) {
+        {
+            let mut contact = self.contact();
+            contact.connecting = false;
+            if link.is_some() {
+                contact.cut_off_since = None;
+                contact.fenced = false;
+            } else {
+                contact.cut_off_since.get_or_insert_with(Instant::now);
+            }
+        }
         *self
             .link
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = link;
+    }
+
+    fn contact(&self) -> std::sync::MutexGuard<'_, Contact> {
+        self.contact
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Fences the worker once it has been cut off from the server for longer than the server
+    /// waits before giving its attempts to others: they are dropped (see [`Outbox::fence`]),
+    /// so that no output of theirs lands after (or over) their new attempts' outputs.
+    fn fence_if_cut_off(&self) {
+        let mut contact = self.contact();
+        let (Some(limit), Some(since)) = (contact.fence_after, contact.cut_off_since) else {
+            return;
+        };
+        if contact.fenced || contact.connecting || since.elapsed() < limit {
+            return;
+        }
+        contact.fenced = true;
+        let dropped = self.outbox.fence();
+        if dropped > 0 {
+            warn!(
+                attempts = dropped,
+                cut_off_secs = since.elapsed().as_secs(),
+                "cut off from the server for longer than its --worker-timeout: the server has \
+                 given this worker's attempts to others, so they are stopped and their outputs \
+                 are not uploaded"
+            );
+        }
     }
 
     /// The worker's id and resume key, once the server has welcomed it.
@@ -116,6 +176,9 @@ impl Session {
     }
 
     fn hello(&self) -> FromWorker {
+        // Fenced first if it is time: the hello does not offer attempts the server gave away.
+        self.fence_if_cut_off();
+        self.contact().connecting = true;
         let config = &self.config;
         let identity = self.identity();
         FromWorker::Hello(Hello {
@@ -215,6 +278,10 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     let session = Arc::new(Session::new(config, executors));
+    let watchdog_stop = shutdown.child_token();
+    tokio::spawn(watch_contact(session.clone(), watchdog_stop.clone()));
+    tokio::spawn(maintain(session.clone(), watchdog_stop.clone()));
+    let _watchdog = watchdog_stop.drop_guard();
     let mut backoff = MIN_BACKOFF;
     let mut warned = false;
     loop {
@@ -258,6 +325,53 @@ pub(crate) async fn run(
     Ok(())
 }
 
+/// How often the watchdog checks whether the worker must fence itself.
+const WATCH_CONTACT: Duration = Duration::from_millis(100);
+
+/// Fences the session when it has been cut off for too long (see
+/// [`Session::fence_if_cut_off`]), until `stop`.
+async fn watch_contact(session: Arc<Session>, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(WATCH_CONTACT);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => session.fence_if_cut_off(),
+        }
+    }
+}
+
+/// Cleans the work directory (see [`crate::cleaning`]) at start, then every
+/// [`MAINTENANCE_PERIOD`](crate::cleaning::MAINTENANCE_PERIOD) (more often when
+/// `--keep-failed` is shorter), on the blocking threads, until `stop`.
+async fn maintain(session: Arc<Session>, stop: CancellationToken) {
+    let keep_failed = session.config.keep_failed;
+    let cache_max_bytes = session.config.cache_max_bytes;
+    let period = keep_failed.clamp(Duration::from_secs(1), crate::cleaning::MAINTENANCE_PERIOD);
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let resources = session.resources.clone();
+        let cleaned = tokio::task::spawn_blocking(move || {
+            let removed = resources.folders.sweep_failed(keep_failed);
+            (removed, resources.staging.sweep_cache(cache_max_bytes))
+        })
+        .await;
+        if let Ok((removed, cache)) = cleaned
+            && !(removed.is_empty() && cache.evicted.is_empty())
+        {
+            debug!(
+                failed_folders = removed.len(),
+                cache_entries = cache.evicted.len(),
+                "cleaned the work directory"
+            );
+        }
+    }
+}
+
 enum Outcome {
     Shutdown(String),
     Stopped,
@@ -278,24 +392,34 @@ fn broken(error: impl Into<String>, was_connected: bool) -> Outcome {
 
 async fn connect_and_serve(session: &Arc<Session>, shutdown: &CancellationToken) -> Outcome {
     let config = &session.config;
-    let hello = session.hello();
-    let connecting = link::connect(&config.server, &config.tls, &config.token, &hello);
-    let connected = tokio::select! {
+    // Bounded: while a hello is on its way the worker does not fence itself (see `Contact`).
+    let greeting = async {
+        let hello = session.hello();
+        let (link, mut incoming) =
+            match link::connect(&config.server, &config.tls, &config.token, &hello).await {
+                Ok(connection) => connection,
+                Err(link::ConnectError::Refused(reason)) => return Err(Outcome::Refused(reason)),
+                Err(link::ConnectError::Failed(error)) => return Err(broken(error, false)),
+            };
+        match welcome(session, &mut incoming).await {
+            Ok(heartbeat) => Ok((link, incoming, heartbeat)),
+            Err(error) => Err(broken(error, false)),
+        }
+    };
+    let greeted = tokio::select! {
         _ = shutdown.cancelled() => return Outcome::Stopped,
-        connected = connecting => connected,
+        greeted = tokio::time::timeout(GREETING_LIMIT, greeting) => greeted,
     };
-    let (link, mut incoming) = match connected {
-        Ok(connection) => connection,
-        Err(link::ConnectError::Refused(reason)) => return Outcome::Refused(reason),
-        Err(link::ConnectError::Failed(error)) => return broken(error, false),
-    };
-    let welcomed = tokio::select! {
-        _ = shutdown.cancelled() => return Outcome::Stopped,
-        welcomed = welcome(session, &mut incoming) => welcomed,
-    };
-    let heartbeat = match welcomed {
-        Ok(heartbeat) => heartbeat,
-        Err(error) => return broken(error, false),
+    let (link, mut incoming, heartbeat) = match greeted {
+        Ok(Ok(greeted)) => greeted,
+        Ok(Err(outcome)) => return outcome,
+        Err(_) => {
+            let limit = GREETING_LIMIT.as_secs();
+            return broken(
+                format!("the server did not welcome the worker within {limit} s"),
+                false,
+            );
+        }
     };
     session.set_link(Some(link.clone()));
     let flusher = flush_reports(session, &link);
@@ -370,11 +494,14 @@ async fn welcome(session: &Session, incoming: &mut Incoming) -> Result<Duration,
             worker_id,
             heartbeat_interval,
             resume_key,
+            worker_timeout,
         })) => {
             if session.worker_id().is_some_and(|known| known != worker_id) {
                 warn!(%worker_id, "the server gave this worker a new identity; the attempts it held under the old one will run elsewhere");
             }
             session.set_identity(worker_id, resume_key);
+            session.contact().fence_after =
+                worker_timeout.map(|timeout| timeout.saturating_sub(heartbeat_interval));
             let config = &session.config;
             info!(%worker_id, server = %config.server, batch = %config.batch, "connected");
             Ok(heartbeat_interval.max(Duration::from_millis(100)))
@@ -447,6 +574,8 @@ mod tests {
             cores: 1,
             memory_bytes: 1 << 30,
             token: herd_proto::access::Secret::new("herd_test").expect("a token"),
+            keep_failed: crate::DEFAULT_KEEP_FAILED,
+            cache_max_bytes: crate::DEFAULT_CACHE_MAX_BYTES,
         };
         let executors = Executors {
             bare: Some(Arc::new(crate::executor::bare::BareExecutor::new())),
@@ -503,5 +632,36 @@ mod tests {
         assert!(handle(&session, samples::unknown_kind()).is_none());
         assert!(drained(&session).is_empty());
         assert_eq!(session.outbox.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_worker_cut_off_past_the_server_s_timeout_drops_its_attempts_before_its_hello() {
+        let work = tempfile::tempdir().unwrap();
+        let session = session(work.path());
+        let cancel = CancellationToken::new();
+        assert!(session.outbox.hold(TaskId(1), 1, cancel.clone()));
+        session
+            .outbox
+            .push(TaskReport::new(TaskId(1), 1, TaskState::Running));
+        // Connected once (the welcome told the limit), then cut off.
+        session.contact().fence_after = Some(Duration::from_secs(3600));
+        session.set_link(None);
+        session.fence_if_cut_off();
+        assert!(!cancel.is_cancelled(), "not yet past the limit");
+
+        // While a hello is on its way, its attempts are the server's again: kept.
+        session.contact().fence_after = Some(Duration::ZERO);
+        session.contact().connecting = true;
+        session.fence_if_cut_off();
+        assert!(!cancel.is_cancelled(), "not behind a hello's back");
+        session.set_link(None);
+
+        // The next hello fences first, and does not offer the attempt.
+        let FromWorker::Hello(hello) = session.hello() else {
+            panic!("a hello");
+        };
+        assert!(cancel.is_cancelled());
+        assert!(hello.tasks.is_empty(), "{:?}", hello.tasks);
+        assert!(session.outbox.is_forgotten(TaskId(1), 1));
     }
 }

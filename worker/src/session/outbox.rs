@@ -5,7 +5,9 @@
 //! hello of every (re)connection carries a [`snapshot`](Outbox::snapshot) of the latest report
 //! of each attempt, which replaces whatever was not sent. A terminal report stays until the
 //! server [`ack`](Outbox::ack)s it (once durable); an attempt the server
-//! [`forget`](Outbox::forget)s is canceled and nothing more about it is sent.
+//! [`forget`](Outbox::forget)s is canceled and nothing more about it is sent, and so is every
+//! attempt under way when the worker [`fence`](Outbox::fence)s itself (cut off from the server
+//! for longer than the server waits).
 //!
 //! Each held attempt keeps its cancel token in the same entry as its report: one lock makes a
 //! report and the forgetting of its attempt exclusive (no report leaves for an attempt just
@@ -14,6 +16,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
+use herd_proto::view::Transfer;
 use herd_proto::{TaskId, TaskReport, TaskState};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -101,11 +104,31 @@ impl Outbox {
     }
 
     /// The latest report of every attempt not forgotten, for a hello, which makes the unsent
-    /// reports redundant: they are cleared.
+    /// reports redundant: they are cleared. The files an unsent report moved are not lost
+    /// with it: an unsent `running` report replaced by `uploading` while the worker was cut
+    /// off gives its input transfers (and their checksums) to the latest report, which keeps
+    /// them for every later hello.
     pub fn snapshot(&self) -> Vec<TaskReport> {
-        self.unsent().clear();
-        self.held()
-            .values()
+        let unsent = std::mem::take(&mut *self.unsent());
+        let mut held = self.held();
+        let mut carried: HashMap<(TaskId, u32), Vec<Transfer>> = HashMap::new();
+        for report in unsent {
+            let key = (report.task_id, report.attempt);
+            let superseded = held
+                .get(&key)
+                .is_some_and(|entry| entry.latest.state != report.state);
+            if superseded && !report.transfers.is_empty() {
+                carried.entry(key).or_default().extend(report.transfers);
+            }
+        }
+        for (key, mut transfers) in carried {
+            if let Some(entry) = held.get_mut(&key) {
+                // Earlier phases first, as the server would have recorded them.
+                transfers.append(&mut entry.latest.transfers);
+                entry.latest.transfers = transfers;
+            }
+        }
+        held.values()
             .filter(|entry| !entry.forgotten)
             .map(|entry| entry.latest.clone())
             .collect()
@@ -137,6 +160,24 @@ impl Outbox {
             held.remove(&key);
         }
         true
+    }
+
+    /// The worker was cut off from the server for longer than the server waits before giving
+    /// its attempts to others: every attempt not ended is dropped as if the server had said so
+    /// (canceled, its output not uploaded, nothing more sent about it). Ended attempts keep
+    /// their final report for the next hello, which the server refuses if it moved on. Returns
+    /// how many attempts were dropped.
+    pub fn fence(&self) -> usize {
+        let mut fenced = 0;
+        for entry in self.held().values_mut() {
+            if entry.forgotten || entry.latest.state.is_terminal() {
+                continue;
+            }
+            entry.forgotten = true;
+            entry.cancel.cancel();
+            fenced += 1;
+        }
+        fenced
     }
 
     /// Whether the server dropped the attempt (or it is not held).
@@ -211,5 +252,68 @@ mod tests {
         outbox.push(TaskReport::new(TaskId(2), 1, TaskState::Canceled));
         assert!(drained(&outbox).is_empty());
         assert_eq!(outbox.len(), 0);
+    }
+
+    fn input(uri: &str) -> Transfer {
+        Transfer {
+            direction: "input".to_owned(),
+            uri: uri.to_owned(),
+            bytes: 3,
+            files: 1,
+            items: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_transfers_of_an_unsent_report_survive_a_later_report_until_sent() {
+        let outbox = Outbox::default();
+        assert!(outbox.hold(TaskId(1), 1, CancellationToken::new()));
+        // Cut off: `running` with the inputs' checksums, then `uploading`, neither sent.
+        let mut running = TaskReport::new(TaskId(1), 1, TaskState::Running);
+        running.transfers = vec![input("s3://bucket/reads.fq")];
+        outbox.push(running);
+        outbox.push(TaskReport::new(TaskId(1), 1, TaskState::Uploading));
+        let hello = outbox.snapshot();
+        assert_eq!(hello.len(), 1);
+        assert_eq!(hello[0].state, TaskState::Uploading);
+        assert_eq!(hello[0].transfers, vec![input("s3://bucket/reads.fq")]);
+        // A hello lost on the way: the next one carries them again, once.
+        let again = outbox.snapshot();
+        assert_eq!(again, hello);
+
+        // Sent before the cut: the hello does not repeat them into a newer state.
+        assert!(outbox.hold(TaskId(2), 1, CancellationToken::new()));
+        let mut running = TaskReport::new(TaskId(2), 1, TaskState::Running);
+        running.transfers = vec![input("s3://bucket/other.fq")];
+        outbox.push(running);
+        assert_eq!(drained(&outbox), vec![(TaskId(2), TaskState::Running)]);
+        outbox.push(TaskReport::new(TaskId(2), 1, TaskState::Uploading));
+        let hello = outbox.snapshot();
+        let second = hello.iter().find(|report| report.task_id == TaskId(2));
+        assert_eq!(second.map(|report| report.transfers.len()), Some(0));
+    }
+
+    #[test]
+    fn a_fenced_worker_drops_its_attempts_under_way_and_keeps_ended_ones() {
+        let outbox = Outbox::default();
+        let running = CancellationToken::new();
+        let ended = CancellationToken::new();
+        assert!(outbox.hold(TaskId(1), 1, running.clone()));
+        assert!(outbox.hold(TaskId(2), 1, ended.clone()));
+        outbox.push(TaskReport::new(TaskId(1), 1, TaskState::Running));
+        outbox.push(TaskReport::new(TaskId(2), 1, TaskState::Succeeded));
+        assert_eq!(outbox.fence(), 1);
+        assert!(running.is_cancelled());
+        assert!(!ended.is_cancelled());
+        assert!(outbox.is_forgotten(TaskId(1), 1));
+        // The canceled attempt's final report goes nowhere; the ended one waits for its ack.
+        outbox.push(TaskReport::new(TaskId(1), 1, TaskState::Canceled));
+        let hello = outbox.snapshot();
+        assert_eq!(hello.len(), 1);
+        assert_eq!(
+            (hello[0].task_id, hello[0].state),
+            (TaskId(2), TaskState::Succeeded)
+        );
+        assert_eq!(outbox.fence(), 0, "fencing again drops nothing more");
     }
 }

@@ -53,6 +53,7 @@ impl State {
         new_key: &str,
         serial: u64,
         heartbeat_interval: Duration,
+        worker_timeout: Duration,
         change: &mut Change,
     ) -> Result<WorkerId, Error> {
         check_worker_token(caller, &hello)?;
@@ -110,6 +111,7 @@ impl State {
                 worker_id,
                 heartbeat_interval,
                 resume_key,
+                worker_timeout: Some(worker_timeout),
             },
         );
         self.ensure_batch(&hello.batch, change);

@@ -197,6 +197,53 @@ impl HerdServer {
         Ok(server)
     }
 
+    /// `kill -9` of the server, then a start on the same address and data directory; the
+    /// time from the kill to the server answering again.
+    pub async fn kill_and_restart(&mut self, herd: &Path) -> anyhow::Result<Duration> {
+        let begin = Instant::now();
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        let address = self.url.trim_start_matches("http://").to_owned();
+        let port_file = self.data_dir.path().join("address");
+        let _ = std::fs::remove_file(&port_file);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let log = std::fs::File::create(self.data_dir.path().join("server-restarted.log"))?;
+            let mut command = herd_command(herd);
+            command
+                .arg("server")
+                .arg("--listen")
+                .arg(&address)
+                .arg("--data-dir")
+                .arg(self.data_dir.path())
+                .arg("--port-file")
+                .arg(&port_file)
+                .stdout(Stdio::null())
+                .stderr(log);
+            if let Some(database) = &self._database {
+                command.arg("--db").arg(database.url());
+            }
+            let mut child = command.spawn()?;
+            loop {
+                if std::fs::read_to_string(&port_file).is_ok_and(|text| !text.trim().is_empty()) {
+                    self.pid = child.id().context("the server exited at once")?;
+                    self.child = child;
+                    self.client().await?;
+                    return Ok(begin.elapsed());
+                }
+                if child.try_wait()?.is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("herd server did not start again within 120 s");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // The port may still be held for a moment after the kill.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A client of the `Queue` service, as the admin.
     pub async fn client(&self) -> anyhow::Result<Client> {
         queue_client(&self.url, &self.admin_token()?).await

@@ -34,6 +34,9 @@ pub struct Memory {
     pub queued: ProcStats,
     /// Time to queue them all.
     pub submit: Duration,
+    /// From the `kill -9` of the server with them all queued to its answering again on the
+    /// same database.
+    pub restart: Duration,
 }
 
 /// Queues `count` tasks in calls of 100,000 and reads the server's memory.
@@ -66,11 +69,15 @@ pub async fn memory(herd: &Path, count: usize) -> anyhow::Result<Memory> {
         queued += size;
     }
     let submit = begin.elapsed();
+    let queued = server.stats()?;
+    let mut server = server;
+    let restart = server.kill_and_restart(herd).await?;
     Ok(Memory {
         tasks: count,
         baseline,
-        queued: server.stats()?,
+        queued,
         submit,
+        restart,
     })
 }
 

@@ -114,6 +114,8 @@ enum Fault {
     KillWorker(usize),
     KillServer,
     CutWorker(usize),
+    /// `kill -9` of the server while a bulk launch is under way.
+    KillServerDuringLaunch,
 }
 
 const WORKERS: usize = 3;
@@ -196,9 +198,10 @@ async fn schedule(
             acknowledged.extend(ids);
             launched += 1;
         }
-        let fault = match rng.below(3) {
-            0 => Fault::KillWorker(rng.below(WORKERS as u64) as usize),
-            1 => Fault::KillServer,
+        let fault = match rng.below(7) {
+            0 | 1 => Fault::KillWorker(rng.below(WORKERS as u64) as usize),
+            2 | 3 => Fault::KillServer,
+            4 => Fault::KillServerDuringLaunch,
             _ => Fault::CutWorker(rng.below(WORKERS as u64) as usize),
         };
         println!("herd-chaos:   event {event}: {fault:?}");
@@ -209,6 +212,32 @@ async fn schedule(
                 cluster.start_worker(index, CONCURRENCY).await?;
             }
             Fault::KillServer => cluster.kill_and_restart_server().await?,
+            Fault::KillServerDuringLaunch => {
+                let number = 1_000 + event;
+                let file = write_launch_file(cluster, rng, number, BULK_LAUNCH)?;
+                let args = launch_args(number, &file);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let mut running = cluster
+                    .herd_command(&args)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()?;
+                tokio::time::sleep(Duration::from_millis(rng.below(300))).await;
+                cluster.kill_and_restart_server().await?;
+                // The launch retries by itself when it lost the answer; one that could not
+                // connect at all is run again with the same key.
+                let output = running.wait().await?;
+                let ids = if output.success() {
+                    let mut stdout = String::new();
+                    if let Some(mut pipe) = running.stdout.take() {
+                        tokio::io::AsyncReadExt::read_to_string(&mut pipe, &mut stdout).await?;
+                    }
+                    parse_ids(&stdout, BULK_LAUNCH)?
+                } else {
+                    launch_until_answered(cluster, number, &file, BULK_LAUNCH).await?
+                };
+                acknowledged.extend(ids);
+            }
             Fault::CutWorker(index) => {
                 cluster.workers[index].proxy.cut();
                 tokio::time::sleep(Duration::from_secs(WORKER_TIMEOUT_SECS + 1)).await;
@@ -224,6 +253,9 @@ async fn schedule(
     Ok((acknowledged, args.events))
 }
 
+/// Tasks in one launch cut by a `kill -9` of the server.
+const BULK_LAUNCH: usize = 500;
+
 /// Launches `count` short tasks with one `herd launch --file`, repeated with the same
 /// idempotency key until it answers (the server may be down); the ids it acknowledged.
 async fn launch(
@@ -232,47 +264,72 @@ async fn launch(
     number: usize,
     count: usize,
 ) -> anyhow::Result<Vec<u64>> {
+    let file = write_launch_file(cluster, rng, number, count)?;
+    launch_until_answered(cluster, number, &file, count).await
+}
+
+fn launch_args(number: usize, file: &str) -> Vec<String> {
+    [
+        "launch",
+        "-b",
+        "chaos",
+        "--idempotency-key",
+        &format!("chaos-{number}"),
+        "--file",
+        file,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn parse_ids(stdout: &str, count: usize) -> anyhow::Result<Vec<u64>> {
+    let ids = stdout
+        .lines()
+        .map(|line| line.trim().parse::<u64>())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("launch printed {stdout}"))?;
+    if ids.len() != count {
+        bail!("a launch acknowledged {} ids for {count} tasks", ids.len());
+    }
+    Ok(ids)
+}
+
+/// The file of launch `number`: `count` tasks, mostly short, some long enough to be caught
+/// mid-run by a fault.
+fn write_launch_file(
+    cluster: &Cluster,
+    rng: &mut Rng,
+    number: usize,
+    count: usize,
+) -> anyhow::Result<String> {
     let mut lines = String::new();
     for _ in 0..count {
         // Mostly short tasks; some run long enough to be caught mid-run by a fault.
+        // (A bulk launch is all short tasks: it is there to be cut mid-submit.)
         let sleep = match rng.below(10) {
-            0 => format!("1.{}", rng.below(10)),
+            0 if count < BULK_LAUNCH => format!("1.{}", rng.below(10)),
             _ => format!("0.0{}", rng.below(10)),
         };
         lines.push_str(&format!("sh -c 'sleep {sleep}'\n"));
     }
     let file = cluster.path(&format!("launch-{number}.txt"));
     std::fs::write(&file, lines)?;
-    let key = format!("chaos-{number}");
-    let file = file.to_string_lossy().into_owned();
+    Ok(file.to_string_lossy().into_owned())
+}
+
+/// Runs launch `number` of `file` until it answers, always with the same key.
+async fn launch_until_answered(
+    cluster: &Cluster,
+    number: usize,
+    file: &str,
+    count: usize,
+) -> anyhow::Result<Vec<u64>> {
+    let args = launch_args(number, file);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let answer = cluster
-            .herd(&[
-                "launch",
-                "-b",
-                "chaos",
-                "--idempotency-key",
-                &key,
-                "--file",
-                &file,
-            ])
-            .await;
-        match answer {
-            Ok(stdout) => {
-                let ids = stdout
-                    .lines()
-                    .map(|line| line.trim().parse::<u64>())
-                    .collect::<Result<Vec<_>, _>>()
-                    .with_context(|| format!("launch printed {stdout}"))?;
-                if ids.len() != count {
-                    bail!(
-                        "launch {number} acknowledged {} ids for {count} tasks",
-                        ids.len()
-                    );
-                }
-                return Ok(ids);
-            }
+        match cluster.herd(&args).await {
+            Ok(stdout) => return parse_ids(&stdout, count),
             Err(error) if Instant::now() < deadline => {
                 tracing::debug!(%error, "launch not answered; again with the same key");
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -324,6 +381,17 @@ async fn check(cluster: &mut Cluster, acknowledged: &[u64]) -> anyhow::Result<St
         if !known.contains(id) {
             violations.push(format!("task {id} was acknowledged and is gone"));
         }
+    }
+    // Every launch was retried with its key until it answered: a task nobody acknowledged was
+    // queued twice.
+    let acknowledged_set: std::collections::BTreeSet<u64> = acknowledged.iter().copied().collect();
+    if acknowledged_set.len() != acknowledged.len() {
+        violations.push("a launch acknowledged an id another launch did".to_owned());
+    }
+    for id in known.difference(&acknowledged_set) {
+        violations.push(format!(
+            "task {id} exists but no launch acknowledged it (queued twice?)"
+        ));
     }
     let (mut succeeded, mut failed, mut attempts) = (0, 0, 0);
     for task in &tasks {

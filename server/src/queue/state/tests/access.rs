@@ -237,13 +237,17 @@ fn user_tokens_open_no_session_and_batch_tokens_only_their_batch() {
     let alice = env.user("alice");
     let hello = env.hello(None, &Setup::default());
     let refused = env
-        .step(|state, change| state.connect(&alice, hello, "herd_k", 99, HEARTBEAT, change))
+        .step(|state, change| {
+            state.connect(&alice, hello, "herd_k", 99, HEARTBEAT, TIMEOUT, change)
+        })
         .expect_err("a user token");
     assert!(refused.to_string().contains("worker token"), "{refused}");
     let limited = env.worker_token_for(Some("only"), "herd_only");
     let hello = env.hello(None, &Setup::default());
     let refused = env
-        .step(|state, change| state.connect(&limited, hello, "herd_k", 100, HEARTBEAT, change))
+        .step(|state, change| {
+            state.connect(&limited, hello, "herd_k", 100, HEARTBEAT, TIMEOUT, change)
+        })
         .expect_err("another batch");
     assert!(
         refused.to_string().contains("serves batch `only` only"),
@@ -258,7 +262,8 @@ fn user_tokens_open_no_session_and_batch_tokens_only_their_batch() {
         },
     );
     assert!(
-        env.step(|state, change| state.connect(&limited, hello, "herd_k", 101, HEARTBEAT, change))
+        env.step(|state, change| state
+            .connect(&limited, hello, "herd_k", 101, HEARTBEAT, TIMEOUT, change))
             .is_ok()
     );
 }

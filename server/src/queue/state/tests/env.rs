@@ -17,6 +17,7 @@ use crate::store::{Snapshot, StoreError};
 use crate::stored_spec;
 
 pub(super) const HEARTBEAT: Duration = Duration::from_secs(5);
+pub(super) const TIMEOUT: Duration = Duration::from_secs(20);
 pub(super) const WORKER_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A clock that moves only when told.
@@ -186,7 +187,9 @@ impl TestEnv {
         let token = self.worker_token.clone();
         let key = format!("herd_key{serial}");
         let worker = self
-            .step(|state, change| state.connect(&token, hello, &key, serial, HEARTBEAT, change))
+            .step(|state, change| {
+                state.connect(&token, hello, &key, serial, HEARTBEAT, TIMEOUT, change)
+            })
             .expect("connected");
         self.connections.retain(|address| address.worker != worker);
         self.connections.push(Address { worker, serial });
