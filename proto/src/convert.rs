@@ -614,11 +614,13 @@ impl From<&ToWorker> for pb::ServerMessage {
                 heartbeat_interval,
                 resume_key,
                 worker_timeout,
+                instance_id,
             } => Kind::Welcome(pb::Welcome {
                 worker_id: worker_id.0,
                 heartbeat_interval_ms: heartbeat_interval.as_millis() as u64,
                 resume_key: resume_key.clone(),
                 worker_timeout_ms: worker_timeout.map_or(0, |timeout| timeout.as_millis() as u64),
+                instance_id: *instance_id,
             }),
             ToWorker::Assign {
                 task_id,
@@ -683,6 +685,7 @@ impl TryFrom<pb::ServerMessage> for ToWorker {
                     resume_key: welcome.resume_key,
                     worker_timeout: (welcome.worker_timeout_ms > 0)
                         .then(|| Duration::from_millis(welcome.worker_timeout_ms)),
+                    instance_id: welcome.instance_id,
                 },
                 Kind::Assign(assign) => {
                     let task_id = TaskId(assign.task_id);
@@ -834,6 +837,7 @@ mod tests {
                 heartbeat_interval: Duration::from_millis(1500),
                 resume_key: "herd_key".into(),
                 worker_timeout: Some(Duration::from_secs(20)),
+                instance_id: 0x1234_5678_9abc_def0,
             },
             ToWorker::Assign {
                 task_id: TaskId(9),

@@ -236,6 +236,9 @@ pub enum ToWorker {
         /// How long the server waits for a silent worker before giving its attempts to
         /// others; `None` from a server that does not say.
         worker_timeout: Option<Duration>,
+        /// The server's database (0 from a server that does not say): part of the names of
+        /// attempt folders and containers.
+        instance_id: u64,
     },
     /// Run this attempt.
     Assign {

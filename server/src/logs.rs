@@ -1,6 +1,7 @@
 //! Task logs: what each attempt printed, kept in files under the server's data directory.
 //!
-//! Layout: `<data-dir>/logs/<task id>/<attempt>.stdout` and `.stderr`. Logs stay out of the
+//! Layout: `<data-dir>/logs/<instance>/<task id>/<attempt>.stdout` and `.stderr`, where
+//! `<instance>` is the database's identity (16 hex digits). Logs stay out of the
 //! database on purpose: they are large, append-only and read sequentially. Folders are
 //! created `0700` and files `0600` ([`crate::private`]).
 //!
@@ -66,6 +67,13 @@ impl LogStore {
             max_bytes,
             open: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same store, in the folder of database `instance`: a database reset with the same
+    /// data directory (new task 1, old task 1's log) never appends to an older one's logs.
+    pub fn for_instance(mut self, instance: u64) -> Self {
+        self.root = self.root.join(format!("{instance:016x}"));
+        self
     }
 
     /// The folder of one task's logs.

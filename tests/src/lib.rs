@@ -424,6 +424,23 @@ impl Cluster {
         .await
     }
 
+    /// The identity of the server's database, as its task-log folder is named (once a task
+    /// has printed something).
+    pub fn instance_id(&self) -> anyhow::Result<u64> {
+        let logs = self.data_dir.path().join("logs");
+        let names: Vec<String> = std::fs::read_dir(&logs)
+            .with_context(|| format!("cannot list {}", logs.display()))?
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .collect();
+        match names.as_slice() {
+            [name] => Ok(u64::from_str_radix(name, 16)?),
+            other => bail!(
+                "expected one instance folder in {}, found {other:?}",
+                logs.display()
+            ),
+        }
+    }
+
     /// Whether this cluster runs on PostgreSQL.
     pub fn uses_postgres(&self) -> bool {
         self.postgres.is_some()

@@ -1005,7 +1005,11 @@ async fn a_failed_docker_attempt_s_root_owned_files_are_cleaned_after_keep_faile
         .await?;
     assert_eq!(task.state, TaskState::Failed, "{task:?}");
     assert_eq!(task.exit_code, Some(3));
-    let folder = worker.work_dir.join(format!("tasks/{}-1", ids[0]));
+    let folder = worker.work_dir.join(format!(
+        "tasks/i{:016x}-{}-1",
+        cluster.instance_id()?,
+        ids[0]
+    ));
     assert!(
         folder.join("output/d/f").exists(),
         "kept for inspection at first"

@@ -211,12 +211,16 @@ async fn host_networking_needs_the_worker_to_allow_it() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The name of the container of `task`'s first attempt (the worker's `herd-wW-tT-aA`).
-fn container_name(task: &TaskView) -> String {
+/// The name of the container of `task`'s first attempt (the worker's
+/// `herd-i<instance>-wW-tT-aA`).
+fn container_name(cluster: &Cluster, task: &TaskView) -> String {
     let attempt = task.attempts.first().expect("the task had an attempt");
     format!(
-        "herd-w{}-t{}-a{}",
-        attempt.worker.0, task.id, attempt.number
+        "herd-i{:016x}-w{}-t{}-a{}",
+        cluster.instance_id().expect("the server's instance"),
+        attempt.worker.0,
+        task.id,
+        attempt.number
     )
 }
 
@@ -257,6 +261,20 @@ async fn host_sharing_options_are_refused_by_default_before_any_container_exists
     let _turn = ONE_AT_A_TIME.lock().await;
     let cluster = Cluster::start().await?;
     let _default = worker(&cluster, "default", Policy::default(), false).await?;
+    // The same worker runs a task without them, and `docker events` sees its container: the
+    // checks below could see one too. (It also makes the server's task-log folder, which
+    // names its instance.)
+    let since = SystemTime::now();
+    let fine = run(
+        &cluster,
+        docker_task("default", "--cap-drop NET_RAW", "echo fine"),
+    )
+    .await?;
+    assert_eq!(fine.state, TaskState::Succeeded, "{fine:?}");
+    assert_eq!(
+        containers_created(&container_name(&cluster, &fine), since)?,
+        1
+    );
     // Taken just before each task, to the nanosecond: an earlier run of this test (whose
     // fresh cluster numbers workers and tasks alike) created containers of the same names.
     for (options, flag) in [
@@ -274,19 +292,9 @@ async fn host_sharing_options_are_refused_by_default_before_any_container_exists
         let refused = run(&cluster, docker_task("default", options, "echo ran")).await?;
         assert_refused(&refused, flag);
         assert_refused(&refused, options);
-        let name = container_name(&refused);
+        let name = container_name(&cluster, &refused);
         assert_eq!(containers_created(&name, since)?, 0, "{options}: {name}");
     }
-    // The same worker runs a task without them, and `docker events` sees its container: the
-    // check above could have seen one too.
-    let since = SystemTime::now();
-    let fine = run(
-        &cluster,
-        docker_task("default", "--cap-drop NET_RAW", "echo fine"),
-    )
-    .await?;
-    assert_eq!(fine.state, TaskState::Succeeded, "{fine:?}");
-    assert_eq!(containers_created(&container_name(&fine), since)?, 1);
     Ok(())
 }
 

@@ -501,6 +501,8 @@ async fn the_data_directory_and_its_files_are_private() -> anyhow::Result<()> {
     }
     let logs = data.join("logs");
     assert_eq!(mode(&logs)?, 0o700);
+    let logs = logs.join(format!("{:016x}", cluster.instance_id()?));
+    assert_eq!(mode(&logs)?, 0o700);
     let task_logs = logs.join(ids[0].0.to_string());
     assert_eq!(mode(&task_logs)?, 0o700);
     for stream in ["1.stdout", "1.stderr"] {

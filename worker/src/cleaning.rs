@@ -77,7 +77,16 @@ pub(crate) fn sweep_failed(
 }
 
 /// `TASK-ATTEMPT`, both numbers.
-fn is_attempt_name(name: &str) -> bool {
+pub(crate) fn is_attempt_name(name: &str) -> bool {
+    // An instance prefix (`i` and 16 hex digits) first, when the server gave one.
+    let name = match name.strip_prefix('i').and_then(|rest| rest.split_once('-')) {
+        Some((instance, rest))
+            if instance.len() == 16 && instance.bytes().all(|byte| byte.is_ascii_hexdigit()) =>
+        {
+            rest
+        }
+        _ => name,
+    };
     name.split_once('-').is_some_and(|(task, attempt)| {
         [task, attempt]
             .iter()

@@ -111,10 +111,14 @@ impl Folders {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The folders of attempt `attempt` of `task_id`, by name (nothing is created), in use
-    /// until [`Folders::release`]d.
-    pub(crate) fn dirs(&self, task_id: TaskId, attempt: u32) -> TaskDirs {
-        let root = self.tasks.join(format!("{task_id}-{attempt}"));
+    /// The folders of attempt `attempt` of `task_id` of the server's database `instance` (0:
+    /// a server that does not say), by name (nothing is created), in use until
+    /// [`Folders::release`]d. The instance is in the name so that a reset database's task 1
+    /// never meets an older one's folder.
+    pub(crate) fn dirs(&self, instance: u64, task_id: TaskId, attempt: u32) -> TaskDirs {
+        let root = self
+            .tasks
+            .join(attempt_folder_name(instance, task_id, attempt));
         self.in_use().insert(root.clone());
         TaskDirs {
             input: root.join("input"),
@@ -337,6 +341,15 @@ fn remove_all(path: &Path) {
     }
 }
 
+/// `i<instance, 16 hex digits>-<task>-<attempt>`, or `<task>-<attempt>` for instance 0.
+pub(crate) fn attempt_folder_name(instance: u64, task_id: TaskId, attempt: u32) -> String {
+    if instance == 0 {
+        format!("{task_id}-{attempt}")
+    } else {
+        format!("i{instance:016x}-{task_id}-{attempt}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,7 +378,7 @@ mod tests {
             let metadata = fs::symlink_metadata(path).unwrap();
             (metadata.uid(), metadata.gid(), metadata.mode() & 0o777)
         };
-        let first = folders.dirs(TaskId(1), 1);
+        let first = folders.dirs(0, TaskId(1), 1);
         folders.prepare(&first).unwrap();
         folders.give(&first, Some(65534), Some(65533)).unwrap();
         for dir in all(&first) {
@@ -377,7 +390,7 @@ mod tests {
         std::os::unix::fs::symlink("/", &first.tmp).unwrap();
         folders.release(&first, true);
 
-        let second = folders.dirs(TaskId(2), 1);
+        let second = folders.dirs(0, TaskId(2), 1);
         folders.prepare(&second).unwrap();
         folders.give(&second, None, None).unwrap();
         let worker = fs::metadata(work.path().join("tasks")).unwrap();
@@ -395,7 +408,7 @@ mod tests {
     fn a_succeeded_folder_is_emptied_and_reused_a_failed_one_is_kept() {
         let work = tempfile::tempdir().unwrap();
         let folders = Folders::new(work.path(), 2);
-        let first = folders.dirs(TaskId(1), 1);
+        let first = folders.dirs(0, TaskId(1), 1);
         folders.prepare(&first).unwrap();
         let mode = fs::metadata(&first.output).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
@@ -408,7 +421,7 @@ mod tests {
         assert!(!first.root.exists());
 
         // The next attempt gets the same folder, empty, under its own name.
-        let second = folders.dirs(TaskId(2), 1);
+        let second = folders.dirs(0, TaskId(2), 1);
         folders.prepare(&second).unwrap();
         assert_eq!(inode(&second.root), first_inode);
         assert_eq!(
@@ -424,7 +437,7 @@ mod tests {
             tree(&second.root),
             vec!["output", "output/partial.txt", "tmp"]
         );
-        let third = folders.dirs(TaskId(3), 1);
+        let third = folders.dirs(0, TaskId(3), 1);
         folders.prepare(&third).unwrap();
         assert_ne!(inode(&third.root), first_inode);
         assert_eq!(
@@ -437,7 +450,7 @@ mod tests {
     fn spare_folders_are_capped_and_survive_a_restart() {
         let work = tempfile::tempdir().unwrap();
         let folders = Folders::new(work.path(), 1);
-        let (a, b) = (folders.dirs(TaskId(1), 1), folders.dirs(TaskId(2), 1));
+        let (a, b) = (folders.dirs(0, TaskId(1), 1), folders.dirs(0, TaskId(2), 1));
         folders.prepare(&a).unwrap();
         folders.prepare(&b).unwrap();
         folders.release(&a, true);
@@ -450,12 +463,30 @@ mod tests {
 
         // A new worker on the same folder reuses the spare.
         let restarted = Folders::new(work.path(), 1);
-        let c = restarted.dirs(TaskId(3), 1);
+        let c = restarted.dirs(0, TaskId(3), 1);
         restarted.prepare(&c).unwrap();
         let spares = fs::read_dir(work.path().join("tasks/.spare"))
             .unwrap()
             .count();
         assert_eq!(spares, 0);
         assert_eq!(tree(&c.root), vec!["input", "output", "resource", "tmp"]);
+    }
+
+    #[test]
+    fn folder_names_carry_the_database_and_the_sweeper_knows_them() {
+        let name = attempt_folder_name(0xabc, TaskId(1), 2);
+        assert_eq!(name, "i0000000000000abc-1-2");
+        assert_eq!(attempt_folder_name(0, TaskId(1), 2), "1-2");
+        assert!(crate::cleaning::is_attempt_name(&name));
+        assert!(crate::cleaning::is_attempt_name("1-2"));
+        assert!(!crate::cleaning::is_attempt_name("ixyz-1-2"));
+        assert!(!crate::cleaning::is_attempt_name(".spare"));
+        let directory = tempfile::tempdir().unwrap();
+        let folders = Folders::new(directory.path(), 1);
+        assert_ne!(
+            folders.dirs(1, TaskId(1), 1).root,
+            folders.dirs(2, TaskId(1), 1).root,
+            "task 1 of two databases never shares a folder"
+        );
     }
 }

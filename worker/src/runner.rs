@@ -58,6 +58,9 @@ pub(crate) struct Attempt {
     pub cancel: CancellationToken,
     /// The worker's id when the attempt was assigned: part of the container's name.
     pub worker_id: Option<WorkerId>,
+    /// The server's database when the attempt was assigned (0: not said): part of the names of
+    /// its folder and container.
+    pub instance_id: u64,
 }
 
 /// What the runners of a worker share.
@@ -129,7 +132,9 @@ pub(crate) async fn run<S: Staging, R: Reporter>(
     reporter: R,
     resources: Arc<Resources<S>>,
 ) {
-    let dirs = resources.folders.dirs(attempt.task_id, attempt.number);
+    let dirs = resources
+        .folders
+        .dirs(attempt.instance_id, attempt.task_id, attempt.number);
     let report = match phases(&attempt, &reporter, &resources, &dirs).await {
         Ok(report) => report,
         Err(report) => *report,
@@ -164,12 +169,7 @@ async fn phases<S: Staging, R: Reporter>(
         spec: attempt.spec.clone(),
         dirs: dirs.clone(),
         env: resources.env.clone(),
-        name: format!(
-            "herd-w{}-t{}-a{}",
-            attempt.worker_id.map_or(0, |id| id.0),
-            attempt.task_id,
-            attempt.number
-        ),
+        name: container_name(attempt),
     };
     let execution = execute(attempt, reporter, executor.as_ref(), &job).await;
     drop(slot);
@@ -481,4 +481,18 @@ fn task_env(config: &Config) -> Vec<(String, String)> {
             format!("{}", memory_gb.floor().max(1.0) as u64),
         ),
     ]
+}
+
+/// `herd-i<instance>-w<worker>-t<task>-a<attempt>`: unique on the host even when several
+/// servers (or a reset one) share its Docker engine.
+fn container_name(attempt: &Attempt) -> String {
+    let worker = attempt.worker_id.map_or(0, |id| id.0);
+    if attempt.instance_id == 0 {
+        format!("herd-w{worker}-t{}-a{}", attempt.task_id, attempt.number)
+    } else {
+        format!(
+            "herd-i{:016x}-w{worker}-t{}-a{}",
+            attempt.instance_id, attempt.task_id, attempt.number
+        )
+    }
 }

@@ -234,3 +234,57 @@ async fn the_log_of_a_killed_attempt_is_closed() -> Result<(), Box<dyn std::erro
     );
     Ok(())
 }
+
+/// Each database gets an identity once, kept across restarts; a reset database (a new file
+/// with the same data directory) gets another, and its task logs are in another folder, so
+/// its task 1 never appends to an older task 1's log.
+#[tokio::test]
+async fn a_reset_database_never_meets_an_older_one_s_logs() -> Result<(), Box<dyn std::error::Error>>
+{
+    let directory = tempfile::tempdir()?;
+    let logs_root = directory.path().join("logs");
+    let open = |name: &str| {
+        let url = format!("sqlite://{}", directory.path().join(name).display());
+        let logs = LogStore::new(&logs_root, crate::logs::DEFAULT_MAX_BYTES);
+        async move {
+            let store: Arc<dyn Store> = Arc::new(SqlStore::open(&url).await?);
+            Ok::<_, Box<dyn std::error::Error>>(
+                Queue::open(store, logs, QueueConfig::default()).await?,
+            )
+        }
+    };
+    let first = open("herd.db").await?;
+    let instance = first.shared.lock().state.instance_id;
+    assert_ne!(instance, 0);
+    let path = first.logs().path(
+        herd_proto::TaskId(1),
+        1,
+        herd_proto::session::LogStream::Stdout,
+    );
+    assert!(
+        path.starts_with(logs_root.join(format!("{instance:016x}"))),
+        "{}",
+        path.display()
+    );
+    first.close();
+    first.shutdown().await;
+    drop(first);
+    let again = open("herd.db").await?;
+    assert_eq!(
+        again.shared.lock().state.instance_id,
+        instance,
+        "kept across a restart"
+    );
+    again.close();
+    again.shutdown().await;
+    let reset = open("reset.db").await?;
+    let other = reset.shared.lock().state.instance_id;
+    assert_ne!(other, instance, "a new database is another instance");
+    let new_path = reset.logs().path(
+        herd_proto::TaskId(1),
+        1,
+        herd_proto::session::LogStream::Stdout,
+    );
+    assert_ne!(new_path, path);
+    Ok(())
+}

@@ -178,6 +178,14 @@ impl Queue {
         state.quarantine_policy = config.quarantine;
         let mut repairs = Change::default();
         state.restore(snapshot, &mut repairs)?;
+        if state.instance_id == 0 {
+            let mut bytes = [0u8; 8];
+            getrandom::fill(&mut bytes).map_err(|error| Error::Entropy(error.to_string()))?;
+            // Positive as an i64 (it is stored in a BIGINT counter), never 0.
+            state.instance_id = (u64::from_le_bytes(bytes) & (i64::MAX as u64)).max(1);
+            repairs.counters();
+        }
+        let logs = logs.for_instance(state.instance_id);
         info!(
             tasks = state.tasks.len(),
             batches = state.batches.len(),
@@ -211,7 +219,9 @@ impl Queue {
             writer: Mutex::new(writer),
         });
         if !repairs.is_empty() {
-            warn!("tasks left active by an interrupted server were queued again");
+            if !repairs.dirty.tasks.is_empty() {
+                warn!("tasks left active by an interrupted server were queued again");
+            }
             let sequence = queue.shared.lock().journal.push(repairs, false);
             if let Some(sequence) = sequence {
                 wait_durable(queue.committed.clone(), sequence).await;

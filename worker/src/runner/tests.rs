@@ -245,6 +245,7 @@ fn attempt(change: impl FnOnce(&mut TaskRequest)) -> Attempt {
         spec: Arc::new(TaskSpec::new(request).unwrap()),
         cancel: CancellationToken::new(),
         worker_id: Some(WorkerId(1)),
+        instance_id: 0xabc,
     }
 }
 

@@ -61,6 +61,8 @@ pub(crate) struct Session {
     link: Mutex<Option<Outgoing>>,
     /// The identity the server gave, with the key that resumes it.
     identity: Mutex<Option<(WorkerId, String)>>,
+    /// The server's database, from the last welcome (0: not said).
+    instance: std::sync::atomic::AtomicU64,
     /// When the worker lost the server, and how long the server waits for it.
     contact: Mutex<Contact>,
 }
@@ -89,6 +91,7 @@ impl Session {
             resources: Arc::new(Resources::new(&config, executors)),
             link: Mutex::new(None),
             identity: Mutex::new(None),
+            instance: std::sync::atomic::AtomicU64::new(0),
             contact: Mutex::new(Contact::default()),
             config,
         }
@@ -211,6 +214,7 @@ impl Session {
             spec,
             cancel,
             worker_id: self.worker_id(),
+            instance_id: self.instance.load(std::sync::atomic::Ordering::SeqCst),
         };
         tokio::spawn(runner::run(attempt, self.clone(), self.resources.clone()));
     }
@@ -495,9 +499,22 @@ async fn welcome(session: &Session, incoming: &mut Incoming) -> Result<Duration,
             heartbeat_interval,
             resume_key,
             worker_timeout,
+            instance_id,
         })) => {
             if session.worker_id().is_some_and(|known| known != worker_id) {
                 warn!(%worker_id, "the server gave this worker a new identity; the attempts it held under the old one will run elsewhere");
+            }
+            let before = session
+                .instance
+                .swap(instance_id, std::sync::atomic::Ordering::SeqCst);
+            if before != 0 && before != instance_id {
+                // Another database (a reset server): nothing held belongs to it.
+                warn!(
+                    old = format!("{before:016x}"),
+                    new = format!("{instance_id:016x}"),
+                    "the server's database is not the one this worker worked for; stopping the attempts it held"
+                );
+                session.outbox.cancel_all();
             }
             session.set_identity(worker_id, resume_key);
             session.contact().fence_after =

@@ -237,6 +237,8 @@ pub(crate) struct State {
     next_worker_id: u64,
     next_user_id: u64,
     next_token_id: u64,
+    /// This database's identity (random, made once; 0 until [`State::ensure_instance_id`]).
+    pub instance_id: u64,
     /// Boxed: a hash map keeps up to half its slots empty, and an empty slot costs the size of
     /// its value; a pointer there instead of a whole task saves ~150 bytes a task at a million.
     pub tasks: HashMap<TaskId, Box<Task>>,
@@ -264,6 +266,7 @@ impl State {
             next_worker_id: 1,
             next_user_id: 1,
             next_token_id: 1,
+            instance_id: 0,
             tasks: HashMap::new(),
             batches: BTreeMap::new(),
             workers: BTreeMap::new(),

@@ -32,6 +32,7 @@ impl State {
                 "next_worker_id" => self.next_worker_id = value,
                 "next_user_id" => self.next_user_id = value,
                 "next_token_id" => self.next_token_id = value,
+                "instance_id" => self.instance_id = value,
                 _ => {}
             }
         }
@@ -329,6 +330,7 @@ impl State {
             ("next_worker_id".to_owned(), self.next_worker_id as i64),
             ("next_user_id".to_owned(), self.next_user_id as i64),
             ("next_token_id".to_owned(), self.next_token_id as i64),
+            ("instance_id".to_owned(), self.instance_id as i64),
         ]
     }
 }

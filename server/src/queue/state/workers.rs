@@ -112,6 +112,7 @@ impl State {
                 heartbeat_interval,
                 resume_key,
                 worker_timeout: Some(worker_timeout),
+                instance_id: self.instance_id,
             },
         );
         self.ensure_batch(&hello.batch, change);

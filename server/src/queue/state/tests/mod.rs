@@ -48,6 +48,7 @@ fn a_connecting_worker_is_welcomed_on_its_connection_and_registered() {
                 heartbeat_interval: HEARTBEAT,
                 resume_key: "herd_key1".to_owned(),
                 worker_timeout: Some(TIMEOUT),
+                instance_id: env.state.instance_id,
             }
         )]
     );
