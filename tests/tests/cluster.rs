@@ -1005,11 +1005,16 @@ async fn a_failed_docker_attempt_s_root_owned_files_are_cleaned_after_keep_faile
         .await?;
     assert_eq!(task.state, TaskState::Failed, "{task:?}");
     assert_eq!(task.exit_code, Some(3));
-    let folder = worker.work_dir.join(format!(
-        "tasks/i{:016x}-{}-1",
-        cluster.instance_id()?,
-        ids[0]
-    ));
+    // `i<the server's instance>-<task>-1`.
+    let suffix = format!("-{}-1", ids[0]);
+    let folder = std::fs::read_dir(worker.work_dir.join("tasks"))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .find(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with('i') && name.ends_with(&suffix))
+        })
+        .ok_or_else(|| anyhow::anyhow!("the failed attempt's folder is not there"))?;
     assert!(
         folder.join("output/d/f").exists(),
         "kept for inspection at first"

@@ -500,18 +500,22 @@ fn restore_queues_again_an_active_task_whose_worker_row_is_missing() {
     assert!(repairs.dirty.attempts.contains(&(ids[0], 1)));
 }
 
+/// A value restore cannot explain refuses the start, naming its row (a spec that cannot be
+/// used fails its task instead: `a_task_whose_stored_spec_is_refused_now_fails_at_restore...`).
 #[test]
 fn restore_refuses_a_corrupt_value_naming_its_row() {
     let mut env = TestEnv::new();
-    env.submit(tasks("b", 2));
-    // (A spec that cannot be read no longer refuses the start: see
-    // `a_task_whose_stored_spec_is_refused_now_fails_at_restore_and_the_rest_loads`.)
+    let ids = env.submit(tasks("b", 2));
     let mut snapshot = env.snapshot();
     snapshot.tasks[0].state = "exploded".to_owned();
     let Err(error) = TestEnv::restored(snapshot) else {
         panic!("an unknown state must refuse the start");
     };
-    assert!(crate::chain(&error).contains("exploded"), "{error}");
+    let text = crate::chain(&error);
+    assert!(
+        text.contains("exploded") && text.contains(&format!("task row {}", ids[0])),
+        "{text}"
+    );
 }
 
 #[test]
