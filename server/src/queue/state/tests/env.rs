@@ -82,6 +82,8 @@ pub(super) struct TestEnv {
     pub(super) sent: Vec<(Address, ToWorker)>,
     /// Connections the state let go of.
     pub(super) hangups: Vec<Address>,
+    /// Quarantines logged: the worker, and the seconds it starts for (`None`: it ended).
+    pub(super) quarantines: Vec<(WorkerId, Option<u64>)>,
     /// Keys of the rows the last step touched.
     pub(super) last_rows: Change,
     /// The bootstrap admin.
@@ -120,6 +122,7 @@ impl TestEnv {
             connections: Vec::new(),
             sent: Vec::new(),
             hangups: Vec::new(),
+            quarantines: Vec::new(),
             last_rows: Change::default(),
             admin,
             worker_token,
@@ -135,7 +138,10 @@ impl TestEnv {
             match effect {
                 Effect::Send(address, message) => self.sent.push((address, message)),
                 Effect::Hangup(address) => self.hangups.push(address),
-                Effect::Notify(_) | Effect::RemoveLogs(_) | Effect::Quarantine(..) => {}
+                Effect::Quarantine(worker, started) => self
+                    .quarantines
+                    .push((worker, started.map(|(seconds, _)| seconds))),
+                Effect::Notify(_) | Effect::RemoveLogs(_) => {}
             }
         }
         self.last_rows = change;

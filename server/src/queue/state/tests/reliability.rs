@@ -279,6 +279,11 @@ fn a_worker_whose_attempts_keep_failing_is_quarantined_and_its_tasks_run_elsewhe
         view.quarantined_until.map(|until| until.0 - now.0),
         Some(60_000)
     );
+    // Each start and end reaches the server's log, after the commit.
+    assert_eq!(
+        env.quarantines,
+        vec![(broken, Some(30)), (broken, None), (broken, Some(60))]
+    );
 }
 
 #[test]
