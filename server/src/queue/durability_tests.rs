@@ -10,7 +10,7 @@ use super::{Queue, QueueConfig};
 use crate::logs::LogStore;
 use crate::store::{SqlStore, Store, StoreError};
 
-fn hello() -> Hello {
+pub(super) fn hello() -> Hello {
     Hello {
         worker_id: None,
         resume_key: None,
@@ -28,23 +28,46 @@ fn hello() -> Hello {
     }
 }
 
-#[tokio::test]
-async fn shutdown_waits_for_the_last_commit() -> Result<(), Box<dyn std::error::Error>> {
-    let directory = tempfile::tempdir()?;
-    let url = format!("sqlite://{}", directory.path().join("herd.db").display());
+/// A queue on a SQLite file in `directory`, its admin, and one fake worker connected.
+struct Connected {
+    queue: Arc<Queue>,
+    admin: super::Caller,
+    worker_id: herd_proto::WorkerId,
+    serial: u64,
+    receiver: mpsc::UnboundedReceiver<ToWorker>,
+}
+
+async fn connected(directory: &std::path::Path) -> Result<Connected, Box<dyn std::error::Error>> {
+    let url = format!("sqlite://{}", directory.join("herd.db").display());
     let store: Arc<dyn Store> = Arc::new(SqlStore::open(&url).await?);
-    let logs = LogStore::new(
-        directory.path().join("logs"),
-        crate::logs::DEFAULT_MAX_BYTES,
-    );
+    let logs = LogStore::new(directory.join("logs"), crate::logs::DEFAULT_MAX_BYTES);
     let queue = Queue::open(store, logs, QueueConfig::default()).await?;
     let admin_secret = super::new_secret()?;
     assert!(queue.bootstrap(&admin_secret).await?);
     let admin = queue.authenticate(Some(&admin_secret))?;
     let worker = queue.local_worker_token("test").await?;
     let worker = queue.authenticate(Some(&worker.secret))?;
-    let (sender, mut receiver) = mpsc::unbounded_channel();
+    let (sender, receiver) = mpsc::unbounded_channel();
     let (worker_id, serial) = queue.connect(&worker, hello(), sender)?;
+    Ok(Connected {
+        queue,
+        admin,
+        worker_id,
+        serial,
+        receiver,
+    })
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_the_last_commit() -> Result<(), Box<dyn std::error::Error>> {
+    let directory = tempfile::tempdir()?;
+    let Connected {
+        queue,
+        admin,
+        worker_id,
+        serial,
+        mut receiver,
+    } = connected(directory.path()).await?;
     let spec = TaskSpec::new(TaskRequest {
         batch: BatchName::default_batch().to_string(),
         command: vec!["true".to_owned()],
@@ -78,6 +101,7 @@ async fn shutdown_waits_for_the_last_commit() -> Result<(), Box<dyn std::error::
         "shutdown waited for the commit"
     );
 
+    let url = format!("sqlite://{}", directory.path().join("herd.db").display());
     let reopened = SqlStore::open(&url).await?;
     let snapshot = reopened.load().await?;
     let attempt = snapshot
@@ -189,20 +213,13 @@ async fn a_database_outage_is_reported_then_ridden_out() -> Result<(), Box<dyn s
 #[tokio::test]
 async fn the_log_of_a_killed_attempt_is_closed() -> Result<(), Box<dyn std::error::Error>> {
     let directory = tempfile::tempdir()?;
-    let url = format!("sqlite://{}", directory.path().join("herd.db").display());
-    let store: Arc<dyn Store> = Arc::new(SqlStore::open(&url).await?);
-    let logs = LogStore::new(
-        directory.path().join("logs"),
-        crate::logs::DEFAULT_MAX_BYTES,
-    );
-    let queue = Queue::open(store, logs, QueueConfig::default()).await?;
-    let admin_secret = super::new_secret()?;
-    assert!(queue.bootstrap(&admin_secret).await?);
-    let admin = queue.authenticate(Some(&admin_secret))?;
-    let worker = queue.local_worker_token("test").await?;
-    let worker = queue.authenticate(Some(&worker.secret))?;
-    let (sender, mut receiver) = mpsc::unbounded_channel();
-    let (worker_id, serial) = queue.connect(&worker, hello(), sender)?;
+    let Connected {
+        queue,
+        admin,
+        worker_id,
+        serial,
+        mut receiver,
+    } = connected(directory.path()).await?;
     let spec = TaskSpec::new(TaskRequest {
         batch: BatchName::default_batch().to_string(),
         command: vec!["yes".to_owned()],

@@ -431,19 +431,8 @@ mod tests {
                 .authenticate(&digest("herd_worker"))
                 .expect("a worker token");
             let hello = Hello {
-                worker_id: None,
-                resume_key: None,
-                name: "w".to_owned(),
                 batch: BatchName::new("b")?,
-                concurrency: 1,
-                prefetch: 0,
-                docker: false,
-                bare: true,
-                allow_privileged: false,
-                cores: 1,
-                memory_bytes: 1 << 30,
-                version: "test".to_owned(),
-                tasks: Vec::new(),
+                ..crate::queue::durability_tests::hello()
             };
             let mut change = Change::default();
             state.connect(
