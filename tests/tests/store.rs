@@ -530,8 +530,8 @@ async fn opening_twice_migrates_once(fixture: &Fixture) -> anyhow::Result<()> {
             .await?;
     assert_eq!(
         (applied, newest),
-        (2, 2),
-        "two migrations, each applied once"
+        (3, 3),
+        "three migrations, each applied once"
     );
     raw.close().await?;
     Ok(())
