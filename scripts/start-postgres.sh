@@ -81,3 +81,5 @@ else
 fi
 
 echo "export HERD_TEST_POSTGRES_URL=postgres://herd:herd@127.0.0.1:$port/postgres"
+# How the chaos suite restarts this cluster under load (scenario: PostgreSQL restarted).
+echo "export HERD_TEST_POSTGRES_RESTART='pg_ctlcluster $version main restart'"

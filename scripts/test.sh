@@ -15,7 +15,7 @@ step() { printf '\n== %s\n' "$*" >&2; }
 
 step "services: PostgreSQL"
 eval "$(bash scripts/start-postgres.sh)"
-export HERD_TEST_POSTGRES_URL
+export HERD_TEST_POSTGRES_URL HERD_TEST_POSTGRES_RESTART
 
 step "services: S3 (SeaweedFS on loopback)"
 eval "$(bash scripts/start-seaweedfs.sh)"

@@ -111,6 +111,11 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Whether the server runs on PostgreSQL.
+    pub fn uses_postgres(&self) -> bool {
+        self.database.is_some()
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.directory.path().join(name)
     }

@@ -116,6 +116,8 @@ enum Fault {
     CutWorker(usize),
     /// `kill -9` of the server while a bulk launch is under way.
     KillServerDuringLaunch,
+    /// PostgreSQL restarted under load (`HERD_TEST_POSTGRES_RESTART`, on PostgreSQL runs).
+    RestartDatabase,
 }
 
 const WORKERS: usize = 3;
@@ -188,6 +190,19 @@ async fn schedule(
     rng: &mut Rng,
     args: &Args,
 ) -> anyhow::Result<(Vec<u64>, usize)> {
+    // Restarting PostgreSQL under load: on PostgreSQL runs, with the command the test set-up
+    // gives (scripts/start-postgres.sh). It restarts the shared test cluster: run alone.
+    let restart_database = if cluster.uses_postgres() {
+        let command = std::env::var("HERD_TEST_POSTGRES_RESTART").ok();
+        if command.is_none() {
+            println!(
+                "herd-chaos:   HERD_TEST_POSTGRES_RESTART is not set: no PostgreSQL restarts in this run"
+            );
+        }
+        command
+    } else {
+        None
+    };
     let launches = 5.max(args.events / 4);
     let per_launch = args.tasks.div_ceil(launches);
     let mut acknowledged = Vec::new();
@@ -198,10 +213,11 @@ async fn schedule(
             acknowledged.extend(ids);
             launched += 1;
         }
-        let fault = match rng.below(7) {
+        let fault = match rng.below(8) {
             0 | 1 => Fault::KillWorker(rng.below(WORKERS as u64) as usize),
             2 | 3 => Fault::KillServer,
             4 => Fault::KillServerDuringLaunch,
+            5 if restart_database.is_some() => Fault::RestartDatabase,
             _ => Fault::CutWorker(rng.below(WORKERS as u64) as usize),
         };
         println!("herd-chaos:   event {event}: {fault:?}");
@@ -212,6 +228,17 @@ async fn schedule(
                 cluster.start_worker(index, CONCURRENCY).await?;
             }
             Fault::KillServer => cluster.kill_and_restart_server().await?,
+            Fault::RestartDatabase => {
+                let command = restart_database.as_deref().unwrap_or_default();
+                let status = tokio::process::Command::new("sh")
+                    .arg("-c")
+                    .arg(command)
+                    .status()
+                    .await?;
+                if !status.success() {
+                    bail!("`{command}` exited with {status}");
+                }
+            }
             Fault::KillServerDuringLaunch => {
                 let number = 1_000 + event;
                 let file = write_launch_file(cluster, rng, number, BULK_LAUNCH)?;
