@@ -168,7 +168,7 @@ async fn phases<S: Staging, R: Reporter>(
         attempt: attempt.number,
         spec: attempt.spec.clone(),
         dirs: dirs.clone(),
-        env: resources.env.clone(),
+        env: attempt_env(&resources.env, attempt),
         name: container_name(attempt),
     };
     let execution = execute(attempt, reporter, executor.as_ref(), &job).await;
@@ -481,6 +481,15 @@ fn task_env(config: &Config) -> Vec<(String, String)> {
             format!("{}", memory_gb.floor().max(1.0) as u64),
         ),
     ]
+}
+
+/// The worker's task environment plus this attempt's `HERD_TASK_ID` and `HERD_ATTEMPT` (a task
+/// can name its outputs after them).
+fn attempt_env(common: &[(String, String)], attempt: &Attempt) -> Vec<(String, String)> {
+    let mut env = common.to_vec();
+    env.push(("HERD_TASK_ID".to_owned(), attempt.task_id.to_string()));
+    env.push(("HERD_ATTEMPT".to_owned(), attempt.number.to_string()));
+    env
 }
 
 /// `herd-i<instance>-w<worker>-t<task>-a<attempt>`: unique on the host even when several

@@ -13,7 +13,7 @@
 //!   the worker's home); a worker that passes `--pass-env HOME` gives its own instead;
 //! - the variables the worker names with `--pass-env NAME`, with the worker's values;
 //! - herd's own: `INPUT`, `OUTPUT`, `RESOURCE`, `TEMP` (and `TMPDIR`), the attempt's folders
-//!   without a trailing slash, and `CPU`, `THREADS`, `MEM`.
+//!   without a trailing slash, and `CPU`, `THREADS`, `MEM`, `HERD_TASK_ID`, `HERD_ATTEMPT`.
 //!
 //! The fixed part is built once per worker ([`BareExecutor::with_policy`]), not per task.
 //! A task asking for uid 0 or gid 0 is refused unless the worker's policy allows root.

@@ -49,7 +49,8 @@ pub struct Job {
     pub spec: Arc<TaskSpec>,
     /// Where.
     pub dirs: TaskDirs,
-    /// Environment common to every executor: `CPU`, `THREADS`, `MEM`.
+    /// Environment common to every executor: `CPU`, `THREADS`, `MEM`, `HERD_TASK_ID`,
+    /// `HERD_ATTEMPT`.
     pub env: Vec<(String, String)>,
     /// A name unique on this host, e.g. `herd-w3-t17-a1` (the container's name).
     pub name: String,

@@ -12,7 +12,10 @@
 //! - the task ended (or is pending with a reason);
 //! - at most one attempt succeeded, and none began after it: no task has two committed
 //!   results, and no stale attempt's result was accepted;
-//! - attempts are numbered 1, 2, ... without gaps.
+//! - attempts are numbered 1, 2, ... without gaps;
+//! - no task exists that no launch acknowledged (nothing queued twice);
+//! - a succeeded task's output (each task writes `$HERD_ATTEMPT` to `a-$HERD_TASK_ID` in the
+//!   one output folder) is its succeeded attempt's: no stale attempt uploaded after it.
 //!
 //! Usage: `herd-chaos [--seed N] [--events N] [--tasks N] [--engine sqlite|postgres|both]
 //! [--herd PATH]`. Exit 0 when every check holds, 1 when one fails (with the seed and the
@@ -242,7 +245,7 @@ async fn schedule(
             Fault::KillServerDuringLaunch => {
                 let number = 1_000 + event;
                 let file = write_launch_file(cluster, rng, number, BULK_LAUNCH)?;
-                let args = launch_args(number, &file);
+                let args = launch_args(&output_dir(cluster), number, &file);
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 let mut running = cluster
                     .herd_command(&args)
@@ -280,6 +283,11 @@ async fn schedule(
     Ok((acknowledged, args.events))
 }
 
+/// Where every task's output goes (`a-<task>`, holding its attempt's number).
+fn output_dir(cluster: &Cluster) -> String {
+    format!("{}/", cluster.path("out").display())
+}
+
 /// Tasks in one launch cut by a `kill -9` of the server.
 const BULK_LAUNCH: usize = 500;
 
@@ -295,11 +303,13 @@ async fn launch(
     launch_until_answered(cluster, number, &file, count).await
 }
 
-fn launch_args(number: usize, file: &str) -> Vec<String> {
+fn launch_args(output: &str, number: usize, file: &str) -> Vec<String> {
     [
         "launch",
         "-b",
         "chaos",
+        "-o",
+        output,
         "--idempotency-key",
         &format!("chaos-{number}"),
         "--file",
@@ -337,7 +347,11 @@ fn write_launch_file(
             0 if count < BULK_LAUNCH => format!("1.{}", rng.below(10)),
             _ => format!("0.0{}", rng.below(10)),
         };
-        lines.push_str(&format!("sh -c 'sleep {sleep}'\n"));
+        // Its output names the task and holds the attempt: a stale attempt's upload after the
+        // newer one would show.
+        lines.push_str(&format!(
+            "sh -c 'sleep {sleep}; echo $HERD_ATTEMPT > $OUTPUT/a-$HERD_TASK_ID'\n"
+        ));
     }
     let file = cluster.path(&format!("launch-{number}.txt"));
     std::fs::write(&file, lines)?;
@@ -351,7 +365,7 @@ async fn launch_until_answered(
     file: &str,
     count: usize,
 ) -> anyhow::Result<Vec<u64>> {
-    let args = launch_args(number, file);
+    let args = launch_args(&output_dir(cluster), number, file);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -454,6 +468,17 @@ async fn check(cluster: &mut Cluster, acknowledged: &[u64]) -> anyhow::Result<St
                 succeeded += 1;
                 if wins.is_empty() {
                     violations.push(format!("task {id} succeeded without a succeeded attempt"));
+                }
+                let written = std::fs::read_to_string(cluster.path("out").join(format!("a-{id}")));
+                match (written, wins.first()) {
+                    (Ok(text), Some(win)) if text.trim() != win.to_string() => violations.push(format!(
+                        "task {id}'s output was written by attempt {}, its result is attempt {win} (a stale attempt uploaded after the newer one)",
+                        text.trim()
+                    )),
+                    (Err(error), _) => {
+                        violations.push(format!("task {id} succeeded and its output is missing: {error}"))
+                    }
+                    _ => {}
                 }
             }
             _ => {
