@@ -1211,6 +1211,8 @@ fn a_worker_stopped_with_sigterm_hands_its_task_back_without_a_crash() {
     wait_until("the task to run", || {
         cluster.task(&id)["state"] == "running"
     });
+    // `running` is reported when the command starts, before its script reached `touch`.
+    wait_until("the first attempt to leave its marker", || marker.exists());
     let pid = stopping.child.id().to_string();
     let killed = Command::new("kill")
         .args(["-TERM", &pid])

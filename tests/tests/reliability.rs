@@ -109,6 +109,14 @@ async fn a_worker_stopped_on_purpose_hands_its_task_back_without_a_crash() -> an
     cluster
         .wait_task(ids[0], "running", |task| task.state == TaskState::Running)
         .await?;
+    // `running` is reported when the command starts, not when its script reached `touch`: a
+    // stop before that would leave attempt 2 to sleep.
+    let ran = marker.path().join("ran");
+    herd_tests::wait_for("the first attempt to leave its marker", WAIT, || {
+        let exists = ran.exists();
+        async move { exists.then_some(()) }
+    })
+    .await?;
     tokio::time::timeout(WAIT, stopping.stop()).await?;
     let task = cluster
         .wait_task(ids[0], "queued again", |task| task.attempt == 2)
