@@ -7,109 +7,18 @@
 //! guard is dropped, even when a test fails.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use tempfile::TempDir;
 
-const HERD: &str = env!("CARGO_BIN_EXE_herd");
+mod support;
 
-/// The `herd` binary with no `HERD_*` or `RUST_LOG` setting inherited from the environment.
-fn herd_command() -> Command {
-    herd_tests::process::herd_command(Path::new(HERD))
-}
-
-/// What a finished `herd` command printed, and its exit code.
-#[derive(Debug)]
-struct Finished {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Finished {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|error| panic!("stdout is not JSON ({error}): {self:?}"))
-    }
-}
-
-fn run(command: &mut Command) -> Finished {
-    let output = command.output().expect("the herd binary runs");
-    Finished {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
+use support::{Finished, KillOnDrop, herd_command, run, wait_until};
 
 /// Runs `herd ARGS` without a server.
 fn herd(args: &[&str]) -> Finished {
     run(herd_command().args(args))
-}
-
-/// Polls `condition` with [`herd_tests::wait_for`] until it holds, or panics after
-/// [`herd_tests::WAIT`] naming `what`. The tests are synchronous (they drive child processes):
-/// the wait runs on a runtime of its own.
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("a runtime to wait on");
-    runtime
-        .block_on(herd_tests::wait_for(what, herd_tests::WAIT, || {
-            std::future::ready(condition().then_some(()))
-        }))
-        .unwrap_or_else(|error| panic!("{error}"));
-}
-
-/// A child process killed (and reaped) when dropped.
-struct KillOnDrop {
-    child: Child,
-    log: PathBuf,
-}
-
-impl KillOnDrop {
-    fn spawn(command: &mut Command, log: PathBuf) -> Self {
-        let log_file = std::fs::File::create(&log).expect("create the log file");
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("start the herd binary");
-        KillOnDrop { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Panics with the process's log if it has exited.
-    fn assert_running(&mut self, what: &str) {
-        if let Some(status) = self.child.try_wait().expect("poll the child") {
-            panic!(
-                "{what} exited early with {status}; its log:\n{}",
-                self.log()
-            );
-        }
-    }
-
-    /// Waits for the process to exit and gives its exit code.
-    fn wait_for_exit(&mut self) -> Option<i32> {
-        let mut status = None;
-        wait_until("the process to exit", || {
-            status = self.child.try_wait().expect("poll the child");
-            status.is_some()
-        });
-        status.and_then(|status| status.code())
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A herd server on an ephemeral port, with its own data directory, and the workers started

@@ -9,17 +9,14 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tempfile::TempDir;
 
-const HERD: &str = env!("CARGO_BIN_EXE_herd");
+mod support;
 
-/// The `herd` binary with no `HERD_*` or `RUST_LOG` setting inherited from the environment.
-fn herd_command() -> Command {
-    herd_tests::process::herd_command(Path::new(HERD))
-}
+use support::{KillOnDrop, herd_command, run, wait_until};
 
 /// What a client trusts and presents.
 #[derive(Debug, Clone, Copy, Default)]
@@ -49,74 +46,6 @@ fn client(server_url: &str, settings: ClientSettings<'_>, args: &[&str]) -> Comm
         command.env("HERD_TOKEN_FILE", token);
     }
     command
-}
-
-/// What a finished `herd` command printed, and its exit code.
-#[derive(Debug)]
-struct Finished {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn run(command: &mut Command) -> Finished {
-    let output = command.output().expect("the herd binary runs");
-    Finished {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
-
-/// Polls `condition` until it holds, or panics after [`herd_tests::WAIT`] naming `what`.
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("a runtime to wait on");
-    runtime
-        .block_on(herd_tests::wait_for(what, herd_tests::WAIT, || {
-            std::future::ready(condition().then_some(()))
-        }))
-        .unwrap_or_else(|error| panic!("{error}"));
-}
-
-/// A child process killed (and reaped) when dropped.
-struct KillOnDrop {
-    child: Child,
-    log: PathBuf,
-}
-
-impl KillOnDrop {
-    fn spawn(command: &mut Command, log: PathBuf) -> Self {
-        let log_file = std::fs::File::create(&log).expect("create the log file");
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("start the herd binary");
-        KillOnDrop { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn assert_running(&mut self, what: &str) {
-        if let Some(status) = self.child.try_wait().expect("poll the child") {
-            panic!(
-                "{what} exited early with {status}; its log:\n{}",
-                self.log()
-            );
-        }
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A test CA, a server certificate it signed for `127.0.0.1` and `localhost`, a client
